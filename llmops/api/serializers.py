@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from llmops.providers.simulated import validate_overrides
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=ROLES)
+    content = serializers.JSONField(help_text="A string, or a list of text parts.")
+    name = serializers.CharField(required=False, max_length=64)
+
+    def validate_content(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            parts = []
+            for part in value:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise serializers.ValidationError('Only text content parts ({"type": "text", "text": ...}) are supported.')
+                parts.append(part["text"])
+            return "".join(parts)
+        if value is None:
+            return ""
+        raise serializers.ValidationError("Must be a string or a list of text parts.")
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    """OpenAI's chat completion request, plus the gateway's own fields (`prompt`,
+    `variables`, `simulate`), which the OpenAI SDK sends through `extra_body`."""
+
+    model = serializers.CharField(max_length=200)
+    messages = MessageSerializer(many=True, required=False)
+    stream = serializers.BooleanField(required=False, default=False)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
+    stop = serializers.JSONField(required=False, allow_null=True)
+    seed = serializers.IntegerField(required=False, allow_null=True)
+    presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    prompt = serializers.CharField(required=False, max_length=120, help_text="A prompt template: name or name@version.")
+    variables = serializers.DictField(required=False, help_text="Values for the prompt template's variables.")
+    simulate = serializers.JSONField(
+        required=False, help_text="Simulated models only: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate."
+    )
+
+    def validate_stop(self, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list) and len(value) <= 4 and all(isinstance(v, str) for v in value):
+            return value
+        raise serializers.ValidationError("Must be a string or a list of up to 4 strings.")
+
+    def validate_simulate(self, value: Any) -> dict[str, float]:
+        try:
+            return validate_overrides(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.get("messages") and not attrs.get("prompt"):
+            raise serializers.ValidationError({"messages": "Must be a non-empty list of messages (or name a prompt)."})
+        return attrs
+
+
+PARAMS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
+
+
+def provider_params(data: dict[str, Any]) -> dict[str, Any]:
+    """The sampling parameters a provider receives, with `max_tokens` as the one name."""
+    params = {name: data[name] for name in PARAMS if data.get(name) is not None}
+    max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
+    if max_tokens:
+        params["max_tokens"] = max_tokens
+    return params
+
+
+def normalised_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [
+        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages
+    ]

@@ -1,0 +1,246 @@
+"""The OpenAI-compatible API. Views are async end to end and thin: parse, call the
+pipeline, shape the answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.views import APIView
+
+from llmops import catalog
+from llmops.api.serializers import ChatCompletionRequestSerializer, normalised_messages, provider_params
+from llmops.auth import ApiKeyAuthentication, authorize
+from llmops.catalog import ApiKeyInfo, EndpointConfig
+from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response, first_validation_error
+from llmops.pipeline import InferenceRequest, InferenceResult, InferenceStream, infer
+from llmops.providers.base import UpstreamError
+
+logger = logging.getLogger(__name__)
+
+ERROR_RESPONSES = {
+    400: OpenApiResponse(OpenApiTypes.OBJECT, description="Bad input, in OpenAI's error shape."),
+    401: OpenApiResponse(OpenApiTypes.OBJECT, description="Missing or wrong API key."),
+    404: OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown or disabled model."),
+}
+
+
+class GatewayAPIView(APIView):
+    """A DRF view (so the schema documents it) with a lean async dispatch: no thread hop
+    for authentication, the gateway's own key check, and OpenAI's error shape for all."""
+
+    authentication_classes = [ApiKeyAuthentication]  # documents the scheme; dispatch calls `authorize`
+    permission_classes: list[Any] = []
+
+    async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        self.args, self.kwargs, self.request = args, kwargs, request
+        handler = getattr(self, request.method.lower(), None) if request.method else None
+        if handler is None:
+            return error_response(GatewayError(f"{request.method} is not allowed here.", status=405))
+        try:
+            api_key = await authorize(request)
+            return await handler(request, api_key, *args, **kwargs)
+        except GatewayError as exc:
+            return error_response(exc)
+        except UpstreamError as exc:
+            return upstream_error_response(exc)
+        except Exception:
+            logger.exception("Unhandled error in %s", type(self).__name__)
+            return JsonResponse(error_body("The gateway failed to handle this request.", "server_error"), status=500)
+
+
+def upstream_error_response(exc: UpstreamError) -> JsonResponse:
+    response = JsonResponse(error_body(exc.message, exc.error_type), status=exc.status)
+    if exc.retry_after:
+        response["Retry-After"] = exc.retry_after
+    return response
+
+
+def read_json_object(request: HttpRequest) -> dict[str, Any]:
+    limit = settings.LLMOPS_MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(f"The body is larger than {limit} bytes.", status=413, code="request_too_large")
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise GatewayError(f"The body is larger than {limit} bytes.", status=413, code="request_too_large")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def validated(serializer_class: type, data: dict[str, Any]) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        param, message = first_validation_error(serializer.errors)
+        raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None)
+    return serializer.validated_data
+
+
+def gateway_headers(response: HttpResponse, *, request_id: str, endpoint: EndpointConfig, cache: str) -> None:
+    response["x-llmops-request-id"] = request_id
+    response["x-llmops-model"] = endpoint.name
+    response["x-llmops-provider"] = endpoint.provider
+    response["x-llmops-cache"] = cache
+    if endpoint.provider == "simulated":
+        response["x-llmops-simulated"] = "true"
+
+
+def usage_body(result: InferenceResult) -> dict[str, Any]:
+    usage = result.usage
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def gateway_body(result: InferenceResult) -> dict[str, Any]:
+    """What the gateway did, in the answer's own `llmops` field."""
+    return {
+        "request_id": result.request_id,
+        "provider": result.provider,
+        "cost_usd": str(result.cost_usd),
+        "cache": result.cache,
+        "latency_ms": round(result.latency_ms, 3),
+        "ttft_ms": None if result.ttft_ms is None else round(result.ttft_ms, 3),
+        "simulated": result.simulated,
+        "cache_write_tokens": result.usage.cache_write_tokens,
+    }
+
+
+class ChatCompletionsView(GatewayAPIView):
+    @extend_schema(
+        operation_id="chat_completions_create",
+        summary="Create a chat completion (OpenAI-compatible, streams with stream=true)",
+        request=ChatCompletionRequestSerializer,
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="chat.completion, or an SSE stream of chat.completion.chunk"), **ERROR_RESPONSES},
+    )
+    async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
+        data = validated(ChatCompletionRequestSerializer, read_json_object(request))
+        inference = InferenceRequest(
+            api_key=api_key,
+            model=data["model"],
+            messages=normalised_messages(data.get("messages") or []),
+            params=provider_params(data),
+            prompt=data.get("prompt"),
+            variables=data.get("variables") or {},
+            simulate=data.get("simulate"),
+        )
+        if data["stream"]:
+            options = data.get("stream_options") or {}
+            return await stream_response(inference, include_usage=options.get("include_usage", False))
+        result = await infer(inference)
+        body = {
+            "id": f"chatcmpl-{result.request_id}",
+            "object": "chat.completion",
+            "created": result.created,
+            "model": result.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text, "refusal": None},
+                    "finish_reason": result.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage_body(result),
+            "system_fingerprint": None,
+            "llmops": gateway_body(result),
+        }
+        response = HttpResponse(json.dumps(body), content_type="application/json")
+        endpoint = await catalog.endpoint_get(result.model)
+        gateway_headers(response, request_id=result.request_id, endpoint=endpoint, cache=result.cache)
+        response["x-llmops-cost-usd"] = str(result.cost_usd)
+        return response
+
+
+async def stream_response(inference: InferenceRequest, *, include_usage: bool) -> HttpResponse:
+    """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    stream = InferenceStream(inference)
+    await stream.start()  # errors before the first token still get their own status
+    endpoint = stream.endpoint
+    chunk_id = f"chatcmpl-{inference.request_id}"
+    created = int(time.time())
+    head = json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": endpoint.name})[:-1]
+    # Every token chunk is this prefix + the JSON string of the text + this suffix.
+    token_prefix = f'data: {head}, "choices": [{{"index": 0, "delta": {{"content": '
+    token_suffix = '}, "finish_reason": null}]}\n\n'
+
+    def event(payload: dict[str, Any]) -> str:
+        return f"data: {head}, {json.dumps(payload)[1:]}\n\n"
+
+    async def events():
+        try:
+            yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            async for text in stream:
+                yield token_prefix + json.dumps(text) + token_suffix
+            result = stream.result
+            final: dict[str, Any] = {"choices": [{"index": 0, "delta": {}, "finish_reason": result.finish_reason}]}
+            if not include_usage:
+                final["llmops"] = gateway_body(result)
+            yield event(final)
+            if include_usage:
+                yield event({"choices": [], "usage": usage_body(result), "llmops": gateway_body(result)})
+            yield "data: [DONE]\n\n"
+        except (GatewayError, UpstreamError) as exc:
+            # Mid-stream failure: say so in the stream (the SDKs raise it), never end silently.
+            yield f"data: {json.dumps(error_body(exc.message, exc.error_type))}\n\n"
+        except Exception:
+            logger.exception("Stream %s failed", inference.request_id)
+            yield f"data: {json.dumps(error_body('The gateway failed while streaming.', 'server_error'))}\n\n"
+        finally:
+            await stream.aclose()
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    gateway_headers(response, request_id=inference.request_id, endpoint=endpoint, cache="miss")
+    return response
+
+
+def model_body(endpoint: EndpointConfig) -> dict[str, Any]:
+    return {
+        "id": endpoint.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": endpoint.provider,
+        "llmops": {
+            "context_window": endpoint.context_window,
+            "input_price_per_mtok": str(endpoint.input_price_per_mtok),
+            "output_price_per_mtok": str(endpoint.output_price_per_mtok),
+            "simulated": endpoint.provider == "simulated",
+        },
+    }
+
+
+class ModelListView(GatewayAPIView):
+    @extend_schema(operation_id="models_list", summary="List the enabled models", responses={200: OpenApiTypes.OBJECT})
+    async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
+        endpoints = await catalog.endpoint_list_enabled()
+        return JsonResponse({"object": "list", "data": [model_body(e) for e in endpoints]})
+
+
+class ModelDetailView(GatewayAPIView):
+    @extend_schema(
+        operation_id="models_retrieve",
+        summary="Describe one enabled model",
+        parameters=[OpenApiParameter("model", str, OpenApiParameter.PATH)],
+        responses={200: OpenApiTypes.OBJECT, 404: ERROR_RESPONSES[404]},
+    )
+    async def get(self, request: HttpRequest, api_key: ApiKeyInfo, model: str) -> HttpResponse:
+        endpoint = await catalog.endpoint_get(model)
+        if endpoint is None or not endpoint.enabled:
+            raise NotFound(f"The model {model!r} does not exist or is not enabled.", param="model", code="model_not_found")
+        return JsonResponse(model_body(endpoint))

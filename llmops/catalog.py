@@ -1,0 +1,161 @@
+"""Configuration reads for the hot path: model endpoints, prompts and API keys, cached in
+process and reloaded when they change.
+
+A save or delete in this process clears the snapshot at once; other processes notice
+through a version number in the shared cache, which each checks at most once every
+LLMOPS_CONFIG_TTL_S seconds. So a request costs no database query unless the
+configuration changed."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models.signals import post_delete, post_save
+
+from llmops.models import ApiKey, ModelEndpoint, PromptTemplate
+
+VERSION_KEY = "llmops:config-version"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    name: str
+    provider: str
+    upstream_model: str
+    base_url: str
+    api_key_env: str
+    input_price_per_mtok: Decimal
+    output_price_per_mtok: Decimal
+    cached_input_price_per_mtok: Decimal
+    cache_write_price_per_mtok: Decimal
+    batch_discount: Decimal
+    context_window: int
+    max_concurrency: int
+    simulation: dict[str, Any]
+    enabled: bool
+
+    @classmethod
+    def from_model(cls, row: ModelEndpoint) -> EndpointConfig:
+        return cls(
+            name=row.name,
+            provider=row.provider,
+            upstream_model=row.upstream_model,
+            base_url=row.base_url,
+            api_key_env=row.api_key_env,
+            input_price_per_mtok=Decimal(row.input_price_per_mtok),
+            output_price_per_mtok=Decimal(row.output_price_per_mtok),
+            cached_input_price_per_mtok=Decimal(row.cached_input_price_per_mtok),
+            cache_write_price_per_mtok=Decimal(row.cache_write_price_per_mtok),
+            batch_discount=Decimal(row.batch_discount),
+            context_window=row.context_window,
+            max_concurrency=row.max_concurrency,
+            simulation=dict(row.simulation or {}),
+            enabled=row.enabled,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PromptConfig:
+    name: str
+    version: int
+    messages: tuple[dict[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    id: int
+    name: str
+    prefix: str
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    endpoints: dict[str, EndpointConfig]
+    prompts: dict[tuple[str, int], PromptConfig]
+    latest_prompts: dict[str, PromptConfig]
+    keys: dict[str, ApiKeyInfo]
+    version: int | None
+    checked_at: float
+
+
+_snapshot: _Snapshot | None = None
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+async def _load(version: int | None) -> _Snapshot:
+    endpoints = {row.name: EndpointConfig.from_model(row) async for row in ModelEndpoint.objects.all()}
+    prompts: dict[tuple[str, int], PromptConfig] = {}
+    latest: dict[str, PromptConfig] = {}
+    async for row in PromptTemplate.objects.order_by("name", "version"):
+        prompt = PromptConfig(name=row.name, version=row.version, messages=tuple(row.messages))
+        prompts[(row.name, row.version)] = prompt
+        if row.is_active:
+            latest[row.name] = prompt
+    keys = {
+        row.key_hash: ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix)
+        async for row in ApiKey.objects.filter(is_active=True).only("id", "name", "prefix", "key_hash")
+    }
+    return _Snapshot(endpoints, prompts, latest, keys, version, time.monotonic())
+
+
+async def _current() -> _Snapshot:
+    global _snapshot
+    snap = _snapshot
+    now = time.monotonic()
+    if snap is not None and now - snap.checked_at < settings.LLMOPS_CONFIG_TTL_S:
+        return snap
+    version = await cache.aget(VERSION_KEY)
+    if snap is not None and version == snap.version:
+        snap.checked_at = now
+        return snap
+    snap = await _load(version)
+    _snapshot = snap
+    return snap
+
+
+async def endpoint_get(name: str) -> EndpointConfig | None:
+    return (await _current()).endpoints.get(name)
+
+
+async def endpoint_list_enabled() -> list[EndpointConfig]:
+    return [e for e in (await _current()).endpoints.values() if e.enabled]
+
+
+async def prompt_get(name: str, version: int | None) -> PromptConfig | None:
+    snap = await _current()
+    if version is None:
+        return snap.latest_prompts.get(name)
+    return snap.prompts.get((name, version))
+
+
+async def api_key_get(raw_key: str) -> ApiKeyInfo | None:
+    return (await _current()).keys.get(hash_key(raw_key))
+
+
+def invalidate(**_: Any) -> None:
+    """Drop this process's snapshot and tell the other processes to drop theirs."""
+    global _snapshot
+    _snapshot = None
+    try:
+        cache.incr(VERSION_KEY)
+    except ValueError:
+        cache.set(VERSION_KEY, int(time.time() * 1000), timeout=None)
+
+
+def connect_invalidation() -> None:
+    for model in (ModelEndpoint, PromptTemplate, ApiKey):
+        post_save.connect(invalidate, sender=model, dispatch_uid=f"catalog-save-{model.__name__}")
+        post_delete.connect(invalidate, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}")

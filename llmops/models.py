@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import re
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+PROMPT_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class Provider(models.TextChoices):
+    OPENAI = "openai", "OpenAI or OpenAI-compatible"
+    ANTHROPIC = "anthropic", "Anthropic"
+    LOCAL = "local", "Local (llama.cpp, in process)"
+    SIMULATED = "simulated", "Simulated (no network)"
+
+
+class ModelEndpoint(models.Model):
+    """One model a client may name: where it runs, what it costs, how hard to push it."""
+
+    name = models.SlugField(max_length=100, unique=True, help_text="The name clients send as `model`.")
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    upstream_model = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The provider's model id; for `local`, a GGUF path (blank: the bundled SmolLM2).",
+    )
+    base_url = models.URLField(blank=True, help_text="For OpenAI-compatible servers (vLLM, Ollama...).")
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Environment variable holding the provider key (default OPENAI_API_KEY / ANTHROPIC_API_KEY).",
+    )
+    input_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    cached_input_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=0, help_text="Price of input tokens read from the provider's prompt cache."
+    )
+    cache_write_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, default=0, help_text="Price of input tokens written to the provider's prompt cache."
+    )
+    batch_discount = models.DecimalField(
+        max_digits=4, decimal_places=3, default=0, help_text="Fraction off for batch jobs, e.g. 0.5 for half price."
+    )
+    prices_read_on = models.DateField(null=True, blank=True, help_text="When the prices were read from the provider.")
+    context_window = models.PositiveIntegerField(default=8192)
+    max_concurrency = models.PositiveIntegerField(
+        default=64, help_text="Upstream calls held in flight at once, per gateway process (0: no limit)."
+    )
+    simulation = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="For `simulated`: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate.",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.batch_discount is not None and not (0 <= self.batch_discount <= 1):
+            raise ValidationError({"batch_discount": "Must be between 0 and 1."})
+        if self.provider != Provider.SIMULATED and self.simulation:
+            raise ValidationError({"simulation": "Only simulated models take simulation settings."})
+
+
+class PromptTemplate(models.Model):
+    """A named, versioned list of chat messages with {{variables}}."""
+
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField(default=1)
+    description = models.TextField(blank=True)
+    messages = models.JSONField(help_text='A list of {"role": ..., "content": ...} with {{variable}} placeholders.')
+    is_active = models.BooleanField(default=True, help_text="Requests naming only the prompt get its newest active version.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="unique_prompt_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def variables(self) -> list[str]:
+        found: list[str] = []
+        for message in self.messages if isinstance(self.messages, list) else []:
+            content = message.get("content", "") if isinstance(message, dict) else ""
+            for name in PROMPT_VARIABLE.findall(content if isinstance(content, str) else ""):
+                if name not in found:
+                    found.append(name)
+        return found
+
+    def clean(self) -> None:
+        if not isinstance(self.messages, list) or not self.messages:
+            raise ValidationError({"messages": "Must be a non-empty list of messages."})
+        for message in self.messages:
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in ("system", "developer", "user", "assistant")
+                or not isinstance(message.get("content"), str)
+            ):
+                raise ValidationError(
+                    {"messages": 'Each message needs a "role" (system, developer, user, assistant) and a string "content".'}
+                )
+
+
+class ApiKey(models.Model):
+    """A gateway key. Only its SHA-256 is stored; the prefix lets staff tell keys apart."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -1,0 +1,324 @@
+"""The one inference pipeline. REST, streaming, WebSockets and batch items all come here:
+
+    authorize (done by the entry point: it holds an ApiKeyInfo)
+    -> resolve prompt -> route -> cache lookup -> provider call (bounded per model)
+    -> cost -> metric record (buffered, off the hot path)
+
+`infer` answers whole; `InferenceStream` answers piece by piece. Both record exactly one
+QueryMetric for the request, whether it succeeds, fails or is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from llmops import catalog
+from llmops.catalog import ApiKeyInfo, EndpointConfig
+from llmops.errors import GatewayError, InvalidRequest, NotFound
+from llmops.pricing import ZERO, cost_usd
+from llmops.prompts import prompt_render
+from llmops.providers import provider_for
+from llmops.providers.base import ChatProvider, ProviderCall, StreamDelta, UpstreamError, Usage
+from monitoring.recorder import metric_record
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    api_key: ApiKeyInfo
+    model: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    simulate: dict[str, float] | None = None
+    request_id: str = field(default_factory=new_request_id)
+    endpoint_kind: str = "chat.completions"
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class InferenceResult:
+    request_id: str
+    model: str
+    provider: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    cost_usd: Decimal
+    latency_ms: float
+    ttft_ms: float | None = None
+    cache: str = "miss"
+    simulated: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass(slots=True)
+class _Prepared:
+    endpoint: EndpointConfig
+    provider: ChatProvider
+    call: ProviderCall
+    prompt_label: str = ""
+
+
+class InFlight:
+    """Upstream calls this process holds open right now, and the most it ever held."""
+
+    current = 0
+    peak = 0
+
+    @classmethod
+    def enter(cls) -> None:
+        cls.current += 1
+        if cls.current > cls.peak:
+            cls.peak = cls.current
+
+    @classmethod
+    def leave(cls) -> None:
+        cls.current -= 1
+
+
+_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limit(endpoint: EndpointConfig) -> asyncio.Semaphore | None:
+    if not endpoint.max_concurrency:
+        return None
+    loop = asyncio.get_running_loop()
+    per_loop = _semaphores.get(loop)
+    if per_loop is None:
+        per_loop = _semaphores[loop] = {}
+    key = (endpoint.name, endpoint.max_concurrency)
+    semaphore = per_loop.get(key)
+    if semaphore is None:
+        semaphore = per_loop[key] = asyncio.Semaphore(endpoint.max_concurrency)
+    return semaphore
+
+
+async def _prepare(request: InferenceRequest) -> _Prepared:
+    endpoint = await catalog.endpoint_get(request.model)
+    if endpoint is None or not endpoint.enabled:
+        raise NotFound(
+            f"The model {request.model!r} does not exist or is not enabled.", param="model", code="model_not_found"
+        )
+    messages = request.messages
+    prompt_label = ""
+    if request.prompt:
+        prompt, messages = await prompt_render(
+            reference=request.prompt, variables=request.variables, messages=request.messages
+        )
+        prompt_label = prompt.label
+    if not messages:
+        raise InvalidRequest("messages must be a non-empty list (or name a prompt).", param="messages")
+    if request.simulate and endpoint.provider != "simulated":
+        raise InvalidRequest("simulate applies only to simulated models.", param="simulate")
+    call = ProviderCall(messages=messages, params=request.params, simulate=request.simulate)
+    return _Prepared(endpoint, provider_for(endpoint.provider), call, prompt_label)
+
+
+def _elapsed_ms(request: InferenceRequest) -> float:
+    return (time.perf_counter() - request.started) * 1000
+
+
+def _record(
+    request: InferenceRequest,
+    prepared: _Prepared | None,
+    *,
+    stream: bool,
+    status: str,
+    usage: Usage | None = None,
+    cost: Decimal = ZERO,
+    ttft_ms: float | None = None,
+    error: Exception | None = None,
+) -> None:
+    usage = usage or Usage()
+    http_status = 200
+    error_type = error_message = ""
+    if isinstance(error, (GatewayError, UpstreamError)):
+        http_status, error_type, error_message = error.status, error.error_type, error.message
+    elif error is not None:
+        http_status, error_type, error_message = 500, type(error).__name__, str(error)
+    metric_record(
+        request_id=request.request_id,
+        created_at=timezone.now(),
+        api_key_id=request.api_key.id,
+        endpoint=request.endpoint_kind,
+        model=request.model,
+        provider=prepared.endpoint.provider if prepared else "",
+        prompt=prepared.prompt_label if prepared else "",
+        stream=stream,
+        latency_ms=_elapsed_ms(request),
+        ttft_ms=ttft_ms,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cost_usd=cost,
+        cache_status="miss",
+        status=status,
+        http_status=http_status if status == "error" else (499 if status == "cancelled" else 200),
+        error_type=error_type,
+        error_message=error_message[:2000],
+    )
+
+
+async def infer(request: InferenceRequest) -> InferenceResult:
+    """Answer a request whole."""
+    prepared: _Prepared | None = None
+    try:
+        prepared = await _prepare(request)
+        semaphore = _limit(prepared.endpoint)
+        if semaphore is not None:
+            await semaphore.acquire()
+        InFlight.enter()
+        try:
+            completion = await prepared.provider.complete(prepared.endpoint, prepared.call)
+        finally:
+            InFlight.leave()
+            if semaphore is not None:
+                semaphore.release()
+    except asyncio.CancelledError:
+        _record(request, prepared, stream=False, status="cancelled")
+        raise
+    except Exception as exc:
+        _record(request, prepared, stream=False, status="error", error=exc)
+        raise
+    cost = cost_usd(prepared.endpoint, completion.usage)
+    result = InferenceResult(
+        request_id=request.request_id,
+        model=prepared.endpoint.name,
+        provider=prepared.endpoint.provider,
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        usage=completion.usage,
+        cost_usd=cost,
+        latency_ms=_elapsed_ms(request),
+        simulated=completion.simulated,
+    )
+    _record(request, prepared, stream=False, status="ok", usage=completion.usage, cost=cost)
+    return result
+
+
+class InferenceStream:
+    """Answer a request as it is generated.
+
+    `await start()` resolves the model and waits for the upstream's first piece, so that
+    bad input and upstream failures before any token still get a proper error status.
+    Iterating then yields text pieces; `result` is filled in once the stream ends."""
+
+    def __init__(self, request: InferenceRequest) -> None:
+        self.request = request
+        self.result: InferenceResult | None = None
+        self._prepared: _Prepared | None = None
+        self._upstream: AsyncIterator[StreamDelta] | None = None
+        self._first: StreamDelta | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._ttft_ms: float | None = None
+        self._open = False
+        self._recorded = False
+
+    @property
+    def endpoint(self) -> EndpointConfig:
+        assert self._prepared is not None, "start() first"
+        return self._prepared.endpoint
+
+    async def start(self) -> None:
+        try:
+            self._prepared = await _prepare(self.request)
+            self._semaphore = _limit(self._prepared.endpoint)
+            if self._semaphore is not None:
+                await self._semaphore.acquire()
+            InFlight.enter()
+            self._open = True
+            self._upstream = aiter(self._prepared.provider.stream(self._prepared.endpoint, self._prepared.call))
+            self._first = await anext(self._upstream)
+            self._ttft_ms = _elapsed_ms(self.request)
+        except asyncio.CancelledError:
+            await self._finish(status="cancelled")
+            raise
+        except BaseException as exc:
+            await self._finish(status="error", error=exc)
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        assert self._upstream is not None and self._first is not None, "start() first"
+        text: list[str] = []
+        delta: StreamDelta | None = self._first
+        usage = Usage()
+        finish_reason = "stop"
+        try:
+            while delta is not None:
+                if delta.text:
+                    text.append(delta.text)
+                    yield delta.text
+                if delta.usage is not None:
+                    usage = delta.usage
+                if delta.finish_reason:
+                    finish_reason = delta.finish_reason
+                delta = await anext(self._upstream, None)
+        except (asyncio.CancelledError, GeneratorExit):
+            await self._finish(status="cancelled", usage=usage)
+            raise
+        except BaseException as exc:
+            await self._finish(status="error", error=exc, usage=usage)
+            raise
+        endpoint = self.endpoint
+        cost = cost_usd(endpoint, usage)
+        self.result = InferenceResult(
+            request_id=self.request.request_id,
+            model=endpoint.name,
+            provider=endpoint.provider,
+            text="".join(text),
+            finish_reason=finish_reason,
+            usage=usage,
+            cost_usd=cost,
+            latency_ms=_elapsed_ms(self.request),
+            ttft_ms=self._ttft_ms,
+            simulated=endpoint.provider == "simulated",
+        )
+        await self._finish(status="ok", usage=usage, cost=cost)
+
+    async def aclose(self) -> None:
+        """Stop early (the client left): closes the upstream call and records `cancelled`."""
+        await self._finish(status="cancelled")
+
+    async def _finish(
+        self, *, status: str, usage: Usage | None = None, cost: Decimal = ZERO, error: BaseException | None = None
+    ) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        if self._open:
+            self._open = False
+            InFlight.leave()
+            if self._semaphore is not None:
+                self._semaphore.release()
+            upstream, self._upstream = self._upstream, None
+            if upstream is not None and hasattr(upstream, "aclose"):
+                try:
+                    await upstream.aclose()
+                except Exception:
+                    pass  # the upstream is already broken; its error is what gets recorded
+        _record(
+            self.request,
+            self._prepared,
+            stream=True,
+            status=status,
+            usage=usage,
+            cost=cost,
+            ttft_ms=self._ttft_ms,
+            error=error if isinstance(error, Exception) else None,
+        )

@@ -1,0 +1,137 @@
+"""Claude models through the official SDK's AsyncAnthropic. OpenAI-style messages are mapped
+to Anthropic's `system` + alternating `messages` shape, and the answer back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+from django.conf import settings
+
+from llmops.catalog import EndpointConfig
+from llmops.providers.base import (
+    Completion,
+    ProviderCall,
+    StreamDelta,
+    UpstreamError,
+    Usage,
+    client_for,
+    provider_secret,
+    upstream_error_from_status,
+)
+
+DEFAULT_MAX_TOKENS = 1024
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _client(endpoint: EndpointConfig) -> anthropic.AsyncAnthropic:
+    env_name = endpoint.api_key_env or "ANTHROPIC_API_KEY"
+    key = provider_secret(env_name)
+    if not key:
+        raise UpstreamError(f"{env_name} is not set on the gateway, so {endpoint.name} cannot be called.")
+    timeout, retries = settings.LLMOPS_UPSTREAM_TIMEOUT_S, settings.LLMOPS_UPSTREAM_MAX_RETRIES
+    return client_for(
+        ("anthropic", endpoint.base_url, key, timeout, retries),
+        lambda: anthropic.AsyncAnthropic(
+            api_key=key, base_url=endpoint.base_url or None, timeout=timeout, max_retries=retries
+        ),
+    )
+
+
+def to_anthropic(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
+    """System and developer messages become `system`; consecutive turns of one role merge,
+    since Anthropic wants user and assistant to alternate, starting with the user."""
+    system_parts: list[str] = []
+    turns: list[dict[str, str]] = []
+    for message in messages:
+        role, content = message["role"], message["content"]
+        if role in ("system", "developer"):
+            system_parts.append(content)
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1] = {"role": role, "content": turns[-1]["content"] + "\n\n" + content}
+        else:
+            turns.append({"role": role, "content": content})
+    if not turns or turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": "(continue)"})
+    return "\n\n".join(system_parts), turns
+
+
+def _arguments(endpoint: EndpointConfig, call: ProviderCall) -> dict[str, Any]:
+    system, turns = to_anthropic(call.messages)
+    args: dict[str, Any] = {
+        "model": endpoint.upstream_model or endpoint.name,
+        "messages": turns,
+        "max_tokens": call.params.get("max_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        args["system"] = system
+    for name in ("temperature", "top_p"):
+        if name in call.params:
+            args[name] = call.params[name]
+    stop = call.params.get("stop")
+    if stop:
+        args["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    return args
+
+
+def _usage(raw: Any, output_tokens: int | None = None) -> Usage:
+    read = getattr(raw, "cache_read_input_tokens", 0) or 0
+    written = getattr(raw, "cache_creation_input_tokens", 0) or 0
+    # Anthropic's input_tokens leaves out cache reads and writes; ours counts every input token.
+    return Usage(
+        input_tokens=(getattr(raw, "input_tokens", 0) or 0) + read + written,
+        output_tokens=output_tokens if output_tokens is not None else (getattr(raw, "output_tokens", 0) or 0),
+        cached_tokens=read,
+        cache_write_tokens=written,
+    )
+
+
+def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
+    if isinstance(exc, anthropic.APITimeoutError):
+        return UpstreamError("The upstream model did not answer in time.", status=504, error_type="upstream_timeout")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return UpstreamError("The upstream model could not be reached.", status=502)
+    if isinstance(exc, anthropic.APIStatusError):
+        return upstream_error_from_status(
+            exc.status_code, f"Upstream error {exc.status_code}: {exc.message}", exc.response.headers.get("retry-after")
+        )
+    return UpstreamError(f"Upstream error: {exc}", status=502)
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    async def complete(self, endpoint: EndpointConfig, call: ProviderCall) -> Completion:
+        try:
+            message = await _client(endpoint).messages.create(**_arguments(endpoint, call))
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc) from exc
+        text = "".join(block.text for block in message.content if block.type == "text")
+        return Completion(
+            text=text,
+            finish_reason=STOP_REASONS.get(message.stop_reason or "", "stop"),
+            usage=_usage(message.usage),
+        )
+
+    async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
+        start_usage: Any = None
+        output_tokens = 0
+        finish_reason = "stop"
+        try:
+            stream = await _client(endpoint).messages.create(**_arguments(endpoint, call), stream=True)
+            async with stream:
+                async for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        yield StreamDelta(text=event.delta.text)
+                    elif event.type == "message_start":
+                        start_usage = event.message.usage
+                        output_tokens = start_usage.output_tokens or 0
+                    elif event.type == "message_delta":
+                        # Output tokens in message_delta are cumulative: take the last, never add.
+                        output_tokens = event.usage.output_tokens or output_tokens
+                        finish_reason = STOP_REASONS.get(event.delta.stop_reason or "", "stop")
+        except anthropic.AnthropicError as exc:
+            raise _translate(exc) from exc
+        yield StreamDelta(finish_reason=finish_reason, usage=_usage(start_usage, output_tokens))

