@@ -3,11 +3,17 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_application = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+if settings.LLMOPS_SERVE_STATIC:
+    # daphne serves no files itself: this gives the admin and docs their CSS and scripts.
+    django_application = ASGIStaticFilesHandler(django_application)
 
 application = ProtocolTypeRouter({"http": django_application})
 

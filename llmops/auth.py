@@ -37,7 +37,9 @@ async def authorize(request: HttpRequest) -> ApiKeyInfo:
     info = await catalog.api_key_get(token)
     if info is None:
         raise AuthenticationFailed(
-            "Incorrect or revoked API key.", code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="llmops"'}
+            "Incorrect or revoked API key.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": 'Bearer realm="llmops"'},
         )
     return info
 

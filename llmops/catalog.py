@@ -145,10 +145,15 @@ async def api_key_get(raw_key: str) -> ApiKeyInfo | None:
     return (await _current()).keys.get(hash_key(raw_key))
 
 
-def invalidate(**_: Any) -> None:
-    """Drop this process's snapshot and tell the other processes to drop theirs."""
+def reset() -> None:
+    """Drop this process's snapshot: the next read loads the configuration afresh."""
     global _snapshot
     _snapshot = None
+
+
+def invalidate(**_: Any) -> None:
+    """Drop this process's snapshot and tell the other processes to drop theirs."""
+    reset()
     try:
         cache.incr(VERSION_KEY)
     except ValueError:

@@ -98,6 +98,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             headers={"WWW-Authenticate": 'Bearer realm="llmops"'},
         )
     if isinstance(exc, drf_exceptions.APIException):
-        return Response(error_body(str(exc.detail), "invalid_request_error", code=exc.default_code), status=exc.status_code)
+        return Response(
+            error_body(str(exc.detail), "invalid_request_error", code=exc.default_code), status=exc.status_code
+        )
     logger.exception("Unhandled error in API view")
     return Response(error_body("The gateway failed to handle this request.", "server_error"), status=500)

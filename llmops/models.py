@@ -35,10 +35,16 @@ class ModelEndpoint(models.Model):
     input_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     output_price_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, default=0)
     cached_input_price_per_mtok = models.DecimalField(
-        max_digits=12, decimal_places=6, default=0, help_text="Price of input tokens read from the provider's prompt cache."
+        max_digits=12,
+        decimal_places=6,
+        default=0,
+        help_text="Price of input tokens read from the provider's prompt cache.",
     )
     cache_write_price_per_mtok = models.DecimalField(
-        max_digits=12, decimal_places=6, default=0, help_text="Price of input tokens written to the provider's prompt cache."
+        max_digits=12,
+        decimal_places=6,
+        default=0,
+        help_text="Price of input tokens written to the provider's prompt cache.",
     )
     batch_discount = models.DecimalField(
         max_digits=4, decimal_places=3, default=0, help_text="Fraction off for batch jobs, e.g. 0.5 for half price."
@@ -77,7 +83,9 @@ class PromptTemplate(models.Model):
     version = models.PositiveIntegerField(default=1)
     description = models.TextField(blank=True)
     messages = models.JSONField(help_text='A list of {"role": ..., "content": ...} with {{variable}} placeholders.')
-    is_active = models.BooleanField(default=True, help_text="Requests naming only the prompt get its newest active version.")
+    is_active = models.BooleanField(
+        default=True, help_text="Requests naming only the prompt get its newest active version."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,7 +115,10 @@ class PromptTemplate(models.Model):
                 or not isinstance(message.get("content"), str)
             ):
                 raise ValidationError(
-                    {"messages": 'Each message needs a "role" (system, developer, user, assistant) and a string "content".'}
+                    {
+                        "messages": 'Each message needs a "role" (system, developer, user, assistant) '
+                        'and a string "content".'
+                    }
                 )
 
 

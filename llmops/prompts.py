@@ -39,7 +39,10 @@ async def prompt_render(
         return value if isinstance(value, str) else str(value)
 
     rendered = [
-        {"role": "system" if m["role"] == "developer" else m["role"], "content": PROMPT_VARIABLE.sub(fill, m["content"])}
+        {
+            "role": "system" if m["role"] == "developer" else m["role"],
+            "content": PROMPT_VARIABLE.sub(fill, m["content"]),
+        }
         for m in prompt.messages
     ]
     return prompt, rendered + messages

@@ -51,12 +51,32 @@ LOCAL_AND_SIMULATED: list[dict[str, Any]] = [
 CLOUD: list[dict[str, Any]] = [
     # OpenAI: cached input is billed at the listed cached rate; no separate cache-write charge.
     {"name": "gpt-4o-mini", "provider": "openai", "prices": ("0.15", "0.60", "0.075", "0"), "context_window": 128_000},
-    {"name": "gpt-4.1-mini", "provider": "openai", "prices": ("0.40", "1.60", "0.10", "0"), "context_window": 1_047_576},
+    {
+        "name": "gpt-4.1-mini",
+        "provider": "openai",
+        "prices": ("0.40", "1.60", "0.10", "0"),
+        "context_window": 1_047_576,
+    },
     {"name": "gpt-4.1", "provider": "openai", "prices": ("2.00", "8.00", "0.50", "0"), "context_window": 1_047_576},
     # Anthropic: cache writes (5-minute) cost 1.25x input, cache reads 0.1x.
-    {"name": "claude-haiku-4-5", "provider": "anthropic", "prices": ("1.00", "5.00", "0.10", "1.25"), "context_window": 200_000},
-    {"name": "claude-sonnet-4-5", "provider": "anthropic", "prices": ("3.00", "15.00", "0.30", "3.75"), "context_window": 200_000},
-    {"name": "claude-opus-4-5", "provider": "anthropic", "prices": ("5.00", "25.00", "0.50", "6.25"), "context_window": 200_000},
+    {
+        "name": "claude-haiku-4-5",
+        "provider": "anthropic",
+        "prices": ("1.00", "5.00", "0.10", "1.25"),
+        "context_window": 200_000,
+    },
+    {
+        "name": "claude-sonnet-4-5",
+        "provider": "anthropic",
+        "prices": ("3.00", "15.00", "0.30", "3.75"),
+        "context_window": 200_000,
+    },
+    {
+        "name": "claude-opus-4-5",
+        "provider": "anthropic",
+        "prices": ("5.00", "25.00", "0.50", "6.25"),
+        "context_window": 200_000,
+    },
 ]
 
 PROMPTS: list[dict[str, Any]] = [

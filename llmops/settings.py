@@ -190,6 +190,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# The gateway serves its own static files (admin, API docs) unless a proxy does.
+LLMOPS_SERVE_STATIC = env_bool("LLMOPS_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -236,6 +238,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
         "django.channels.server": {"level": env_str("ACCESS_LOG_LEVEL", "WARNING")},
     },
 }

@@ -23,7 +23,9 @@ class QueryMetric(models.Model):
     ttft_ms = models.FloatField(null=True, help_text="Time to first token, for streamed requests")
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
-    cached_tokens = models.PositiveIntegerField(default=0, help_text="Input tokens read from the provider's prompt cache")
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Input tokens read from the provider's prompt cache"
+    )
     cache_write_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
     cache_status = models.CharField(max_length=20, default="miss")

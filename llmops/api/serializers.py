@@ -21,7 +21,9 @@ class MessageSerializer(serializers.Serializer):
             parts = []
             for part in value:
                 if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise serializers.ValidationError('Only text content parts ({"type": "text", "text": ...}) are supported.')
+                    raise serializers.ValidationError(
+                        'Only text content parts ({"type": "text", "text": ...}) are supported.'
+                    )
                 parts.append(part["text"])
             return "".join(parts)
         if value is None:
@@ -89,6 +91,4 @@ def provider_params(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalised_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [
-        {"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages
-    ]
+    return [{"role": "system" if m["role"] == "developer" else m["role"], "content": m["content"]} for m in messages]

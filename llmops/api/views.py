@@ -125,7 +125,12 @@ class ChatCompletionsView(GatewayAPIView):
         operation_id="chat_completions_create",
         summary="Create a chat completion (OpenAI-compatible, streams with stream=true)",
         request=ChatCompletionRequestSerializer,
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, description="chat.completion, or an SSE stream of chat.completion.chunk"), **ERROR_RESPONSES},
+        responses={
+            200: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="chat.completion, or an SSE stream of chat.completion.chunk"
+            ),
+            **ERROR_RESPONSES,
+        },
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         data = validated(ChatCompletionRequestSerializer, read_json_object(request))
@@ -173,7 +178,9 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     endpoint = stream.endpoint
     chunk_id = f"chatcmpl-{inference.request_id}"
     created = int(time.time())
-    head = json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": endpoint.name})[:-1]
+    head = json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": endpoint.name})[
+        :-1
+    ]
     # Every token chunk is this prefix + the JSON string of the text + this suffix.
     token_prefix = f'data: {head}, "choices": [{{"index": 0, "delta": {{"content": '
     token_suffix = '}, "finish_reason": null}]}\n\n'
@@ -183,7 +190,9 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
 
     async def events():
         try:
-            yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            yield event(
+                {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            )
             async for text in stream:
                 yield token_prefix + json.dumps(text) + token_suffix
             result = stream.result
@@ -242,5 +251,7 @@ class ModelDetailView(GatewayAPIView):
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, model: str) -> HttpResponse:
         endpoint = await catalog.endpoint_get(model)
         if endpoint is None or not endpoint.enabled:
-            raise NotFound(f"The model {model!r} does not exist or is not enabled.", param="model", code="model_not_found")
+            raise NotFound(
+                f"The model {model!r} does not exist or is not enabled.", param="model", code="model_not_found"
+            )
         return JsonResponse(model_body(endpoint))

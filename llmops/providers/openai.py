@@ -34,7 +34,9 @@ def _client(endpoint: EndpointConfig) -> openai.AsyncOpenAI:
     timeout, retries = settings.LLMOPS_UPSTREAM_TIMEOUT_S, settings.LLMOPS_UPSTREAM_MAX_RETRIES
     return client_for(
         ("openai", endpoint.base_url, key, timeout, retries),
-        lambda: openai.AsyncOpenAI(api_key=key, base_url=endpoint.base_url or None, timeout=timeout, max_retries=retries),
+        lambda: openai.AsyncOpenAI(
+            api_key=key, base_url=endpoint.base_url or None, timeout=timeout, max_retries=retries
+        ),
     )
 
 

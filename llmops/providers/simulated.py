@@ -106,4 +106,3 @@ class SimulatedProvider:
             finish_reason=_finish(call, count),
             usage=_usage(call, count),
         )
-

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+
+import httpx2
+import openai
+import pytest
+from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
+from django.core.cache import cache
+
+from llmops import catalog
+from llmops.auth import api_key_create
+from llmops.models import ModelEndpoint
+from llmops.seed import catalog_seed
+from monitoring import recorder
+from monitoring.models import QueryMetric
+
+
+def pytest_collection_modifyitems(config, items):
+    if django_settings.REDIS_URL:
+        return
+    skip = pytest.mark.skip(reason="needs Redis and PostgreSQL: runs in the services profile (make test)")
+    for item in items:
+        if "services" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    db = django_settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    backend = "redis" if django_settings.REDIS_URL else "locmem"
+    return f"llmops profile: {os.environ.get('LLMOPS_TEST_PROFILE', 'embedded')} (database {db}, cache {backend})"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(settings):
+    """Each test starts with no cached configuration, no buffered metrics, an empty cache."""
+    settings.LLMOPS_METRICS_FLUSH_INTERVAL_S = 0  # tests flush metrics themselves
+    catalog.reset()
+    recorder._buffer.clear()
+    cache.clear()
+    yield
+    recorder._buffer.clear()
+    catalog.reset()
+
+
+@pytest.fixture
+def seeded(transactional_db):
+    catalog_seed()
+
+
+@pytest.fixture
+def api_key(transactional_db) -> str:
+    _, raw = api_key_create(name="tests")
+    return raw
+
+
+@pytest.fixture
+def other_api_key(transactional_db) -> str:
+    _, raw = api_key_create(name="other tenant")
+    return raw
+
+
+@pytest.fixture
+def asgi_app():
+    from llmops.asgi import application
+
+    return application
+
+
+@pytest.fixture
+async def http(asgi_app):
+    """An HTTP client talking to the gateway's ASGI application in process."""
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=asgi_app), base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+async def sdk(asgi_app, api_key, seeded):
+    """The official OpenAI SDK pointed at the gateway, as an app developer would use it."""
+    http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=asgi_app))
+    client = openai.AsyncOpenAI(
+        base_url="http://testserver/v1", api_key=api_key, http_client=http_client, max_retries=0
+    )
+    yield client
+    await client.close()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def flushed_metrics(**filters) -> list[QueryMetric]:
+    """Write the buffered metrics, then read them back."""
+
+    def read():
+        recorder.metrics_flush()
+        return list(QueryMetric.objects.filter(**filters).select_related("api_key").order_by("created_at"))
+
+    return await sync_to_async(read)()
+
+
+async def add_endpoint(**fields) -> ModelEndpoint:
+    return await ModelEndpoint.objects.acreate(**fields)

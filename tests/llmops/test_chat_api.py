@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+
+from tests.conftest import auth, flushed_metrics
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+async def test_it_lists_enabled_models(sdk):
+    names = {m.id async for m in sdk.models.list()}
+    assert {"smollm2-135m", "sim-small", "sim-large"} <= names
+    # Cloud models are seeded disabled when the gateway holds no provider key.
+    assert "gpt-4o-mini" not in names
+
+
+async def test_it_answers_a_chat_completion_with_usage_and_headers(sdk):
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="sim-small", messages=HELLO, extra_body={"simulate": {"output_tokens": 5}}
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Simulated answer from the llmops"
+    assert completion.usage.completion_tokens == 5
+    assert completion.usage.prompt_tokens > 0
+    assert raw.headers["x-llmops-model"] == "sim-small"
+    assert raw.headers["x-llmops-provider"] == "simulated"
+    assert raw.headers["x-llmops-cache"] == "miss"
+    assert raw.headers["x-llmops-simulated"] == "true"
+    # sim-small: $0.10 in / $0.40 out per million tokens.
+    expected = (Decimal(completion.usage.prompt_tokens) * Decimal("0.10") + 5 * Decimal("0.40")) / 1_000_000
+    assert Decimal(raw.headers["x-llmops-cost-usd"]) == expected
+    assert completion.id == f"chatcmpl-{raw.headers['x-llmops-request-id']}"
+
+
+async def test_it_streams_chunks_ending_with_usage(sdk):
+    stream = await sdk.chat.completions.create(
+        model="sim-small",
+        messages=HELLO,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"simulate": {"output_tokens": 4, "ttft_ms": 0, "tokens_per_s": 0}},
+    )
+    pieces, usage, finish = [], None, None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(pieces) == "Simulated answer from the"
+    assert finish == "stop"
+    assert usage.completion_tokens == 4
+
+
+async def test_the_stream_ends_with_done_and_no_usage_unless_asked(http, api_key, seeded):
+    body = {"model": "sim-small", "messages": HELLO, "stream": True, "simulate": {"output_tokens": 2}}
+    response = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    events = [line[6:] for line in response.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert not any("usage" in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_it_records_a_metric_for_each_request(sdk):
+    await sdk.chat.completions.create(model="sim-small", messages=HELLO, extra_body={"simulate": {"output_tokens": 3}})
+    stream = await sdk.chat.completions.create(
+        model="sim-small", messages=HELLO, stream=True, extra_body={"simulate": {"output_tokens": 3, "ttft_ms": 5}}
+    )
+    async for _ in stream:
+        pass
+    with pytest.raises(openai.NotFoundError):
+        await sdk.chat.completions.create(model="no-such-model", messages=HELLO)
+
+    metrics = await flushed_metrics()
+    assert [(m.model, m.status, m.stream) for m in metrics] == [
+        ("sim-small", "ok", False),
+        ("sim-small", "ok", True),
+        ("no-such-model", "error", False),
+    ]
+    whole, streamed, failed = metrics
+    assert whole.output_tokens == 3 and whole.cost_usd > 0 and whole.ttft_ms is None
+    assert streamed.ttft_ms is not None and streamed.ttft_ms >= 5 and streamed.latency_ms >= streamed.ttft_ms
+    assert failed.http_status == 404 and failed.error_type == "not_found_error"
+    assert all(m.api_key is not None and m.cache_status == "miss" for m in metrics)
+
+
+async def test_a_prompt_template_fills_its_variables(sdk):
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="sim-small", messages=[], extra_body={"prompt": "sentiment", "variables": {"text": "I love it"}}
+    )
+    assert raw.status_code == 200
+    [metric] = await flushed_metrics()
+    assert metric.prompt == "sentiment@1"
+    # "You classify sentiment..." (76 chars) + "Text: I love it" (15 chars) -> 23 estimated tokens.
+    assert metric.input_tokens == 23
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"prompt": "nope", "variables": {}}, "There is no prompt named 'nope'"),
+        ({"prompt": "sentiment", "variables": {}}, "needs the variable 'text'"),
+        ({"prompt": "sentiment@x", "variables": {"text": "a"}}, "must be a number"),
+    ],
+)
+async def test_a_bad_prompt_reference_is_a_400(sdk, extra, message):
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk.chat.completions.create(model="sim-small", messages=[], extra_body=extra)
+    assert message in caught.value.body["message"]
