@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import models
 from django.http import HttpRequest
 
 from llmops.auth import key_material
@@ -24,6 +25,7 @@ class ModelEndpointAdmin(admin.ModelAdmin):
     list_filter = ("provider", "enabled")
     list_editable = ("enabled",)
     search_fields = ("name", "upstream_model")
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = (
         (None, {"fields": ("name", "provider", "upstream_model", "base_url", "api_key_env", "enabled")}),
         (

@@ -69,9 +69,12 @@ def first_validation_error(detail: Any, path: str = "") -> tuple[str, str]:
     """Flatten DRF's nested validation errors to the first (param, message)."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            sub = f"{path}.{key}" if path else str(key)
             if key == "non_field_errors":
                 sub = path
+            elif isinstance(key, int) or str(key).isdigit():
+                sub = f"{path}[{key}]"  # an item of a list field
+            else:
+                sub = f"{path}.{key}" if path else str(key)
             return first_validation_error(value, sub)
     if isinstance(detail, list):
         for index, value in enumerate(detail):

@@ -63,7 +63,8 @@ def metrics_pending() -> int:
 
 def _run_writer() -> None:
     while True:
-        _wake.wait(settings.LLMOPS_METRICS_FLUSH_INTERVAL_S)
+        # Interval 0 (tests): sleep until a full batch wakes the thread, never spin.
+        _wake.wait(settings.LLMOPS_METRICS_FLUSH_INTERVAL_S or None)
         _wake.clear()
         if not _buffer:
             continue

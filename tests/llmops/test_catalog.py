@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+
+from llmops import catalog
+from llmops.models import ModelEndpoint
+from tests.conftest import auth
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+async def test_requests_reuse_the_loaded_configuration(http, seeded, api_key):
+    body = {"model": "sim-small", "messages": HELLO, "simulate": {"output_tokens": 1}}
+    assert (await http.post("/v1/chat/completions", json=body, headers=auth(api_key))).status_code == 200
+    loaded = catalog._snapshot
+    assert loaded is not None
+    for _ in range(3):
+        assert (await http.post("/v1/chat/completions", json=body, headers=auth(api_key))).status_code == 200
+    assert catalog._snapshot is loaded
+
+
+async def test_a_change_in_the_admin_applies_to_the_next_request(http, seeded, api_key):
+    body = {"model": "sim-small", "messages": HELLO, "simulate": {"output_tokens": 1}}
+    first = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
+    assert first.json()["llmops"]["cost_usd"] != "0"
+    endpoint = await ModelEndpoint.objects.aget(name="sim-small")
+    endpoint.input_price_per_mtok = 0
+    endpoint.output_price_per_mtok = 0
+    await endpoint.asave()
+    second = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
+    assert second.headers["x-llmops-cost-usd"] == "0"
+
+
+async def test_other_processes_notice_a_change_through_the_shared_version(seeded, settings):
+    settings.LLMOPS_CONFIG_TTL_S = 0
+    assert (await catalog.endpoint_get("sim-small")).enabled
+    # Another process changed the row and bumped the version; this one kept its snapshot.
+    await ModelEndpoint.objects.filter(name="sim-small").aupdate(enabled=False)
+    assert (await catalog.endpoint_get("sim-small")).enabled
+    try:
+        await cache.aincr(catalog.VERSION_KEY)
+    except ValueError:
+        await cache.aset(catalog.VERSION_KEY, 1)
+    assert not (await catalog.endpoint_get("sim-small")).enabled

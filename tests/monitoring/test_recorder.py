@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.utils import timezone
+
+from monitoring import recorder
+from monitoring.models import QueryMetric
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def row(n: int) -> dict:
+    return {"request_id": f"req-{n}", "created_at": timezone.now(), "model": "sim-small", "status": "ok"}
+
+
+def test_recording_buffers_without_writing():
+    recorder.metric_record(**row(1))
+    assert recorder.metrics_pending() == 1
+    assert QueryMetric.objects.count() == 0
+    assert recorder.metrics_flush() == 1
+    assert QueryMetric.objects.get().request_id == "req-1"
+
+
+def test_flush_writes_in_batches(settings):
+    settings.LLMOPS_METRICS_BATCH_SIZE = 7
+    for n in range(30):
+        recorder.metric_record(**row(n))
+    assert recorder.metrics_flush() == 30
+    assert QueryMetric.objects.count() == 30
+
+
+def test_a_full_buffer_sheds_metrics_instead_of_memory(settings):
+    settings.LLMOPS_METRICS_MAX_BUFFER = 5
+    before = recorder.dropped
+    for n in range(8):
+        recorder.metric_record(**row(n))
+    assert recorder.metrics_pending() == 5
+    assert recorder.dropped - before == 3
+
+
+def test_the_background_writer_flushes_on_its_own(settings):
+    settings.LLMOPS_METRICS_FLUSH_INTERVAL_S = 0.05
+    recorder.metric_record(**row(1))
+    deadline = time.monotonic() + 5
+    while QueryMetric.objects.count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert QueryMetric.objects.count() == 1
+    assert any(t.name == "metric-writer" for t in threading.enumerate())

@@ -1,0 +1,131 @@
+"""The README's path, for real: manage.py commands, then daphne serving the gateway on a
+loopback port, called with the official OpenAI SDK over TCP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.live_server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+class Gateway:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "llmops.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx2.get(f"{self.url}/healthz", timeout=1)
+                return
+            except httpx2.TransportError:
+                assert self.process.poll() is None, self.process.stderr.read().decode()
+                time.sleep(0.1)
+        raise AssertionError("daphne did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def base_env(tmp_path: Path, database_url: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+    env["DATABASE_URL"] = database_url or f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    env = base_env(tmp_path_factory.mktemp("live"))
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_catalog")
+    key = manage(env, "create_api_key", "live-test").strip().splitlines()[-1]
+    server = Gateway(env)
+    yield server, key
+    server.stop()
+
+
+def test_the_readme_path_works_with_the_openai_sdk(gateway):
+    server, key = gateway
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+    assert "smollm2-135m" in {m.id for m in client.models.list()}
+    completion = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+    )
+    assert completion.choices[0].message.content
+    assert completion.usage.total_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "Say hi."}],
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage.completion_tokens > 0
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+
+
+def test_tokens_arrive_as_they_are_generated_not_at_the_end(gateway):
+    server, key = gateway
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "simulate": {"ttft_ms": 0, "tokens_per_s": 10, "output_tokens": 12},
+    }
+    arrivals = []
+    start = time.monotonic()
+    with httpx2.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"content": "' in line and '"content": ""' not in line:
+                arrivals.append(time.monotonic() - start)
+    assert len(arrivals) == 12
+    # 12 tokens at 10/s take over a second; the first must not wait for the last.
+    assert arrivals[-1] - arrivals[0] > 0.8
+
+
+def test_health_is_503_when_the_database_is_unreachable(tmp_path):
+    # A port nothing listens on: the database is down from the first request.
+    server = Gateway(base_env(tmp_path, database_url="postgres://postgres@127.0.0.1:1/none"))
+    try:
+        response = httpx2.get(f"{server.url}/healthz", timeout=15)
+        assert response.status_code == 503
+        assert response.json()["database"]["ok"] is False
+        assert response.json()["status"] == "down"
+    finally:
+        server.stop()
