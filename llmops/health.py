@@ -24,8 +24,9 @@ def _database() -> dict[str, Any]:
             cursor.fetchone()
         return {"ok": True, "engine": connection.vendor}
     except Exception as exc:
-        connection.close()
         return {"ok": False, "engine": connection.vendor, "error": type(exc).__name__}
+    finally:
+        connection.close()  # runs on a pool thread: hand the connection back
 
 
 async def _cache() -> dict[str, Any]:
@@ -54,19 +55,22 @@ def _broker() -> dict[str, Any]:
         return {"ok": False, "configured": True, "error": type(exc).__name__}
 
 
-async def _bounded(coro: Any, name: str) -> dict[str, Any]:
-    try:
-        return await asyncio.wait_for(coro, CHECK_TIMEOUT_S)
-    except TimeoutError:
-        return {"ok": False, "error": f"{name} check timed out"}
-
-
 async def healthz(request: HttpRequest) -> JsonResponse:
-    database, cache_state, broker = await asyncio.gather(
-        _bounded(sync_to_async(_database)(), "database"),
-        _bounded(_cache(), "cache"),
-        _bounded(sync_to_async(_broker, thread_sensitive=False)(), "broker"),
-    )
+    checks = {
+        # Not on the request's thread-sensitive worker: a hung database must not hold up
+        # the other checks.
+        "database": asyncio.ensure_future(sync_to_async(_database, thread_sensitive=False)()),
+        "cache": asyncio.ensure_future(_cache()),
+        "broker": asyncio.ensure_future(sync_to_async(_broker, thread_sensitive=False)()),
+    }
+    # A check still running at the deadline is reported as failed; its thread is left to
+    # finish on its own rather than waited for (a blocked thread cannot be cancelled).
+    await asyncio.wait(checks.values(), timeout=CHECK_TIMEOUT_S)
+    results = {
+        name: task.result() if task.done() else {"ok": False, "error": f"{name} check timed out"}
+        for name, task in checks.items()
+    }
+    database, cache_state, broker = results["database"], results["cache"], results["broker"]
     healthy = database["ok"]
     degraded = not (cache_state["ok"] and broker["ok"])
     body = {

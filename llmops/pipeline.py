@@ -26,7 +26,7 @@ from llmops.errors import GatewayError, InvalidRequest, NotFound
 from llmops.pricing import ZERO, cost_usd
 from llmops.prompts import prompt_render
 from llmops.providers import provider_for
-from llmops.providers.base import ChatProvider, ProviderCall, StreamDelta, UpstreamError, Usage
+from llmops.providers.base import ChatProvider, ProviderCall, StreamDelta, UpstreamError, Usage, estimate_tokens
 from monitoring.recorder import metric_record
 
 
@@ -270,10 +270,12 @@ class InferenceStream:
                     finish_reason = delta.finish_reason
                 delta = await anext(self._upstream, None)
         except (asyncio.CancelledError, GeneratorExit):
-            await self._finish(status="cancelled", usage=usage)
+            usage = self._partial_usage(usage, text)
+            await self._finish(status="cancelled", usage=usage, cost=cost_usd(self.endpoint, usage))
             raise
         except BaseException as exc:
-            await self._finish(status="error", error=exc, usage=usage)
+            usage = self._partial_usage(usage, text)
+            await self._finish(status="error", error=exc, usage=usage, cost=cost_usd(self.endpoint, usage))
             raise
         endpoint = self.endpoint
         cost = cost_usd(endpoint, usage)
@@ -290,6 +292,14 @@ class InferenceStream:
             simulated=endpoint.provider == "simulated",
         )
         await self._finish(status="ok", usage=usage, cost=cost)
+
+    def _partial_usage(self, usage: Usage, text: list[str]) -> Usage:
+        """A stream cut short still generated (and was billed for) what was sent: providers
+        report usage only at the end, so count the pieces (about a token each)."""
+        if usage.output_tokens or not text:
+            return usage
+        prompt = "".join(m["content"] for m in self._prepared.call.messages) if self._prepared else ""
+        return Usage(input_tokens=estimate_tokens(prompt), output_tokens=len(text))
 
     async def aclose(self) -> None:
         """Stop early (the client left): closes the upstream call and records `cancelled`."""

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 _buffer: deque[dict[str, Any]] = deque()
 _wake = threading.Event()
+_stopping = threading.Event()
 _flush_lock = threading.Lock()
 _writer: threading.Thread | None = None
 _writer_lock = threading.Lock()
@@ -62,7 +63,7 @@ def metrics_pending() -> int:
 
 
 def _run_writer() -> None:
-    while True:
+    while not _stopping.is_set():
         # Interval 0 (tests): sleep until a full batch wakes the thread, never spin.
         _wake.wait(settings.LLMOPS_METRICS_FLUSH_INTERVAL_S or None)
         _wake.clear()
@@ -75,6 +76,20 @@ def _run_writer() -> None:
             logger.exception("Writing %d buffered metrics failed; retrying shortly", len(_buffer))
             connection.close()
             time.sleep(1.0)
+    connection.close()
+
+
+def metrics_writer_stop(timeout: float = 10.0) -> None:
+    """Stop the background writer after it wrote what is buffered (process exit, tests)."""
+    global _writer
+    with _writer_lock:
+        writer, _writer = _writer, None
+    if writer is None:
+        return
+    _stopping.set()
+    _wake.set()
+    writer.join(timeout)
+    _stopping.clear()
 
 
 def _ensure_writer() -> None:
@@ -88,6 +103,7 @@ def _ensure_writer() -> None:
 
 
 def _flush_at_exit() -> None:
+    metrics_writer_stop()
     try:
         metrics_flush()
     except Exception:

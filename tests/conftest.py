@@ -8,6 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.cache import cache
+from django.db import connections
 
 from llmops import catalog
 from llmops.auth import api_key_create
@@ -40,8 +41,17 @@ def _isolated(settings):
     recorder._buffer.clear()
     cache.clear()
     yield
+    recorder.metrics_writer_stop()
     recorder._buffer.clear()
     catalog.reset()
+
+
+@pytest.fixture(autouse=True)
+async def _close_thread_connections():
+    yield
+    # Async ORM calls run on asgiref's shared worker thread; its connection must not
+    # outlive the test (PostgreSQL refuses to drop a test database still in use).
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

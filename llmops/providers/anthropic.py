@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
+import httpx2
 from django.conf import settings
 
 from llmops.catalog import EndpointConfig
@@ -67,9 +68,8 @@ def _arguments(endpoint: EndpointConfig, call: ProviderCall) -> dict[str, Any]:
     }
     if system:
         args["system"] = system
-    for name in ("temperature", "top_p"):
-        if name in call.params:
-            args[name] = call.params[name]
+    # No temperature or top_p: the SDK (2.x) dropped them and the API version it sends
+    # (2026-10-21) answers 400 to any sampling parameter, so they are not passed on.
     stop = call.params.get("stop")
     if stop:
         args["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -88,10 +88,10 @@ def _usage(raw: Any, output_tokens: int | None = None) -> Usage:
     )
 
 
-def _translate(exc: anthropic.AnthropicError) -> UpstreamError:
-    if isinstance(exc, anthropic.APITimeoutError):
+def _translate(exc: anthropic.AnthropicError | httpx2.TransportError) -> UpstreamError:
+    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
         return UpstreamError("The upstream model did not answer in time.", status=504, error_type="upstream_timeout")
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
         return UpstreamError("The upstream model could not be reached.", status=502)
     if isinstance(exc, anthropic.APIStatusError):
         return upstream_error_from_status(
@@ -132,6 +132,8 @@ class AnthropicProvider:
                         # Output tokens in message_delta are cumulative: take the last, never add.
                         output_tokens = event.usage.output_tokens or output_tokens
                         finish_reason = STOP_REASONS.get(event.delta.stop_reason or "", "stop")
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, httpx2.TransportError) as exc:
+            # The SDK's stream iterator lets httpx2's read timeouts and broken connections
+            # through unwrapped (the openai SDK wraps them), so both kinds are caught here.
             raise _translate(exc) from exc
         yield StreamDelta(finish_reason=finish_reason, usage=_usage(start_usage, output_tokens))

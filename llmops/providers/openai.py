@@ -28,7 +28,9 @@ def _client(endpoint: EndpointConfig) -> openai.AsyncOpenAI:
     env_name = endpoint.api_key_env or "OPENAI_API_KEY"
     key = provider_secret(env_name)
     if not key:
-        if not endpoint.base_url:
+        # A variable the catalog names explicitly is one staff meant to set: sending no key
+        # would only turn a config mistake into a misleading upstream 401.
+        if endpoint.api_key_env or not endpoint.base_url:
             raise UpstreamError(f"{env_name} is not set on the gateway, so {endpoint.name} cannot be called.")
         key = "unused"  # local OpenAI-compatible servers often need no key
     timeout, retries = settings.LLMOPS_UPSTREAM_TIMEOUT_S, settings.LLMOPS_UPSTREAM_MAX_RETRIES

@@ -49,3 +49,5 @@ def test_the_background_writer_flushes_on_its_own(settings):
         time.sleep(0.02)
     assert QueryMetric.objects.count() == 1
     assert any(t.name == "metric-writer" for t in threading.enumerate())
+    recorder.metrics_writer_stop()
+    assert not any(t.name == "metric-writer" for t in threading.enumerate())

@@ -1,0 +1,254 @@
+"""What the fake upstreams share: a threaded HTTP/1.1 server on a loopback port that records
+every request and answers from a script each test sets.
+
+A provider module's SDK talks to it over real TCP, so the SDK's own request building,
+retries, timeouts, SSE parsing and error classes are what the tests exercise."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: Any  # the decoded JSON, or the raw text when it was not JSON
+
+
+@dataclass(slots=True)
+class Failure:
+    """One scripted error answer, in the provider's own error shape."""
+
+    status: int
+    message: str | None = None
+    error_type: str | None = None
+    retry_after: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StreamBreak:
+    """Send `after` text deltas, then an error event and the end of the body; or, with
+    `drop`, close the connection there without ending the body (a network failure)."""
+
+    after: int
+    message: str = "The upstream failed mid-stream."
+    error_type: str | None = None
+    drop: bool = False
+
+
+class SSEWriter:
+    """One chunked HTTP/1.1 body, each Server-Sent Event in its own chunk, flushed at once
+    (so the client sees every event when it is sent, not when the body ends)."""
+
+    def __init__(self, handler: BaseHTTPRequestHandler, upstream: FakeUpstream) -> None:
+        self._handler = handler
+        self._upstream = upstream
+        self._sent = 0
+
+    def event(self, data: Any, *, event: str | None = None) -> None:
+        if self._sent and self._upstream.event_delay_s:
+            self._upstream.pause(self._upstream.event_delay_s)
+        payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        text = (f"event: {event}\n" if event else "") + f"data: {payload}\n\n"
+        raw = text.encode()
+        self._handler.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+        self._handler.wfile.flush()
+        self._sent += 1
+
+    def end(self) -> None:
+        self._handler.wfile.write(b"0\r\n\r\n")
+        self._handler.wfile.flush()
+
+    def drop(self) -> None:
+        """Close the connection with the chunked body unfinished."""
+        self._handler.close_connection = True
+        self._handler.connection.shutdown(socket.SHUT_RDWR)
+
+
+def text_pieces(text: str) -> list[str]:
+    """Split an answer the way a model streams it: a word and its trailing space per piece."""
+    return re.findall(r"\S+\s*|\s+", text) or [""]
+
+
+U = TypeVar("U", bound="FakeUpstream")
+
+
+class FakeUpstream:
+    """Base for the fake providers. Subclasses implement `route` for their wire protocol.
+
+    Script it per test: `fail(...)` queues error answers (each used once, in order, before
+    the normal answer), `delay_s` holds every response head back (to trigger timeouts),
+    `event_delay_s` spaces stream events (the first goes at once), `break_stream(...)` fails
+    the next stream after some text."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.delay_s = 0.0
+        self.event_delay_s = 0.0
+        self._failures: deque[Failure] = deque()
+        self._stream_break: StreamBreak | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- scripting --------------------------------------------------------------------
+
+    def fail(
+        self,
+        status: int,
+        message: str | None = None,
+        *,
+        times: int = 1,
+        error_type: str | None = None,
+        retry_after: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        for _ in range(times):
+            self._failures.append(Failure(status, message, error_type, retry_after, dict(headers or {})))
+
+    def break_stream(self, after: int, message: str = "The upstream failed mid-stream.", **kwargs: Any) -> None:
+        self._stream_break = StreamBreak(after, message, **kwargs)
+
+    def pause(self, seconds: float) -> None:
+        # An Event, not time.sleep: stop() wakes every paused handler at once.
+        self._stopping.wait(seconds)
+
+    @property
+    def last(self) -> RecordedRequest:
+        assert self.requests, f"the fake {self.name} upstream received no request"
+        return self.requests[-1]
+
+    # -- running ----------------------------------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeUpstream:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the SDKs' connection pools expect
+            timeout = 10  # an idle pooled connection must not hold its thread forever
+
+            def do_POST(self) -> None:
+                upstream._serve(self)
+
+            def do_GET(self) -> None:
+                upstream._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        # A short poll interval: shutdown() waits up to one interval, and every test stops a fake.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name=f"fake-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length).decode() if length else ""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        request = RecordedRequest(
+            method=handler.command,
+            path=handler.path,
+            headers={name.lower(): value for name, value in handler.headers.items()},
+            body=body,
+        )
+        with self._lock:
+            self.requests.append(request)
+            failure = self._failures.popleft() if self._failures else None
+        try:
+            if self.delay_s:
+                self.pause(self.delay_s)
+                if self._stopping.is_set():
+                    return
+            if failure is not None:
+                error_body = self.error_body(failure.status, failure.message, failure.error_type)
+                headers = dict(failure.headers)
+                if failure.retry_after is not None:
+                    headers["Retry-After"] = failure.retry_after
+                self.send_json(handler, failure.status, error_body, headers)
+                return
+            self.route(handler, request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout it was asked to hit, or a closed stream)
+
+    def take_stream_break(self) -> StreamBreak | None:
+        with self._lock:
+            broken, self._stream_break = self._stream_break, None
+        return broken
+
+    # -- what subclasses use and implement --------------------------------------------
+
+    def route(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str | None, error_type: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def response_headers(self) -> dict[str, str]:
+        return {}
+
+    def send_json(
+        self, handler: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        raw = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(raw)))
+        for name, value in {**self.response_headers(), **(headers or {})}.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(raw)
+        handler.wfile.flush()
+
+    def open_stream(self, handler: BaseHTTPRequestHandler) -> SSEWriter:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.send_header("Transfer-Encoding", "chunked")
+        for name, value in self.response_headers().items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        return SSEWriter(handler, self)
+
+
+def running(upstream: U) -> Iterator[U]:
+    """The body of a fixture: start the fake, hand it to the test, stop it."""
+    upstream.start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
