@@ -129,3 +129,23 @@ def test_health_is_503_when_the_database_is_unreachable(tmp_path):
         assert response.json()["status"] == "down"
     finally:
         server.stop()
+
+
+def test_requests_still_succeed_when_redis_is_unreachable(tmp_path):
+    env = base_env(tmp_path)
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_catalog")
+    key = manage(env, "create_api_key", "no-redis").strip().splitlines()[-1]
+    server = Gateway(env)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+        completion = client.chat.completions.create(
+            model="sim-small", messages=[{"role": "user", "content": "hi"}], extra_body={"simulate": {"ttft_ms": 0}}
+        )
+        assert completion.choices[0].message.content.startswith("Simulated")
+        health = httpx2.get(f"{server.url}/healthz", timeout=15).json()
+        assert health["status"] == "degraded"
+        assert health["cache"] == {"ok": False, "backend": "redis"}
+    finally:
+        server.stop()
