@@ -40,7 +40,9 @@ run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_catalog
 	@echo "llmops gateway on http://$(HOST):$(PORT)  (API: /v1, docs: /api/docs/, admin: /admin/)"
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) llmops.asgi:application
+	@# An endpoint string, not -b/-p: those listen with a backlog of 50, and a burst of new
+	@# connections beyond that is dropped by the kernel and retried a second later.
+	$(VENV)/bin/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 llmops.asgi:application
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -53,6 +55,7 @@ test: lint
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.gateway_overhead
 	$(PY) -m benchmarks.inflight
+	$(PY) -m benchmarks.view_layer
 
 worker: $(VENV)/.installed
 	$(VENV)/bin/celery -A llmops worker --loglevel=INFO

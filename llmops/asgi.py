@@ -15,7 +15,18 @@ if settings.LLMOPS_SERVE_STATIC:
     # daphne serves no files itself: this gives the admin and docs their CSS and scripts.
     django_application = ASGIStaticFilesHandler(django_application)
 
-application = ProtocolTypeRouter({"http": django_application})
+from llmops.handlers import ApiASGIHandler, is_api_path  # noqa: E402
+
+api_application = ApiASGIHandler()
+
+
+async def http_application(scope, receive, send):
+    if is_api_path(scope["path"]):
+        return await api_application(scope, receive, send)
+    return await django_application(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_application})
 
 # Everything loaded at start-up lives for the whole process: move it out of the
 # collector's sight so full collections under load stay short.

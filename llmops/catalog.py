@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection
 from django.db.models.signals import post_delete, post_save
 
 from llmops.models import ApiKey, ModelEndpoint, PromptTemplate
@@ -95,19 +97,25 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-async def _load(version: int | None) -> _Snapshot:
-    endpoints = {row.name: EndpointConfig.from_model(row) async for row in ModelEndpoint.objects.all()}
-    prompts: dict[tuple[str, int], PromptConfig] = {}
-    latest: dict[str, PromptConfig] = {}
-    async for row in PromptTemplate.objects.order_by("name", "version"):
-        prompt = PromptConfig(name=row.name, version=row.version, messages=tuple(row.messages))
-        prompts[(row.name, row.version)] = prompt
-        if row.is_active:
-            latest[row.name] = prompt
-    keys = {
-        row.key_hash: ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix)
-        async for row in ApiKey.objects.filter(is_active=True).only("id", "name", "prefix", "key_hash")
-    }
+def _load(version: int | None) -> _Snapshot:
+    try:
+        endpoints = {row.name: EndpointConfig.from_model(row) for row in ModelEndpoint.objects.all()}
+        prompts: dict[tuple[str, int], PromptConfig] = {}
+        latest: dict[str, PromptConfig] = {}
+        for row in PromptTemplate.objects.order_by("name", "version"):
+            prompt = PromptConfig(name=row.name, version=row.version, messages=tuple(row.messages))
+            prompts[(row.name, row.version)] = prompt
+            if row.is_active:
+                latest[row.name] = prompt
+        keys = {
+            row.key_hash: ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix)
+            for row in ApiKey.objects.filter(is_active=True).only("id", "name", "prefix", "key_hash")
+        }
+    finally:
+        # API requests run without Django's request signals, so nothing else would hand
+        # this connection back (to the pool, on PostgreSQL) once the request's thread ends.
+        if not connection.in_atomic_block:
+            connection.close()
     return _Snapshot(endpoints, prompts, latest, keys, version, time.monotonic())
 
 
@@ -121,7 +129,7 @@ async def _current() -> _Snapshot:
     if snap is not None and version == snap.version:
         snap.checked_at = now
         return snap
-    snap = await _load(version)
+    snap = await sync_to_async(_load)(version)
     _snapshot = snap
     return snap
 

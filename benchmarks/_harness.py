@@ -1,0 +1,434 @@
+"""What the benchmarks share: a throwaway gateway (temporary SQLite database, migrated,
+seeded, one API key) served by daphne on a free loopback port, a second daphne for a
+baseline app, the CPU time of those processes, a lean HTTP/1.1 keep-alive client on raw
+asyncio streams, percentiles and tables.
+
+The client is deliberately small (no pool, no header objects, one connection per worker,
+no garbage collection during a phase) so that on a 2-core machine it takes as little CPU
+as possible away from the server it measures, and it never caps concurrency itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# The environment the gateway runs with: the embedded default (SQLite, local-memory cache,
+# no broker), whatever the calling shell has set.
+DROPPED_ENV = (
+    "DATABASE_URL",
+    "DATABASE_URL_FILE",
+    "REDIS_URL",
+    "REDIS_URL_FILE",
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_URL_FILE",
+    "CELERY_RESULT_BACKEND",
+    "CELERY_RESULT_BACKEND_FILE",
+    "DJANGO_SETTINGS_MODULE",
+)
+
+SETUP_SCRIPT = """
+import io, os, sys
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
+import django
+django.setup()
+from django.core.management import call_command
+quiet = io.StringIO()
+call_command("migrate", verbosity=0, stdout=quiet)
+call_command("seed_catalog", stdout=quiet)
+out = io.StringIO()
+call_command("create_api_key", sys.argv[1], stdout=out, stderr=quiet)
+print(out.getvalue().strip().splitlines()[-1])
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def raise_open_files(wanted: int) -> tuple[int, int]:
+    """Lift this process's soft open-file limit towards `wanted` (daphne children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included, from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tcp_counters(*names: str) -> dict[str, int]:
+    """System-wide TCP counters from /proc/net/netstat (e.g. ListenOverflows)."""
+    try:
+        with open("/proc/net/netstat") as netstat:
+            lines = netstat.read().splitlines()
+    except OSError:
+        return {}
+    found: dict[str, int] = {}
+    for keys, values in zip(lines[::2], lines[1::2], strict=False):
+        if keys.startswith("TcpExt:"):
+            table = dict(zip(keys.split()[1:], values.split()[1:], strict=False))
+            found = {name: int(table[name]) for name in names if name in table}
+    return found
+
+
+def gateway_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env.update(
+        {
+            "DATABASE_URL": f"sqlite:///{workdir / 'gateway.sqlite3'}",
+            "DEBUG": "false",
+            "LOG_LEVEL": "WARNING",
+            "ACCESS_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def prepare_gateway(env: dict[str, str]) -> str:
+    """Migrate and seed the temporary database and create an API key; returns the key."""
+    done = subprocess.run(
+        [sys.executable, "-c", SETUP_SCRIPT, "benchmark"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"Setting up the gateway database failed:\n{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+class Daphne:
+    """One daphne process serving `app` on a free loopback port."""
+
+    def __init__(self, app: str, env: dict[str, str], workdir: Path, name: str, backlog: int | None = None):
+        self.app, self.env, self.name = app, env, name
+        self.port = free_port()
+        self.log_path = workdir / f"{name}.log"
+        self.backlog = backlog
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        daphne = Path(sys.executable).parent / "daphne"
+        if self.backlog:
+            # `-b/-p` listen with Twisted's default backlog of 50; an endpoint string can say more.
+            listen = ["-e", f"tcp:port={self.port}:interface={HOST}:backlog={self.backlog}"]
+        else:
+            listen = ["-b", HOST, "-p", str(self.port)]
+        command = [str(daphne), *listen, self.app]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, path: str = "/healthz", timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} daphne exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                status, body = http_get(self.port, path, timeout=2.0)
+                if status == 200:
+                    return json.loads(body)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} daphne did not answer {path} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.pid)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="llmops-bench-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """A blocking one-shot GET (health checks, outside any measured phase)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        parts, rest = [], body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            parts.append(rest[:size])
+            rest = rest[size + 2 :]
+        body = b"".join(parts)
+    return int(head[9:12]), body
+
+
+def post_request(port: int, path: str, key: str | None, body: bytes) -> bytes:
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class HttpConnection:
+    """One persistent HTTP/1.1 connection; requests on it go one after another."""
+
+    __slots__ = ("port", "reader", "writer")
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(HOST, self.port, limit=1 << 20)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, data: bytes) -> tuple[int, float, bytes]:
+        """Send one request; returns (status, time of the first body bytes, body)."""
+        if self.writer is None:
+            await self.connect()
+        reader, writer = self.reader, self.writer
+        assert reader is not None and writer is not None
+        writer.write(data)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = -1
+        chunked = close = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                close = b"close" in value.lower()
+        first = 0.0
+        if chunked:
+            parts = []
+            while True:
+                size_line = await reader.readline()
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while (await reader.readline()) not in (b"\r\n", b""):
+                        pass
+                    break
+                chunk = await reader.readexactly(size + 2)
+                if not first:
+                    first = time.perf_counter()
+                parts.append(chunk[:-2])
+            body = b"".join(parts)
+        elif length >= 0:
+            body = await reader.readexactly(length) if length else b""
+            first = time.perf_counter()
+        else:
+            body = await reader.read()
+            first = time.perf_counter()
+            close = True
+        if close:
+            self.close()
+        return status, first, body
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    first_byte_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_sample: str = ""
+    wall_s: float = 0.0
+    connect_s: float = 0.0
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.wall_s if self.wall_s else 0.0
+
+    def pct(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s * 1000 / self.requests
+
+
+async def run_load(
+    port: int,
+    build: Callable[[int], bytes],
+    check: Callable[[int, bytes], str | None],
+    *,
+    requests: int,
+    concurrency: int,
+    cold: bool = False,
+) -> LoadResult:
+    """`requests` requests from `concurrency` workers, each on its own keep-alive connection.
+
+    Connections are opened before the clock starts (a warm pool), unless `cold`: then each
+    worker connects inside the measured burst. `check(status, body)` returns an error text
+    or None. Garbage collection is off in this process while the clock runs."""
+    result = LoadResult(requests=requests, concurrency=concurrency)
+    concurrency = max(1, min(concurrency, requests))
+    indices = iter(range(requests))
+    go = asyncio.Event()
+    latencies, first_bytes = result.latencies_ms, result.first_byte_ms
+    connections = [HttpConnection(port) for _ in range(concurrency)]
+
+    async def worker(conn: HttpConnection) -> None:
+        await go.wait()
+        for index in indices:
+            data = build(index)
+            started = time.perf_counter()
+            try:
+                status, first, body = await conn.request(data)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                conn.close()
+                result.errors += 1
+                result.error_sample = result.error_sample or f"{type(exc).__name__}: {exc}"
+                continue
+            finished = time.perf_counter()
+            problem = check(status, body)
+            if problem:
+                result.errors += 1
+                result.error_sample = result.error_sample or problem
+                continue
+            latencies.append((finished - started) * 1000)
+            first_bytes.append((first - started) * 1000)
+
+    gc.collect()
+    if not cold:
+        # Not timed as part of the load. Daphne's `-b/-p` listens with Twisted's backlog of 50:
+        # when its accept queue is full the kernel drops a SYN and the client retries a
+        # second later, so opening many connections can take seconds (pacing does not help).
+        connect_started = time.perf_counter()
+        await asyncio.gather(*(conn.connect() for conn in connections))
+        result.connect_s = time.perf_counter() - connect_started
+    tasks = [asyncio.create_task(worker(conn)) for conn in connections]
+    await asyncio.sleep(0)
+    gc.disable()
+    try:
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        go.set()
+        await asyncio.gather(*tasks)
+        result.wall_s = time.perf_counter() - started
+        result.client_cpu_s = time.process_time() - cpu_started
+    finally:
+        gc.enable()
+        for conn in connections:
+            conn.close()
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0 or value != value or base != base:
+        return "n/a"
+    return f"{value / base:.2f}x"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        first = f"{cells[0]:<{widths[0]}}"
+        rest = [f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])

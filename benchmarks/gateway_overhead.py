@@ -1,0 +1,269 @@
+"""What the gateway itself adds to a request: latency and CPU against an instant upstream.
+
+    .venv/bin/python -m benchmarks.gateway_overhead [--sequential 1000] [--requests 4000]
+        [--concurrency 64] [--stream-sequential 300] [--stream-requests 1500] [--no-stream]
+
+It builds a throwaway gateway (temporary SQLite database, migrated, seeded, one API key),
+serves it with daphne on a free loopback port, and serves `benchmarks/echo_asgi.py` (a bare
+ASGI app answering a fixed OpenAI-shaped chat.completion) with a second daphne: the
+baseline, i.e. a direct call to an upstream that costs nothing, through the same server and
+the same client. Gateway requests use the simulated model `sim-small` scripted to answer at
+once (`simulate`: latency, time to first token and token rate 0, 16 output tokens), so
+everything measured on the gateway side is the gateway's own work: Django, the API view,
+authorization, the pipeline, the buffered metric write.
+
+Each scenario (JSON answers, then SSE streams of 16 tokens; one request in flight, then
+`--concurrency` in flight over as many keep-alive connections) runs after a warm-up,
+baseline first, then gateway. For each it prints:
+
+- median and p99 latency (ms, client side, request written to last byte read); for
+  streams also the median time to the first body chunk;
+- throughput (completed requests per second of wall time);
+- server CPU per request (ms): user + system CPU of the daphne process (all threads, so
+  the gateway's metric writer thread is included) over the phase and a settle time long
+  enough for buffered metrics to be written, divided by the requests;
+- the gateway figure, the baseline figure, overhead = gateway - baseline, and the ratio
+  gateway / baseline.
+
+Read "overhead" as the price of putting the gateway in front of an upstream; read the
+gateway's "server CPU ms/req" against DESIGN.md's aim of under 1 ms (the baseline row shows
+how much of it daphne alone costs). The client's own CPU per request is printed too: on a
+2-core machine client and server share the CPUs, so concurrent latencies include some
+queueing behind the client. Numbers move with whatever else runs on the machine.
+
+The exit code is 0 when every request succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sqlite3
+import sys
+import time
+
+from benchmarks._harness import (
+    Daphne,
+    LoadResult,
+    fmt,
+    gateway_env,
+    percentile,
+    prepare_gateway,
+    raise_open_files,
+    ratio,
+    run_load,
+    table,
+    workspace,
+)
+
+PATH = "/v1/chat/completions"
+MODEL = "sim-small"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gateway_overhead",
+        description="Gateway latency and CPU overhead against an instant upstream, with a same-run baseline.",
+    )
+    parser.add_argument("--sequential", type=int, default=1000, help="requests one at a time (default 1000)")
+    parser.add_argument("--requests", type=int, default=4000, help="requests in the concurrent phase (default 4000)")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (default 64)")
+    parser.add_argument("--stream-sequential", type=int, default=300, help="streams one at a time (default 300)")
+    parser.add_argument("--stream-requests", type=int, default=1500, help="streams in the concurrent phase")
+    parser.add_argument("--no-stream", action="store_true", help="skip the streaming scenarios")
+    parser.add_argument("--output-tokens", type=int, default=16, help="tokens per answer (default 16)")
+    parser.add_argument("--warmup", type=int, default=300, help="warm-up requests per server and mode (default 300)")
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        default=1.0,
+        help="LLMOPS_METRICS_FLUSH_INTERVAL_S for the gateway (default 1.0, the gateway's default)",
+    )
+    args = parser.parse_args(argv)
+    for name in ("sequential", "requests", "concurrency", "stream_sequential", "stream_requests", "output_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or args.flush_interval < 0:
+        parser.error("--warmup and --flush-interval must not be negative")
+    return args
+
+
+def body_builder(port: int, key: str | None, *, stream: bool, output_tokens: int):
+    """Request bytes for index i; the prompt differs per request so no answer cache can hit."""
+    simulate = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": output_tokens, "error_rate": 0}
+    template = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "benchmark request @@"}],
+            "stream": stream,
+            "simulate": simulate,
+        }
+    )
+    before, after = (part.encode() for part in template.split("@@"))
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\n"
+
+    def build(index: int) -> bytes:
+        body = b"%s%d%s" % (before, index, after)
+        return b"%sContent-Length: %d\r\n\r\n%s" % (head.encode(), len(body), body)
+
+    return build
+
+
+def checker(stream: bool):
+    def check(status: int, body: bytes) -> str | None:
+        if status != 200:
+            return f"HTTP {status}: {body[:300]!r}"
+        if stream:
+            if not body.endswith(b"data: [DONE]\n\n"):
+                return f"stream did not end with [DONE]: {body[-300:]!r}"
+        elif b'"choices"' not in body:
+            return f"no choices in answer: {body[:300]!r}"
+        return None
+
+    return check
+
+
+async def measure(
+    server: Daphne, key: str | None, *, stream: bool, requests: int, concurrency: int, tokens: int, settle: float
+) -> LoadResult:
+    build = body_builder(server.port, key, stream=stream, output_tokens=tokens)
+    cpu_before = server.cpu_s()
+    result = await run_load(server.port, build, checker(stream), requests=requests, concurrency=concurrency)
+    # Let buffered metrics reach the database so their writing is counted.
+    await asyncio.sleep(settle)
+    result.server_cpu_s = server.cpu_s() - cpu_before
+    return result
+
+
+async def warm(server: Daphne, key: str | None, *, stream: bool, requests: int, tokens: int) -> None:
+    if requests:
+        build = body_builder(server.port, key, stream=stream, output_tokens=tokens)
+        warm_result = await run_load(server.port, build, checker(stream), requests=requests, concurrency=8)
+        if warm_result.errors:
+            raise RuntimeError(f"warm-up of {server.name} failed: {warm_result.error_sample}")
+
+
+def scenario_rows(gateway: LoadResult, baseline: LoadResult, *, stream: bool) -> list[list[str]]:
+    rows = []
+
+    def add(metric: str, g: float | None, b: float | None, *, overhead: bool = True, digits: int = 3) -> None:
+        delta = fmt(g - b, digits) if overhead and g is not None and b is not None else ""
+        rows.append(["", metric, fmt(g, digits), fmt(b, digits), delta, ratio(g, b)])
+
+    add("median latency, ms", gateway.pct(50), baseline.pct(50))
+    add("p99 latency, ms", gateway.pct(99), baseline.pct(99))
+    if stream:
+        add(
+            "median first chunk, ms",
+            percentile(gateway.first_byte_ms, 50),
+            percentile(baseline.first_byte_ms, 50),
+        )
+    add("throughput, req/s", gateway.throughput, baseline.throughput, overhead=False, digits=1)
+    add("server CPU, ms/req", gateway.server_cpu_ms_per_request, baseline.server_cpu_ms_per_request)
+    add(
+        "client CPU, ms/req",
+        gateway.client_cpu_s * 1000 / gateway.requests,
+        baseline.client_cpu_s * 1000 / baseline.requests,
+    )
+    add("wall time, s", gateway.wall_s, baseline.wall_s, overhead=False)
+    return rows
+
+
+def metric_rows(database: str) -> int | None:
+    try:
+        with sqlite3.connect(database) as connection:
+            return connection.execute("SELECT COUNT(*) FROM monitoring_querymetric").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    raise_open_files(4 * args.concurrency + 256)
+    scenarios = [
+        ("JSON, 1 in flight", False, args.sequential, 1),
+        (f"JSON, {args.concurrency} in flight", False, args.requests, args.concurrency),
+    ]
+    if not args.no_stream:
+        scenarios += [
+            ("SSE stream, 1 in flight", True, args.stream_sequential, 1),
+            (f"SSE stream, {args.concurrency} in flight", True, args.stream_requests, args.concurrency),
+        ]
+    settle = args.flush_interval + 0.3
+    failures = 0
+    with workspace() as workdir:
+        env = gateway_env(workdir, {"LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval)})
+        set_up = time.perf_counter()
+        key = prepare_gateway(env)
+        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway")
+        baseline = Daphne("benchmarks.echo_asgi:application", env, workdir, "baseline")
+        try:
+            gateway.start()
+            baseline.start()
+            gateway.wait_ready("/healthz")
+            baseline.wait_ready("/healthz")
+            print(
+                f"gateway overhead benchmark: {os.cpu_count()} CPUs, load average "
+                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
+                f"set-up {time.perf_counter() - set_up:.1f} s"
+            )
+            print(
+                f"gateway: daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}, model {MODEL} simulated with "
+                f"latency 0, {args.output_tokens} output tokens; baseline: benchmarks.echo_asgi under daphne "
+                f"pid {baseline.pid} on 127.0.0.1:{baseline.port}"
+            )
+            print(
+                f"client: raw asyncio HTTP/1.1 keep-alive, one connection per worker; warm-up {args.warmup} "
+                f"requests per server and mode; server CPU includes a {settle:.1f} s settle for buffered metrics"
+            )
+            print()
+            gateway_requests = 0
+            rows: list[list[str]] = []
+            warmed: set[bool] = set()
+            for label, stream, requests, concurrency in scenarios:
+                if stream not in warmed:
+                    warmed.add(stream)
+                    await warm(baseline, None, stream=stream, requests=args.warmup, tokens=args.output_tokens)
+                    await warm(gateway, key, stream=stream, requests=args.warmup, tokens=args.output_tokens)
+                    gateway_requests += args.warmup
+                    await asyncio.sleep(settle)
+                common = dict(stream=stream, requests=requests, concurrency=concurrency, tokens=args.output_tokens)
+                base_result = await measure(baseline, None, settle=settle, **common)
+                gate_result = await measure(gateway, key, settle=settle, **common)
+                gateway_requests += requests
+                for name, result in (("baseline", base_result), ("gateway", gate_result)):
+                    if result.errors:
+                        failures += result.errors
+                        print(f"!! {label}, {name}: {result.errors} failed requests, e.g. {result.error_sample}")
+                scenario = scenario_rows(gate_result, base_result, stream=stream)
+                scenario[0][0] = f"{label} ({requests} req)"
+                rows += scenario
+            print(table(["scenario", "metric", "gateway", "baseline", "overhead", "ratio"], rows))
+            print()
+            print("overhead = gateway - baseline; ratio = gateway / baseline (same client, same daphne, same run).")
+            print("DESIGN.md aims for under 1 ms of gateway CPU per request (server CPU row).")
+            health = gateway.wait_ready("/healthz")
+            written = metric_rows(str(workdir / "gateway.sqlite3"))
+            print(
+                f"gateway metric rows written: {written} of {gateway_requests} requests sent; "
+                f"upstream_in_flight_peak {health.get('upstream_in_flight_peak')}"
+            )
+        except Exception:
+            print(f"--- gateway log ---\n{gateway.log_tail()}\n--- baseline log ---\n{baseline.log_tail()}")
+            raise
+        finally:
+            gateway.stop()
+            baseline.stop()
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
