@@ -88,7 +88,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "adrf",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",

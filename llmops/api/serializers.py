@@ -78,6 +78,21 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         return attrs
 
 
+# OpenAI fields the gateway cannot honour yet: answering while ignoring them would be
+# silently wrong (a tool call never made, JSON mode not enforced), so they are refused.
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities")
+
+
+def unsupported_field(data: dict[str, Any]) -> str | None:
+    for name in UNSUPPORTED:
+        if data.get(name) not in (None, False, []):
+            return name
+    response_format = data.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        return "response_format"
+    return None
+
+
 PARAMS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
 
 

@@ -17,7 +17,12 @@ from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from llmops import catalog
-from llmops.api.serializers import ChatCompletionRequestSerializer, normalised_messages, provider_params
+from llmops.api.serializers import (
+    ChatCompletionRequestSerializer,
+    normalised_messages,
+    provider_params,
+    unsupported_field,
+)
 from llmops.auth import ApiKeyAuthentication, authorize
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response, first_validation_error
@@ -141,7 +146,11 @@ class ChatCompletionsView(GatewayAPIView):
         },
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
-        data = validated(CHAT_REQUEST, read_json_object(request))
+        payload = read_json_object(request)
+        refused = unsupported_field(payload)
+        if refused:
+            raise InvalidRequest(f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported")
+        data = validated(CHAT_REQUEST, payload)
         inference = InferenceRequest(
             api_key=api_key,
             model=data["model"],

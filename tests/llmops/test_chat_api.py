@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 
@@ -119,3 +120,49 @@ async def test_a_bad_prompt_reference_is_a_400(sdk, extra, message):
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.chat.completions.create(model="sim-small", messages=[], extra_body=extra)
     assert message in caught.value.body["message"]
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app, api_key, seeded):
+    from llmops.pipeline import InFlight
+
+    body = {
+        "model": "sim-small",
+        "messages": HELLO,
+        "stream": True,
+        "simulate": {"ttft_ms": 0, "tokens_per_s": 50, "output_tokens": 500},
+    }
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {api_key}".encode()), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    left = asyncio.Event()
+    sent: list[dict] = []
+
+    async def receive():
+        if pending:
+            return pending.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if sum(m["type"] == "http.response.body" for m in sent) == 4:
+            left.set()  # the user closed the tab after a few tokens
+
+    await asyncio.wait_for(asgi_app(scope, receive, send), timeout=5)
+    assert sent[0]["status"] == 200
+    assert InFlight.current == 0
+    [metric] = await flushed_metrics()
+    assert metric.status == "cancelled" and metric.http_status == 499
+    # Stopped after a handful of the 500 tokens: nothing generated after the client left.
+    assert 0 < metric.output_tokens < 20

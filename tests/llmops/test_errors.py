@@ -79,6 +79,8 @@ async def test_a_body_that_is_not_an_object_is_a_400(http, seeded, api_key):
         ({"model": "sim-small", "messages": HELLO, "stop": [1, 2]}, "stop"),
         ({"model": "sim-small", "messages": HELLO, "simulate": {"latency_ms": -1}}, "simulate"),
         ({"model": "sim-small", "messages": HELLO, "simulate": {"warp": 9}}, "simulate"),
+        ({"model": "sim-small", "messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+        ({"model": "sim-small", "messages": HELLO, "response_format": {"type": "json_object"}}, "response_format"),
     ],
 )
 async def test_wrong_fields_are_a_400_naming_the_field(http, seeded, api_key, body, param):
