@@ -96,6 +96,18 @@ async def sdk(asgi_app, api_key, seeded):
     await client.close()
 
 
+@pytest.fixture
+def no_upstream_retries(settings):
+    # No SDK retries unless a test asks: a retried failure would hide the mapping and cost time.
+    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 0
+    settings.LLMOPS_UPSTREAM_TIMEOUT_S = 5.0
+
+
+def sse_events(text: str) -> list[str]:
+    """The data of each Server-Sent Event in a response body."""
+    return [block[6:] for block in text.split("\n\n") if block.startswith("data: ")]
+
+
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

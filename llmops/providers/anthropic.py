@@ -19,7 +19,7 @@ from llmops.providers.base import (
     Usage,
     client_for,
     provider_secret,
-    upstream_error_from_status,
+    upstream_error_from_sdk,
 )
 
 DEFAULT_MAX_TOKENS = 1024
@@ -89,15 +89,12 @@ def _usage(raw: Any, output_tokens: int | None = None) -> Usage:
 
 
 def _translate(exc: anthropic.AnthropicError | httpx2.TransportError) -> UpstreamError:
-    if isinstance(exc, (anthropic.APITimeoutError, httpx2.TimeoutException)):
-        return UpstreamError("The upstream model did not answer in time.", status=504, error_type="upstream_timeout")
-    if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
-        return UpstreamError("The upstream model could not be reached.", status=502)
-    if isinstance(exc, anthropic.APIStatusError):
-        return upstream_error_from_status(
-            exc.status_code, f"Upstream error {exc.status_code}: {exc.message}", exc.response.headers.get("retry-after")
-        )
-    return UpstreamError(f"Upstream error: {exc}", status=502)
+    return upstream_error_from_sdk(
+        exc,
+        timeouts=(anthropic.APITimeoutError, httpx2.TimeoutException),
+        unreachable=(anthropic.APIConnectionError, httpx2.TransportError),
+        status_error=anthropic.APIStatusError,
+    )
 
 
 class AnthropicProvider:

@@ -78,6 +78,28 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4) if text else 0
 
 
+def upstream_error_from_sdk(
+    exc: Exception,
+    *,
+    timeouts: tuple[type[Exception], ...],
+    unreachable: tuple[type[Exception], ...],
+    status_error: type[Exception],
+) -> UpstreamError:
+    """Both official SDKs raise the same kinds of error (timeout, connection, HTTP status)."""
+    if isinstance(exc, timeouts):
+        return UpstreamError("The upstream model did not answer in time.", status=504, error_type="upstream_timeout")
+    if isinstance(exc, unreachable):
+        return UpstreamError("The upstream model could not be reached.", status=502)
+    if isinstance(exc, status_error):
+        status = exc.status_code  # type: ignore[attr-defined]
+        return upstream_error_from_status(
+            status,
+            f"Upstream error {status}: {exc.message}",  # type: ignore[attr-defined]
+            exc.response.headers.get("retry-after"),  # type: ignore[attr-defined]
+        )
+    return UpstreamError(f"Upstream error: {exc}", status=502)
+
+
 def upstream_error_from_status(status: int, message: str, retry_after: str | None) -> UpstreamError:
     """Map an upstream HTTP status onto what the gateway answers (OpenAI's error types)."""
     if status == 429:

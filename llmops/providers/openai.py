@@ -18,7 +18,7 @@ from llmops.providers.base import (
     Usage,
     client_for,
     provider_secret,
-    upstream_error_from_status,
+    upstream_error_from_sdk,
 )
 
 PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
@@ -65,15 +65,12 @@ def _usage(raw: Any) -> Usage:
 
 
 def _translate(exc: openai.OpenAIError) -> UpstreamError:
-    if isinstance(exc, openai.APITimeoutError):
-        return UpstreamError("The upstream model did not answer in time.", status=504, error_type="upstream_timeout")
-    if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError("The upstream model could not be reached.", status=502)
-    if isinstance(exc, openai.APIStatusError):
-        return upstream_error_from_status(
-            exc.status_code, f"Upstream error {exc.status_code}: {exc.message}", exc.response.headers.get("retry-after")
-        )
-    return UpstreamError(f"Upstream error: {exc}", status=502)
+    return upstream_error_from_sdk(
+        exc,
+        timeouts=(openai.APITimeoutError,),
+        unreachable=(openai.APIConnectionError,),
+        status_error=openai.APIStatusError,
+    )
 
 
 class OpenAIProvider:

@@ -7,7 +7,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.conftest import auth, flushed_metrics
+from tests.conftest import auth, flushed_metrics, sse_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,7 +66,7 @@ async def test_the_stream_ends_with_done_and_no_usage_unless_asked(http, api_key
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["x-accel-buffering"] == "no"
-    events = [line[6:] for line in response.text.split("\n\n") if line.startswith("data: ")]
+    events = sse_events(response.text)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)

@@ -10,22 +10,15 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import add_endpoint, auth, flushed_metrics
+from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
 from tests.fakes.anthropic_server import FakeAnthropic, fake_anthropic_fixture, presented_key  # noqa: F401
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_upstream_retries")]
 
 KEY_ENV = "LLMOPS_TEST_ANTHROPIC_KEY"
 KEY = "sk-ant-fake-SECRET-51c0de"
 MODEL = "fake-claude"
 HELLO = [{"role": "user", "content": "Hello there"}]
-
-
-@pytest.fixture(autouse=True)
-def upstream_settings(settings):
-    # No SDK retries unless a test asks: a retried failure would hide the mapping and cost time.
-    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 0
-    settings.LLMOPS_UPSTREAM_TIMEOUT_S = 5.0
 
 
 @pytest.fixture
@@ -43,10 +36,6 @@ async def model(fake_anthropic, monkeypatch, transactional_db) -> str:
         cache_write_price_per_mtok=Decimal("3.75"),
     )
     return MODEL
-
-
-def sse_events(text: str) -> list[str]:
-    return [block[6:] for block in text.split("\n\n") if block.startswith("data: ")]
 
 
 async def ask(sdk, model: str, *, stream: bool, **params) -> tuple[str, str | None, object, Decimal]:

@@ -9,22 +9,15 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.conftest import add_endpoint, auth, flushed_metrics
+from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
 from tests.fakes.openai_server import FakeOpenAI, fake_openai_fixture  # noqa: F401
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_upstream_retries")]
 
 KEY_ENV = "LLMOPS_TEST_OPENAI_KEY"
 KEY = "sk-fake-openai-SECRET-7f3a9c"
 MODEL = "fake-gpt"
 HELLO = [{"role": "user", "content": "Hello there"}]
-
-
-@pytest.fixture(autouse=True)
-def upstream_settings(settings):
-    # No SDK retries unless a test asks: a retried failure would hide the mapping and cost time.
-    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 0
-    settings.LLMOPS_UPSTREAM_TIMEOUT_S = 5.0
 
 
 @pytest.fixture
@@ -41,10 +34,6 @@ async def model(fake_openai, monkeypatch, transactional_db) -> str:
         cached_input_price_per_mtok=Decimal("1.25"),
     )
     return MODEL
-
-
-def sse_events(text: str) -> list[str]:
-    return [block[6:] for block in text.split("\n\n") if block.startswith("data: ")]
 
 
 async def test_it_answers_with_the_upstream_text_usage_and_finish_reason(sdk, model, fake_openai):
