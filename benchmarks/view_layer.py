@@ -159,8 +159,9 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
     from rest_framework.response import Response
 
     from llmops import catalog
-    from llmops.api.serializers import ChatCompletionRequestSerializer, normalised_messages, provider_params
+    from llmops.api.serializers import normalised_messages, provider_params
     from llmops.api.views import (
+        CHAT_REQUEST,
         ChatCompletionsView,
         ModelListView,
         gateway_body,
@@ -233,7 +234,7 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
         permission_classes = [IsAuthenticated]
 
         async def post(self, request: Any) -> Response:
-            data = validated(ChatCompletionRequestSerializer, request.data)
+            data = validated(CHAT_REQUEST, request.data)
             body, result, endpoint = await chat_answer(data, request.auth)
             response = Response(body)
             add_headers(response, result, endpoint)
@@ -252,7 +253,7 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
     async def plain_chat(request: HttpRequest) -> HttpResponse:
         try:
             api_key = await authorize(request)
-            data = validated(ChatCompletionRequestSerializer, read_json_object(request))
+            data = validated(CHAT_REQUEST, read_json_object(request))
             body, result, endpoint = await chat_answer(data, api_key)
         except GatewayError as exc:
             return error_response(exc)
