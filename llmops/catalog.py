@@ -1,28 +1,29 @@
 """Configuration reads for the hot path: model endpoints, prompts and API keys, cached in
 process and reloaded when they change.
 
-A save or delete in this process clears the snapshot at once; other processes notice
-through a version number in the shared cache, which each checks at most once every
-LLMOPS_CONFIG_TTL_S seconds. So a request costs no database query unless the
-configuration changed."""
+Every committed change to them bumps one version number in the database (ConfigVersion).
+This process drops its snapshot at once; every other process (other daphne workers, and
+a running server when `manage.py create_api_key` ran beside it) reads the version at most
+once every LLMOPS_CONFIG_TTL_S seconds and reloads when it moved. So a request costs no
+database query unless its process's check is due."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 
-from llmops.models import ApiKey, ModelEndpoint, PromptTemplate
-
-VERSION_KEY = "llmops:config-version"
+from llmops.models import ApiKey, ConfigVersion, ModelEndpoint, PromptTemplate
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ class _Snapshot:
     prompts: dict[tuple[str, int], PromptConfig]
     latest_prompts: dict[str, PromptConfig]
     keys: dict[str, ApiKeyInfo]
-    version: int | None
+    version: int
     checked_at: float
 
 
@@ -97,8 +98,14 @@ def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def _load(version: int | None) -> _Snapshot:
+def _refresh(known: int | None) -> _Snapshot | None:
+    """The configuration as committed now, or None when its version is still `known`."""
     try:
+        # The version is read first: a change committed meanwhile is then loaded under the
+        # older number, and the next check loads it again, never the other way round.
+        version = ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).values_list("version", flat=True).first()
+        if known is not None and version == known:
+            return None
         endpoints = {row.name: EndpointConfig.from_model(row) for row in ModelEndpoint.objects.all()}
         prompts: dict[tuple[str, int], PromptConfig] = {}
         latest: dict[str, PromptConfig] = {}
@@ -116,22 +123,33 @@ def _load(version: int | None) -> _Snapshot:
         # this connection back (to the pool, on PostgreSQL) once the request's thread ends.
         if not connection.in_atomic_block:
             connection.close()
-    return _Snapshot(endpoints, prompts, latest, keys, version, time.monotonic())
+    return _Snapshot(endpoints, prompts, latest, keys, version or 0, time.monotonic())
+
+
+_reload_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 async def _current() -> _Snapshot:
     global _snapshot
     snap = _snapshot
-    now = time.monotonic()
-    if snap is not None and now - snap.checked_at < settings.LLMOPS_CONFIG_TTL_S:
+    if snap is not None and time.monotonic() - snap.checked_at < settings.LLMOPS_CONFIG_TTL_S:
         return snap
-    version = await cache.aget(VERSION_KEY)
-    if snap is not None and version == snap.version:
-        snap.checked_at = now
-        return snap
-    snap = await sync_to_async(_load)(version)
-    _snapshot = snap
-    return snap
+    loop = asyncio.get_running_loop()
+    lock = _reload_locks.get(loop)
+    if lock is None:
+        lock = _reload_locks[loop] = asyncio.Lock()
+    # One check at a time: the requests that arrive meanwhile wait for its result rather
+    # than each taking a database connection to load the same rows.
+    async with lock:
+        snap = _snapshot
+        if snap is not None and time.monotonic() - snap.checked_at < settings.LLMOPS_CONFIG_TTL_S:
+            return snap
+        fresh = await sync_to_async(_refresh)(snap.version if snap else None)
+        if fresh is None:
+            snap.checked_at = time.monotonic()
+            return snap
+        _snapshot = fresh
+        return fresh
 
 
 async def endpoint_get(name: str) -> EndpointConfig | None:
@@ -159,16 +177,20 @@ def reset() -> None:
     _snapshot = None
 
 
-def invalidate(**_: Any) -> None:
-    """Drop this process's snapshot and tell the other processes to drop theirs."""
+def config_changed() -> None:
+    """Drop this process's snapshot and move the shared version, so every process reloads."""
     reset()
-    try:
-        cache.incr(VERSION_KEY)
-    except ValueError:
-        cache.set(VERSION_KEY, int(time.time() * 1000), timeout=None)
+    if not ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).update(version=F("version") + 1):
+        ConfigVersion.objects.get_or_create(pk=ConfigVersion.SINGLETON, defaults={"version": 1})
+
+
+def _on_change(**_: Any) -> None:
+    # After the commit: bumping the version inside the admin's transaction would let a
+    # request reload the old rows under the new number, and keep them.
+    transaction.on_commit(config_changed)
 
 
 def connect_invalidation() -> None:
     for model in (ModelEndpoint, PromptTemplate, ApiKey):
-        post_save.connect(invalidate, sender=model, dispatch_uid=f"catalog-save-{model.__name__}")
-        post_delete.connect(invalidate, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}")
+        post_save.connect(_on_change, sender=model, dispatch_uid=f"catalog-save-{model.__name__}")
+        post_delete.connect(_on_change, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}")

@@ -138,3 +138,15 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class ConfigVersion(models.Model):
+    """One row whose number moves on every committed change to the catalog, prompts or
+    keys: how processes that cache them learn of a change made elsewhere."""
+
+    SINGLETON = 1
+
+    version = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"configuration version {self.version}"

@@ -34,6 +34,7 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 class Gateway:
     def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -95,6 +96,19 @@ def test_the_readme_path_works_with_the_openai_sdk(gateway):
     )
     assert chunks[-1].usage.completion_tokens > 0
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+
+
+def test_a_key_created_beside_the_running_server_works_within_seconds(gateway):
+    server, _ = gateway
+    key = manage(server.env, "create_api_key", "added-later").strip().splitlines()[-1]
+    deadline = time.monotonic() + 10
+    status = None
+    while time.monotonic() < deadline:
+        status = httpx2.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+        if status == 200:
+            break
+        time.sleep(0.2)
+    assert status == 200
 
 
 def test_tokens_arrive_as_they_are_generated_not_at_the_end(gateway):

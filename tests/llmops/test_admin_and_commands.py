@@ -106,3 +106,20 @@ def test_the_api_schema_documents_every_endpoint(client):
     assert "GatewayApiKey" in schema["components"]["securitySchemes"]
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_revoked_in_the_admin_is_refused_on_the_next_request(client):
+    from asgiref.sync import async_to_sync
+
+    from llmops import catalog
+    from llmops.auth import api_key_create
+
+    staff = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-for-tests-only")
+    client.force_login(staff)
+    key, raw = api_key_create(name="leaked")
+    assert async_to_sync(catalog.api_key_get)(raw) is not None
+    response = client.post(reverse("admin:llmops_apikey_change", args=[key.pk]), {"name": "leaked"})
+    assert response.status_code == 302
+    assert ApiKey.objects.get(pk=key.pk).is_active is False
+    assert async_to_sync(catalog.api_key_get)(raw) is None

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from django.core.cache import cache
+from django.db.models import F
 
 from llmops import catalog
-from llmops.models import ModelEndpoint
+from llmops.models import ConfigVersion, ModelEndpoint
 from tests.conftest import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,11 +39,33 @@ async def test_a_change_in_the_admin_applies_to_the_next_request(http, seeded, a
 async def test_other_processes_notice_a_change_through_the_shared_version(seeded, settings):
     settings.LLMOPS_CONFIG_TTL_S = 0
     assert (await catalog.endpoint_get("sim-small")).enabled
-    # Another process changed the row and bumped the version; this one kept its snapshot.
+    # Another process changed the row; until it moves the version, this one keeps its snapshot.
     await ModelEndpoint.objects.filter(name="sim-small").aupdate(enabled=False)
     assert (await catalog.endpoint_get("sim-small")).enabled
-    try:
-        await cache.aincr(catalog.VERSION_KEY)
-    except ValueError:
-        await cache.aset(catalog.VERSION_KEY, 1)
+    await ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).aupdate(version=F("version") + 1)
     assert not (await catalog.endpoint_get("sim-small")).enabled
+
+
+async def test_a_process_checks_the_version_once_per_interval(seeded, settings):
+    settings.LLMOPS_CONFIG_TTL_S = 60
+    assert (await catalog.endpoint_get("sim-small")).enabled
+    await ModelEndpoint.objects.filter(name="sim-small").aupdate(enabled=False)
+    await ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).aupdate(version=F("version") + 1)
+    assert (await catalog.endpoint_get("sim-small")).enabled  # not due yet: no query at all
+    catalog._snapshot.checked_at -= 61
+    assert not (await catalog.endpoint_get("sim-small")).enabled
+
+
+async def test_concurrent_requests_share_one_reload(seeded, monkeypatch):
+    loads = 0
+    real = catalog._refresh
+
+    def counting(known):
+        nonlocal loads
+        loads += 1
+        return real(known)
+
+    monkeypatch.setattr(catalog, "_refresh", counting)
+    results = await asyncio.gather(*(catalog.endpoint_get("sim-small") for _ in range(20)))
+    assert all(r.name == "sim-small" for r in results)
+    assert loads == 1
