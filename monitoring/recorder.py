@@ -12,7 +12,7 @@ from collections import deque
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
 
 from monitoring.models import QueryMetric
 
@@ -29,10 +29,9 @@ dropped = 0
 
 def metric_record(**fields: Any) -> None:
     """Queue one metric row. Never blocks and never touches the database."""
-    global dropped
     if len(_buffer) >= settings.LLMOPS_METRICS_MAX_BUFFER:
         # The database is down or far behind: shed metrics rather than memory.
-        dropped += 1
+        _count_dropped()
         return
     _buffer.append(fields)  # the model instance is built by the writer, off the hot path
     if len(_buffer) >= settings.LLMOPS_METRICS_BATCH_SIZE:
@@ -49,13 +48,46 @@ def metrics_flush() -> int:
             while _buffer and len(batch) < settings.LLMOPS_METRICS_BATCH_SIZE:
                 batch.append(_buffer.popleft())
             try:
-                QueryMetric.objects.bulk_create([QueryMetric(**row) for row in batch], ignore_conflicts=True)
-            except Exception:
-                # Put them back for the next attempt; the database may be restarting.
+                written += _write(batch)
+            except (OperationalError, InterfaceError):
+                # The database is unreachable or restarting: keep the rows for the next try.
                 _buffer.extendleft(reversed(batch))
                 raise
-            written += len(batch)
     return written
+
+
+def _write(batch: list[dict[str, Any]]) -> int:
+    try:
+        with transaction.atomic():  # a savepoint when called inside a transaction
+            QueryMetric.objects.bulk_create([QueryMetric(**row) for row in batch])
+        return len(batch)
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError:
+        pass
+    # Some row is one the database refuses (its API key was deleted meanwhile, say): write
+    # the rows one by one so a single bad row cannot hold every later metric back.
+    written = 0
+    for row in batch:
+        for attempt in (row, {**row, "api_key_id": None}):
+            try:
+                with transaction.atomic():
+                    QueryMetric.objects.bulk_create([QueryMetric(**attempt)])
+                written += 1
+                break
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError:
+                continue
+        else:
+            _count_dropped()
+            logger.warning("Dropped metric %s: the database refused it", row.get("request_id"))
+    return written
+
+
+def _count_dropped() -> None:
+    global dropped
+    dropped += 1
 
 
 def metrics_pending() -> int:

@@ -51,3 +51,27 @@ def test_the_background_writer_flushes_on_its_own(settings):
     assert any(t.name == "metric-writer" for t in threading.enumerate())
     recorder.metrics_writer_stop()
     assert not any(t.name == "metric-writer" for t in threading.enumerate())
+
+
+def test_a_row_the_database_refuses_does_not_hold_back_the_others():
+    from llmops.auth import api_key_create
+
+    key, _ = api_key_create(name="short-lived")
+    recorder.metric_record(**row(1))
+    recorder.metric_record(**row(2), api_key_id=key.id)
+    recorder.metric_record(**row(3))
+    key.delete()  # its buffered metric now points at a key that is gone
+    assert recorder.metrics_flush() == 3
+    assert recorder.metrics_pending() == 0
+    kept = {m.request_id: m.api_key_id for m in QueryMetric.objects.all()}
+    assert kept == {"req-1": None, "req-2": None, "req-3": None}
+
+
+def test_a_row_that_cannot_be_written_at_all_is_dropped_and_counted():
+    recorder.metric_record(**row(1))
+    recorder.metric_record(**{**row(2), "status": None})  # NOT NULL
+    recorder.metric_record(**row(3))
+    before = recorder.dropped
+    assert recorder.metrics_flush() == 2
+    assert set(QueryMetric.objects.values_list("request_id", flat=True)) == {"req-1", "req-3"}
+    assert recorder.dropped - before == 1
