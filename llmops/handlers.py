@@ -45,6 +45,10 @@ class ApiASGIHandler(ASGIHandler):
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass  # the client left while the answer was being sent
+            finally:
+                close = getattr(response, "llmops_close", None)
+                if close is not None:
+                    await close()
 
         # A client that disconnects cancels the view, and with it the upstream call.
         disconnect = asyncio.ensure_future(self.listen_for_disconnect(receive))

@@ -129,6 +129,24 @@ async def _prepare(request: InferenceRequest) -> _Prepared:
     return _Prepared(endpoint, provider_for(endpoint.provider), call, prompt_label)
 
 
+def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> Usage:
+    """The provider's usage, with estimates only where it reported none (an
+    OpenAI-compatible server that sends no usage, a stream cut before its usage came)."""
+    if usage.input_tokens and (usage.output_tokens or not output_estimate):
+        return usage
+    return Usage(
+        input_tokens=usage.input_tokens or estimate_tokens("".join(m["content"] for m in call.messages)),
+        output_tokens=usage.output_tokens or output_estimate,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
+
+
+def request_rejected(request: InferenceRequest, error: GatewayError) -> None:
+    """Record a request refused before the pipeline began (bad JSON, a wrong field)."""
+    _record(request, None, stream=False, status="error", error=error)
+
+
 def _elapsed_ms(request: InferenceRequest) -> float:
     return (time.perf_counter() - request.started) * 1000
 
@@ -196,19 +214,20 @@ async def infer(request: InferenceRequest) -> InferenceResult:
     except Exception as exc:
         _record(request, prepared, stream=False, status="error", error=exc)
         raise
-    cost = cost_usd(prepared.endpoint, completion.usage)
+    usage = filled_usage(completion.usage, prepared.call, output_estimate=estimate_tokens(completion.text))
+    cost = cost_usd(prepared.endpoint, usage)
     result = InferenceResult(
         request_id=request.request_id,
         model=prepared.endpoint.name,
         provider=prepared.endpoint.provider,
         text=completion.text,
         finish_reason=completion.finish_reason,
-        usage=completion.usage,
+        usage=usage,
         cost_usd=cost,
         latency_ms=_elapsed_ms(request),
         simulated=completion.simulated,
     )
-    _record(request, prepared, stream=False, status="ok", usage=completion.usage, cost=cost)
+    _record(request, prepared, stream=False, status="ok", usage=usage, cost=cost)
     return result
 
 
@@ -217,7 +236,8 @@ class InferenceStream:
 
     `await start()` resolves the model and waits for the upstream's first piece, so that
     bad input and upstream failures before any token still get a proper error status.
-    Iterating then yields text pieces; `result` is filled in once the stream ends."""
+    Iterating then yields text pieces; `result` is filled in once the stream ends.
+    `aclose()` ends it early (the client left) and is safe to call more than once."""
 
     def __init__(self, request: InferenceRequest) -> None:
         self.request = request
@@ -227,6 +247,9 @@ class InferenceStream:
         self._first: StreamDelta | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._ttft_ms: float | None = None
+        self._usage = Usage()
+        self._text: list[str] = []
+        self._finish_reason = "stop"
         self._open = False
         self._recorded = False
 
@@ -244,7 +267,7 @@ class InferenceStream:
             InFlight.enter()
             self._open = True
             self._upstream = aiter(self._prepared.provider.stream(self._prepared.endpoint, self._prepared.call))
-            self._first = await anext(self._upstream)
+            self._first = await self._next()
             self._ttft_ms = _elapsed_ms(self.request)
         except asyncio.CancelledError:
             await self._finish(status="cancelled")
@@ -253,61 +276,50 @@ class InferenceStream:
             await self._finish(status="error", error=exc)
             raise
 
+    async def _next(self) -> StreamDelta | None:
+        """The next piece with text or an end; usage reported on the way is kept."""
+        assert self._upstream is not None
+        while True:
+            delta = await anext(self._upstream, None)
+            if delta is None:
+                return None
+            if delta.usage is not None:
+                self._usage = delta.usage
+            if delta.text or delta.finish_reason:
+                return delta
+
     async def __aiter__(self) -> AsyncIterator[str]:
-        assert self._upstream is not None and self._first is not None, "start() first"
-        text: list[str] = []
-        delta: StreamDelta | None = self._first
-        usage = Usage()
-        finish_reason = "stop"
+        assert self._prepared is not None, "start() first"
+        delta = self._first
         try:
             while delta is not None:
                 if delta.text:
-                    text.append(delta.text)
+                    self._text.append(delta.text)
                     yield delta.text
-                if delta.usage is not None:
-                    usage = delta.usage
                 if delta.finish_reason:
-                    finish_reason = delta.finish_reason
-                delta = await anext(self._upstream, None)
+                    self._finish_reason = delta.finish_reason
+                delta = await self._next()
         except (asyncio.CancelledError, GeneratorExit):
-            usage = self._partial_usage(usage, text)
-            await self._finish(status="cancelled", usage=usage, cost=cost_usd(self.endpoint, usage))
+            await self._finish(status="cancelled")
             raise
         except BaseException as exc:
-            usage = self._partial_usage(usage, text)
-            await self._finish(status="error", error=exc, usage=usage, cost=cost_usd(self.endpoint, usage))
+            await self._finish(status="error", error=exc)
             raise
-        endpoint = self.endpoint
-        cost = cost_usd(endpoint, usage)
-        self.result = InferenceResult(
-            request_id=self.request.request_id,
-            model=endpoint.name,
-            provider=endpoint.provider,
-            text="".join(text),
-            finish_reason=finish_reason,
-            usage=usage,
-            cost_usd=cost,
-            latency_ms=_elapsed_ms(self.request),
-            ttft_ms=self._ttft_ms,
-            simulated=endpoint.provider == "simulated",
-        )
-        await self._finish(status="ok", usage=usage, cost=cost)
-
-    def _partial_usage(self, usage: Usage, text: list[str]) -> Usage:
-        """A stream cut short still generated (and was billed for) what was sent: providers
-        report usage only at the end, so count the pieces (about a token each)."""
-        if usage.output_tokens or not text:
-            return usage
-        prompt = "".join(m["content"] for m in self._prepared.call.messages) if self._prepared else ""
-        return Usage(input_tokens=estimate_tokens(prompt), output_tokens=len(text))
+        await self._finish(status="ok")
 
     async def aclose(self) -> None:
-        """Stop early (the client left): closes the upstream call and records `cancelled`."""
         await self._finish(status="cancelled")
 
-    async def _finish(
-        self, *, status: str, usage: Usage | None = None, cost: Decimal = ZERO, error: BaseException | None = None
-    ) -> None:
+    def _billed_usage(self, status: str) -> Usage:
+        """What the provider reported, completed where it could not report: a stream cut
+        short still generated (and was billed for) every piece that was sent."""
+        assert self._prepared is not None
+        usage = self._usage
+        if status != "ok" and len(self._text) > usage.output_tokens:
+            usage = Usage(usage.input_tokens, len(self._text), usage.cached_tokens, usage.cache_write_tokens)
+        return filled_usage(usage, self._prepared.call, output_estimate=len(self._text))
+
+    async def _finish(self, *, status: str, error: BaseException | None = None) -> None:
         if self._recorded:
             return
         self._recorded = True
@@ -322,6 +334,22 @@ class InferenceStream:
                     await upstream.aclose()
                 except Exception:
                     pass  # the upstream is already broken; its error is what gets recorded
+        usage = self._billed_usage(status) if self._prepared is not None else Usage()
+        cost = cost_usd(self._prepared.endpoint, usage) if self._prepared is not None else ZERO
+        if status == "ok":
+            endpoint = self.endpoint
+            self.result = InferenceResult(
+                request_id=self.request.request_id,
+                model=endpoint.name,
+                provider=endpoint.provider,
+                text="".join(self._text),
+                finish_reason=self._finish_reason,
+                usage=usage,
+                cost_usd=cost,
+                latency_ms=_elapsed_ms(self.request),
+                ttft_ms=self._ttft_ms,
+                simulated=endpoint.provider == "simulated",
+            )
         _record(
             self.request,
             self._prepared,

@@ -3,9 +3,11 @@ pipeline, shape the answer."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +28,7 @@ from llmops.api.serializers import (
 from llmops.auth import ApiKeyAuthentication, authorize
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response, first_validation_error
-from llmops.pipeline import InferenceRequest, InferenceResult, InferenceStream, infer
+from llmops.pipeline import InferenceRequest, InferenceResult, InferenceStream, infer, request_rejected
 from llmops.providers.base import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,9 @@ ERROR_RESPONSES = {
 }
 
 
+API_METHODS = ("get", "post")
+
+
 class GatewayAPIView(APIView):
     """A DRF view (so the schema documents it) with a lean async dispatch: no thread hop
     for authentication, the gateway's own key check, and OpenAI's error shape for all."""
@@ -47,8 +52,9 @@ class GatewayAPIView(APIView):
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         self.args, self.kwargs, self.request = args, kwargs, request
-        handler = getattr(self, request.method.lower(), None) if request.method else None
-        if handler is None:
+        method = (request.method or "").lower()
+        handler = getattr(self, method, None) if method in API_METHODS else None
+        if not inspect.iscoroutinefunction(handler):
             return error_response(GatewayError(f"{request.method} is not allowed here.", status=405))
         try:
             api_key = await authorize(request)
@@ -79,7 +85,7 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
         raise GatewayError(f"The body is larger than {limit} bytes.", status=413, code="request_too_large")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
@@ -100,13 +106,17 @@ def validated(serializer: Serializer, data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None) from None
 
 
-def gateway_headers(response: HttpResponse, *, request_id: str, endpoint: EndpointConfig, cache: str) -> None:
+def gateway_headers(response: HttpResponse, *, request_id: str, model: str, provider: str) -> None:
     response["x-llmops-request-id"] = request_id
-    response["x-llmops-model"] = endpoint.name
-    response["x-llmops-provider"] = endpoint.provider
-    response["x-llmops-cache"] = cache
-    if endpoint.provider == "simulated":
+    response["x-llmops-model"] = model
+    response["x-llmops-provider"] = provider
+    if provider == "simulated":
         response["x-llmops-simulated"] = "true"
+
+
+def usd(amount: Decimal) -> str:
+    """Dollars as plain digits: str() of a small Decimal would say 7.000E-7."""
+    return format(amount, "f")
 
 
 def usage_body(result: InferenceResult) -> dict[str, Any]:
@@ -124,7 +134,7 @@ def gateway_body(result: InferenceResult) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
         "provider": result.provider,
-        "cost_usd": str(result.cost_usd),
+        "cost_usd": usd(result.cost_usd),
         "cache": result.cache,
         "latency_ms": round(result.latency_ms, 3),
         "ttft_ms": None if result.ttft_ms is None else round(result.ttft_ms, 3),
@@ -146,20 +156,27 @@ class ChatCompletionsView(GatewayAPIView):
         },
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
-        payload = read_json_object(request)
-        refused = unsupported_field(payload)
-        if refused:
-            raise InvalidRequest(f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported")
-        data = validated(CHAT_REQUEST, payload)
-        inference = InferenceRequest(
-            api_key=api_key,
-            model=data["model"],
-            messages=normalised_messages(data.get("messages") or []),
-            params=provider_params(data),
-            prompt=data.get("prompt"),
-            variables=data.get("variables") or {},
-            simulate=data.get("simulate"),
-        )
+        inference = InferenceRequest(api_key=api_key, model="", messages=[])
+        payload: dict[str, Any] = {}
+        try:
+            payload = read_json_object(request)
+            refused = unsupported_field(payload)
+            if refused:
+                raise InvalidRequest(
+                    f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported"
+                )
+            data = validated(CHAT_REQUEST, payload)
+        except GatewayError as exc:
+            model = payload.get("model")
+            inference.model = model[:200] if isinstance(model, str) else ""
+            request_rejected(inference, exc)
+            raise
+        inference.model = data["model"]
+        inference.messages = normalised_messages(data.get("messages") or [])
+        inference.params = provider_params(data)
+        inference.prompt = data.get("prompt")
+        inference.variables = data.get("variables") or {}
+        inference.simulate = data.get("simulate")
         if data["stream"]:
             options = data.get("stream_options") or {}
             return await stream_response(inference, include_usage=options.get("include_usage", False))
@@ -182,9 +199,9 @@ class ChatCompletionsView(GatewayAPIView):
             "llmops": gateway_body(result),
         }
         response = HttpResponse(json.dumps(body), content_type="application/json")
-        endpoint = await catalog.endpoint_get(result.model)
-        gateway_headers(response, request_id=result.request_id, endpoint=endpoint, cache=result.cache)
-        response["x-llmops-cost-usd"] = str(result.cost_usd)
+        gateway_headers(response, request_id=result.request_id, model=result.model, provider=result.provider)
+        response["x-llmops-cache"] = result.cache
+        response["x-llmops-cost-usd"] = usd(result.cost_usd)
         return response
 
 
@@ -232,7 +249,11 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    gateway_headers(response, request_id=inference.request_id, endpoint=endpoint, cache="miss")
+    gateway_headers(response, request_id=inference.request_id, model=endpoint.name, provider=endpoint.provider)
+    response["x-llmops-cache"] = "miss"
+    # The handler calls this once the response is over, however it ended: a client that left
+    # before the first chunk was sent must still free the upstream call.
+    response.llmops_close = stream.aclose
     return response
 
 

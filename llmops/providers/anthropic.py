@@ -125,6 +125,9 @@ class AnthropicProvider:
                     elif event.type == "message_start":
                         start_usage = event.message.usage
                         output_tokens = start_usage.output_tokens or 0
+                        # The input side (cache reads and writes included) is known now: pass it
+                        # on, so a stream cut short is still billed at the right rates.
+                        yield StreamDelta(usage=_usage(start_usage, output_tokens))
                     elif event.type == "message_delta":
                         # Output tokens in message_delta are cumulative: take the last, never add.
                         output_tokens = event.usage.output_tokens or output_tokens

@@ -42,6 +42,7 @@ class ChatAnswer:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     cached_tokens: int = 0
+    sends_usage: bool = True  # False: like compatible servers that report no usage at all
 
 
 class FakeOpenAI(FakeUpstream):
@@ -120,13 +121,13 @@ class FakeOpenAI(FakeUpstream):
                     "finish_reason": self.answer.finish_reason,
                 }
             ],
-            "usage": self._usage(),
+            "usage": self._usage() if self.answer.sends_usage else None,
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
         }
 
     def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = self.answer.sends_usage and bool((body.get("stream_options") or {}).get("include_usage"))
         broken = self.take_stream_break()
         head = {
             "id": f"chatcmpl-fake{next(self._ids)}",

@@ -122,16 +122,8 @@ async def test_a_bad_prompt_reference_is_a_400(sdk, extra, message):
     assert message in caught.value.body["message"]
 
 
-async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app, api_key, seeded):
-    from llmops.pipeline import InFlight
-
-    body = {
-        "model": "sim-small",
-        "messages": HELLO,
-        "stream": True,
-        "simulate": {"ttft_ms": 0, "tokens_per_s": 50, "output_tokens": 500},
-    }
-    scope = {
+def stream_scope(api_key: str) -> dict:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -143,6 +135,49 @@ async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app,
         "headers": [(b"authorization", f"Bearer {api_key}".encode()), (b"content-type", b"application/json")],
         "client": ("127.0.0.1", 5000),
         "server": ("testserver", 80),
+    }
+
+
+async def test_a_client_that_leaves_before_the_first_chunk_frees_the_upstream_call(asgi_app, api_key, seeded):
+    from llmops.pipeline import InFlight
+
+    body = {"model": "sim-small", "messages": HELLO, "stream": True, "simulate": {"output_tokens": 50}}
+    pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    left = asyncio.Event()
+
+    async def receive():
+        if pending:
+            return pending.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        # A server under back-pressure: the headers wait on a slow client, who leaves.
+        left.set()
+        await asyncio.sleep(3600)
+
+    await asyncio.wait_for(asgi_app(stream_scope(api_key), receive, send), timeout=5)
+    assert InFlight.current == 0
+    [metric] = await flushed_metrics()
+    assert (metric.status, metric.stream) == ("cancelled", True)
+
+
+async def test_a_small_cost_is_written_in_plain_digits(http, seeded, api_key):
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "simulate": {"output_tokens": 1}}
+    response = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
+    # 1 input token at $0.10 and 1 output token at $0.40 per million.
+    assert response.headers["x-llmops-cost-usd"] == "0.0000005000"
+    assert response.json()["llmops"]["cost_usd"] == "0.0000005000"
+
+
+async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app, api_key, seeded):
+    from llmops.pipeline import InFlight
+
+    body = {
+        "model": "sim-small",
+        "messages": HELLO,
+        "stream": True,
+        "simulate": {"ttft_ms": 0, "tokens_per_s": 50, "output_tokens": 500},
     }
     pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
     left = asyncio.Event()
@@ -159,7 +194,7 @@ async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app,
         if sum(m["type"] == "http.response.body" for m in sent) == 4:
             left.set()  # the user closed the tab after a few tokens
 
-    await asyncio.wait_for(asgi_app(scope, receive, send), timeout=5)
+    await asyncio.wait_for(asgi_app(stream_scope(api_key), receive, send), timeout=5)
     assert sent[0]["status"] == 200
     assert InFlight.current == 0
     [metric] = await flushed_metrics()

@@ -117,8 +117,30 @@ async def test_a_body_over_the_limit_is_a_413(http, seeded, api_key, settings):
     assert assert_openai_error(response, 413, "invalid_request_error")["code"] == "request_too_large"
 
 
-async def test_a_wrong_method_is_a_405_in_the_same_shape(http, seeded, api_key):
-    assert_openai_error(await http.get(URL, headers=auth(api_key)), 405, "invalid_request_error")
+@pytest.mark.parametrize("method", ["GET", "OPTIONS", "DISPATCH", "INITIAL", "DELETE"])
+async def test_a_wrong_method_is_a_405_in_the_same_shape(http, seeded, api_key, method):
+    response = await http.request(method, URL, headers=auth(api_key))
+    assert_openai_error(response, 405, "invalid_request_error")
+
+
+async def test_deeply_nested_json_is_a_400_not_a_crash(http, seeded, api_key):
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = await http.post(URL, content=body, headers={**auth(api_key), "content-type": "application/json"})
+    assert assert_openai_error(response, 400, "invalid_request_error")["code"] == "invalid_json"
+
+
+async def test_requests_refused_before_the_pipeline_are_recorded_too(http, seeded, api_key):
+    await http.post(URL, content=b"{nope", headers={**auth(api_key), "content-type": "application/json"})
+    await http.post(URL, json={"model": "sim-small", "messages": HELLO, "temperature": 9}, headers=auth(api_key))
+    await http.post(URL, json={"model": "sim-small", "messages": HELLO, "tools": [{}]}, headers=auth(api_key))
+    metrics = await flushed_metrics()
+    assert [(m.model, m.status, m.http_status, m.error_type) for m in metrics] == [
+        ("", "error", 400, "invalid_request_error"),
+        ("sim-small", "error", 400, "invalid_request_error"),
+        ("sim-small", "error", 400, "invalid_request_error"),
+    ]
+    assert "temperature" in metrics[1].error_message
+    assert all(m.api_key is not None for m in metrics)
 
 
 async def test_a_simulated_upstream_failure_is_a_502_and_recorded(http, seeded, api_key):

@@ -306,3 +306,20 @@ def test_the_fake_is_a_faithful_openai(fake_openai: FakeOpenAI):
         client.chat.completions.create(model="m", messages=HELLO)
     assert caught.value.code == "rate_limit_exceeded"
     client.close()
+
+
+async def test_a_server_that_reports_no_usage_is_billed_on_estimates(sdk, model, fake_openai):
+    fake_openai.reply(text="one two three four five six seven eight", sends_usage=False)
+    whole = await sdk.chat.completions.create(model=model, messages=HELLO)
+    stream = await sdk.chat.completions.create(
+        model=model, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    streamed_usage = None
+    async for chunk in stream:
+        streamed_usage = chunk.usage or streamed_usage
+    # "Hello there" is 11 characters: 3 tokens at four characters a token.
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (3, 10)
+    # Streamed, each piece counts as a token: the fake sends the text word by word.
+    assert (streamed_usage.prompt_tokens, streamed_usage.completion_tokens) == (3, 8)
+    metrics = await flushed_metrics()
+    assert all(m.cost_usd > 0 for m in metrics)
