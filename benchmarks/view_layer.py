@@ -164,11 +164,11 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
         CHAT_REQUEST,
         ChatCompletionsView,
         ModelListView,
-        gateway_body,
+        completion_body,
         gateway_headers,
         model_body,
         read_json_object,
-        usage_body,
+        usd,
         validated,
     )
     from llmops.auth import ApiKeyPrincipal, authorize
@@ -188,29 +188,12 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
             simulate=data.get("simulate"),
         )
         result = await infer(inference)
-        body = {
-            "id": f"chatcmpl-{result.request_id}",
-            "object": "chat.completion",
-            "created": result.created,
-            "model": result.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text, "refusal": None},
-                    "finish_reason": result.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage_body(result),
-            "system_fingerprint": None,
-            "llmops": gateway_body(result),
-        }
-        endpoint = await catalog.endpoint_get(result.model)
-        return body, result, endpoint
+        return completion_body(result), result, None
 
     def add_headers(response: Any, result: Any, endpoint: Any) -> None:
-        gateway_headers(response, request_id=result.request_id, endpoint=endpoint, cache=result.cache)
-        response["x-llmops-cost-usd"] = str(result.cost_usd)
+        gateway_headers(response, request_id=result.request_id, model=result.model, provider=result.provider)
+        response["x-llmops-cache"] = result.cache
+        response["x-llmops-cost-usd"] = usd(result.cost_usd)
 
     # (b) adrf: async authentication (adrf calls it through async_to_sync), IsAuthenticated.
     class AsyncApiKeyAuthentication(BaseAuthentication):

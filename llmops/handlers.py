@@ -10,6 +10,7 @@ view with no middleware and no signals; the admin and pages keep Django's full h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from django.core.exceptions import RequestAborted
@@ -42,9 +43,8 @@ class ApiASGIHandler(ASGIHandler):
         async def respond() -> None:
             response = await self.run_get_response(request)
             try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client left while the answer was being sent
+                with contextlib.suppress(asyncio.CancelledError):  # the client left mid-answer
+                    await self.send_response(response, send)
             finally:
                 close = getattr(response, "llmops_close", None)
                 if close is not None:
@@ -57,16 +57,12 @@ class ApiASGIHandler(ASGIHandler):
             await asyncio.wait((disconnect, answer), return_when=asyncio.FIRST_COMPLETED)
             for task in (disconnect, answer):
                 if task.done():
-                    try:
+                    with contextlib.suppress(RequestAborted):  # the client disconnected
                         task.result()
-                    except RequestAborted:
-                        pass  # the client disconnected
                 else:
                     task.cancel()
-                    try:
+                    with contextlib.suppress(asyncio.CancelledError):
                         await task
-                    except asyncio.CancelledError:
-                        pass
         finally:
             body_file.close()
 

@@ -10,6 +10,7 @@ QueryMetric for the request, whether it succeeds, fails or is cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import weakref
@@ -330,10 +331,9 @@ class InferenceStream:
                 self._semaphore.release()
             upstream, self._upstream = self._upstream, None
             if upstream is not None and hasattr(upstream, "aclose"):
-                try:
+                # A broken upstream may fail to close too; its first error is what is recorded.
+                with contextlib.suppress(Exception):
                     await upstream.aclose()
-                except Exception:
-                    pass  # the upstream is already broken; its error is what gets recorded
         usage = self._billed_usage(status) if self._prepared is not None else Usage()
         cost = cost_usd(self._prepared.endpoint, usage) if self._prepared is not None else ZERO
         if status == "ok":

@@ -143,6 +143,27 @@ def gateway_body(result: InferenceResult) -> dict[str, Any]:
     }
 
 
+def completion_body(result: InferenceResult) -> dict[str, Any]:
+    """A whole answer as OpenAI's `chat.completion`."""
+    return {
+        "id": f"chatcmpl-{result.request_id}",
+        "object": "chat.completion",
+        "created": result.created,
+        "model": result.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "finish_reason": result.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_body(result),
+        "system_fingerprint": None,
+        "llmops": gateway_body(result),
+    }
+
+
 class ChatCompletionsView(GatewayAPIView):
     @extend_schema(
         operation_id="chat_completions_create",
@@ -181,24 +202,7 @@ class ChatCompletionsView(GatewayAPIView):
             options = data.get("stream_options") or {}
             return await stream_response(inference, include_usage=options.get("include_usage", False))
         result = await infer(inference)
-        body = {
-            "id": f"chatcmpl-{result.request_id}",
-            "object": "chat.completion",
-            "created": result.created,
-            "model": result.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text, "refusal": None},
-                    "finish_reason": result.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage_body(result),
-            "system_fingerprint": None,
-            "llmops": gateway_body(result),
-        }
-        response = HttpResponse(json.dumps(body), content_type="application/json")
+        response = HttpResponse(json.dumps(completion_body(result)), content_type="application/json")
         gateway_headers(response, request_id=result.request_id, model=result.model, provider=result.provider)
         response["x-llmops-cache"] = result.cache
         response["x-llmops-cost-usd"] = usd(result.cost_usd)
