@@ -28,6 +28,9 @@ class ProviderCall:
     messages: list[dict[str, str]]
     params: dict[str, Any] = field(default_factory=dict)
     simulate: dict[str, Any] | None = None
+    # Ask the provider to cache the static prefix (system prompt, earlier turns) where it
+    # can: Anthropic's cache_control. A cache policy turns it on.
+    prompt_cache: bool = False
 
 
 @dataclass(slots=True)
