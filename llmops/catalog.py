@@ -1,5 +1,5 @@
-"""Configuration reads for the hot path: model endpoints, prompts and API keys, cached in
-process and reloaded when they change.
+"""Configuration reads for the hot path: model endpoints, prompts, API keys and cache
+policies, cached in process and reloaded when they change.
 
 Every committed change to them bumps one version number in the database (ConfigVersion).
 This process drops its snapshot at once; every other process (other daphne workers, and
@@ -23,6 +23,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 
+from caching.models import CachePolicy
+from caching.policies import PolicyConfig, policy_match
 from llmops.models import ApiKey, ConfigVersion, ModelEndpoint, PromptTemplate
 
 
@@ -87,6 +89,7 @@ class _Snapshot:
     prompts: dict[tuple[str, int], PromptConfig]
     latest_prompts: dict[str, PromptConfig]
     keys: dict[str, ApiKeyInfo]
+    policies: list[PolicyConfig]
     version: int
     checked_at: float
 
@@ -118,12 +121,13 @@ def _refresh(known: int | None) -> _Snapshot | None:
             row.key_hash: ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix)
             for row in ApiKey.objects.filter(is_active=True).only("id", "name", "prefix", "key_hash")
         }
+        policies = [PolicyConfig.from_model(row) for row in CachePolicy.objects.all()]
     finally:
         # API requests run without Django's request signals, so nothing else would hand
         # this connection back (to the pool, on PostgreSQL) once the request's thread ends.
         if not connection.in_atomic_block:
             connection.close()
-    return _Snapshot(endpoints, prompts, latest, keys, version or 0, time.monotonic())
+    return _Snapshot(endpoints, prompts, latest, keys, policies, version or 0, time.monotonic())
 
 
 _reload_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -167,6 +171,10 @@ async def prompt_get(name: str, version: int | None) -> PromptConfig | None:
     return snap.prompts.get((name, version))
 
 
+async def cache_policy_get(model: str) -> PolicyConfig | None:
+    return policy_match((await _current()).policies, model)
+
+
 async def api_key_get(raw_key: str) -> ApiKeyInfo | None:
     return (await _current()).keys.get(hash_key(raw_key))
 
@@ -191,6 +199,6 @@ def _on_change(**_: Any) -> None:
 
 
 def connect_invalidation() -> None:
-    for model in (ModelEndpoint, PromptTemplate, ApiKey):
+    for model in (ModelEndpoint, PromptTemplate, ApiKey, CachePolicy):
         post_save.connect(_on_change, sender=model, dispatch_uid=f"catalog-save-{model.__name__}")
         post_delete.connect(_on_change, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}")

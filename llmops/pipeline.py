@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 import weakref
@@ -21,6 +22,8 @@ from typing import Any
 
 from django.utils import timezone
 
+from caching.services import BYPASS, MISS, CachePlan, cache_hit_recorded, cache_lookup, cache_plan, cache_store
+from caching.store import CachedAnswer
 from llmops import catalog
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound
@@ -29,6 +32,8 @@ from llmops.prompts import prompt_render
 from llmops.providers import provider_for
 from llmops.providers.base import ChatProvider, ProviderCall, StreamDelta, UpstreamError, Usage, estimate_tokens
 from monitoring.recorder import metric_record
+
+WORD = re.compile(r"\S+\s*|\s+")
 
 
 def new_request_id() -> str:
@@ -44,6 +49,7 @@ class InferenceRequest:
     prompt: str | None = None
     variables: dict[str, Any] = field(default_factory=dict)
     simulate: dict[str, float] | None = None
+    cache_mode: str = "use"  # or "bypass" (neither read nor write the cache), "refresh" (write only)
     request_id: str = field(default_factory=new_request_id)
     endpoint_kind: str = "chat.completions"
     started: float = field(default_factory=time.perf_counter)
@@ -61,6 +67,7 @@ class InferenceResult:
     latency_ms: float
     ttft_ms: float | None = None
     cache: str = "miss"
+    saved_usd: Decimal = ZERO  # for a cache hit: what the answer cost when it was generated
     simulated: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -71,6 +78,7 @@ class _Prepared:
     provider: ChatProvider
     call: ProviderCall
     prompt_label: str = ""
+    cache: CachePlan | None = None
 
 
 class InFlight:
@@ -126,8 +134,23 @@ async def _prepare(request: InferenceRequest) -> _Prepared:
         raise InvalidRequest("messages must be a non-empty list (or name a prompt).", param="messages")
     if request.simulate and endpoint.provider != "simulated":
         raise InvalidRequest("simulate applies only to simulated models.", param="simulate")
-    call = ProviderCall(messages=messages, params=request.params, simulate=request.simulate)
-    return _Prepared(endpoint, provider_for(endpoint.provider), call, prompt_label)
+    policy = await catalog.cache_policy_get(endpoint.name)
+    plan = cache_plan(
+        policy=policy,
+        model=endpoint.name,
+        messages=messages,
+        params={**request.params, "simulate": request.simulate} if request.simulate else request.params,
+        prompt=prompt_label,
+        api_key_id=request.api_key.id,
+        mode=request.cache_mode,
+    )
+    call = ProviderCall(
+        messages=messages,
+        params=request.params,
+        simulate=request.simulate,
+        prompt_cache=bool(policy and policy.prompt_caching),
+    )
+    return _Prepared(endpoint, provider_for(endpoint.provider), call, prompt_label, plan)
 
 
 def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> Usage:
@@ -162,6 +185,8 @@ def _record(
     cost: Decimal = ZERO,
     ttft_ms: float | None = None,
     error: Exception | None = None,
+    cache_status: str = MISS,
+    saved: Decimal = ZERO,
 ) -> None:
     usage = usage or Usage()
     http_status = 200
@@ -186,7 +211,8 @@ def _record(
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         cost_usd=cost,
-        cache_status="miss",
+        cache_status=cache_status,
+        cost_saved_usd=saved,
         status=status,
         http_status=http_status if status == "error" else (499 if status == "cancelled" else 200),
         error_type=error_type,
@@ -199,6 +225,11 @@ async def infer(request: InferenceRequest) -> InferenceResult:
     prepared: _Prepared | None = None
     try:
         prepared = await _prepare(request)
+        plan = prepared.cache
+        if plan is not None and plan.lookup:
+            found = await cache_lookup(plan)
+            if found is not None:
+                return _from_cache(request, prepared, *found)
         semaphore = _limit(prepared.endpoint)
         if semaphore is not None:
             await semaphore.acquire()
@@ -217,6 +248,9 @@ async def infer(request: InferenceRequest) -> InferenceResult:
         raise
     usage = filled_usage(completion.usage, prepared.call, output_estimate=estimate_tokens(completion.text))
     cost = cost_usd(prepared.endpoint, usage)
+    status = MISS if plan is not None else BYPASS
+    if plan is not None:
+        await cache_store(plan, text=completion.text, finish_reason=completion.finish_reason, usage=usage, cost=cost)
     result = InferenceResult(
         request_id=request.request_id,
         model=prepared.endpoint.name,
@@ -226,10 +260,39 @@ async def infer(request: InferenceRequest) -> InferenceResult:
         usage=usage,
         cost_usd=cost,
         latency_ms=_elapsed_ms(request),
+        cache=status,
         simulated=completion.simulated,
     )
-    _record(request, prepared, stream=False, status="ok", usage=usage, cost=cost)
+    _record(request, prepared, stream=False, status="ok", usage=usage, cost=cost, cache_status=status)
     return result
+
+
+def _from_cache(request: InferenceRequest, prepared: _Prepared, answer: CachedAnswer, how: str) -> InferenceResult:
+    """A stored answer: no provider call, no provider cost, and what it saved recorded."""
+    assert prepared.cache is not None
+    cache_hit_recorded(prepared.cache, answer)
+    result = InferenceResult(
+        request_id=request.request_id,
+        model=prepared.endpoint.name,
+        provider=prepared.endpoint.provider,
+        text=answer.text,
+        finish_reason=answer.finish_reason,
+        usage=answer.usage,
+        cost_usd=ZERO,
+        latency_ms=_elapsed_ms(request),
+        cache=how,
+        saved_usd=answer.cost_usd,
+        simulated=prepared.endpoint.provider == "simulated",
+    )
+    _record(request, prepared, stream=False, status="ok", usage=answer.usage, cache_status=how, saved=answer.cost_usd)
+    return result
+
+
+async def _replay(answer: CachedAnswer) -> AsyncIterator[StreamDelta]:
+    """A cached answer as a stream, a word at a time."""
+    for piece in WORD.findall(answer.text) or [answer.text]:
+        yield StreamDelta(text=piece)
+    yield StreamDelta(finish_reason=answer.finish_reason, usage=answer.usage)
 
 
 class InferenceStream:
@@ -253,6 +316,8 @@ class InferenceStream:
         self._finish_reason = "stop"
         self._open = False
         self._recorded = False
+        self._cached: CachedAnswer | None = None
+        self.cache_status = MISS
 
     @property
     def endpoint(self) -> EndpointConfig:
@@ -262,12 +327,19 @@ class InferenceStream:
     async def start(self) -> None:
         try:
             self._prepared = await _prepare(self.request)
-            self._semaphore = _limit(self._prepared.endpoint)
-            if self._semaphore is not None:
-                await self._semaphore.acquire()
-            InFlight.enter()
-            self._open = True
-            self._upstream = aiter(self._prepared.provider.stream(self._prepared.endpoint, self._prepared.call))
+            plan = self._prepared.cache
+            self.cache_status = MISS if plan is not None else BYPASS
+            found = await cache_lookup(plan) if plan is not None and plan.lookup else None
+            if found is not None:
+                self._cached, self.cache_status = found
+                self._upstream = _replay(self._cached)
+            else:
+                self._semaphore = _limit(self._prepared.endpoint)
+                if self._semaphore is not None:
+                    await self._semaphore.acquire()
+                InFlight.enter()
+                self._open = True
+                self._upstream = aiter(self._prepared.provider.stream(self._prepared.endpoint, self._prepared.call))
             self._first = await self._next()
             self._ttft_ms = _elapsed_ms(self.request)
         except asyncio.CancelledError:
@@ -336,6 +408,19 @@ class InferenceStream:
                     await upstream.aclose()
         usage = self._billed_usage(status) if self._prepared is not None else Usage()
         cost = cost_usd(self._prepared.endpoint, usage) if self._prepared is not None else ZERO
+        saved = ZERO
+        if self._cached is not None:
+            saved, cost = self._cached.cost_usd, ZERO
+            if status == "ok":
+                cache_hit_recorded(self._prepared.cache, self._cached)
+        elif status == "ok" and self._prepared.cache is not None:
+            await cache_store(
+                self._prepared.cache,
+                text="".join(self._text),
+                finish_reason=self._finish_reason,
+                usage=usage,
+                cost=cost,
+            )
         if status == "ok":
             endpoint = self.endpoint
             self.result = InferenceResult(
@@ -348,6 +433,8 @@ class InferenceStream:
                 cost_usd=cost,
                 latency_ms=_elapsed_ms(self.request),
                 ttft_ms=self._ttft_ms,
+                cache=self.cache_status,
+                saved_usd=saved,
                 simulated=endpoint.provider == "simulated",
             )
         _record(
@@ -359,4 +446,6 @@ class InferenceStream:
             cost=cost,
             ttft_ms=self._ttft_ms,
             error=error if isinstance(error, Exception) else None,
+            cache_status=self.cache_status,
+            saved=saved,
         )

@@ -11,6 +11,7 @@ import os
 from decimal import Decimal
 from typing import Any
 
+from caching.models import CachePolicy
 from llmops.models import ModelEndpoint, PromptTemplate
 
 PRICES_READ_ON = datetime.date(2026, 11, 24)
@@ -96,6 +97,19 @@ PROMPTS: list[dict[str, Any]] = [
 
 KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
+# Every model's answers are cached for an hour, per API key, exact matches only; staff turn
+# on the semantic cache or sharing per model in the admin.
+DEFAULT_CACHE_POLICY: dict[str, Any] = {
+    "name": "default",
+    "model_pattern": "",
+    "ttl_seconds": 3600,
+    "scope": "api_key",
+    "normalisation": "whitespace",
+    "semantic": False,
+    "similarity_threshold": 0.9,
+    "embedder": "local",
+}
+
 
 def _cloud_row(entry: dict[str, Any]) -> dict[str, Any]:
     inp, out, cached, write = (Decimal(p) for p in entry["prices"])
@@ -124,6 +138,9 @@ def catalog_seed() -> list[str]:
         _, was_created = ModelEndpoint.objects.get_or_create(name=row["name"], defaults=fields)
         if was_created:
             created.append(row["name"])
+    _, was_created = CachePolicy.objects.get_or_create(name=DEFAULT_CACHE_POLICY["name"], defaults=DEFAULT_CACHE_POLICY)
+    if was_created:
+        created.append("cache policy default")
     for prompt in PROMPTS:
         _, was_created = PromptTemplate.objects.get_or_create(
             name=prompt["name"], version=prompt["version"], defaults=prompt

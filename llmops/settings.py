@@ -163,6 +163,14 @@ if REDIS_URL:
             },
         }
     }
+    # The answer cache's own alias: errors are not swallowed here, so that the gateway can
+    # count a Redis outage, log it once per interval, and bypass the cache meanwhile.
+    CACHES["answers"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env_str("LLMOPS_CACHE_PREFIX", "llmops"),
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+    }
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -170,7 +178,14 @@ if REDIS_URL:
         }
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "answers": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "llmops-answers",
+            "OPTIONS": {"MAX_ENTRIES": env_int("LLMOPS_ANSWER_CACHE_MAX_ENTRIES", 100_000, minimum=100)},
+        },
+    }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
@@ -233,6 +248,8 @@ LLMOPS_CONFIG_TTL_S = env_float("LLMOPS_CONFIG_TTL_S", 2.0, minimum=0.0)
 LLMOPS_METRICS_FLUSH_INTERVAL_S = env_float("LLMOPS_METRICS_FLUSH_INTERVAL_S", 1.0, minimum=0.0)
 LLMOPS_METRICS_BATCH_SIZE = env_int("LLMOPS_METRICS_BATCH_SIZE", 500, minimum=1)
 LLMOPS_METRICS_MAX_BUFFER = env_int("LLMOPS_METRICS_MAX_BUFFER", 100_000, minimum=1)
+LLMOPS_CACHE_RETRY_AFTER_S = env_float("LLMOPS_CACHE_RETRY_AFTER_S", 5.0, minimum=0.0)
+LLMOPS_SEMANTIC_REFRESH_S = env_float("LLMOPS_SEMANTIC_REFRESH_S", 30.0, minimum=0.0)
 LLMOPS_LOCAL_MODEL_THREADS = env_int("LLMOPS_LOCAL_MODEL_THREADS", 0, minimum=0)
 LLMOPS_LOCAL_MODEL_CONTEXT = env_int("LLMOPS_LOCAL_MODEL_CONTEXT", 2048, minimum=256)
 

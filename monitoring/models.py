@@ -28,7 +28,10 @@ class QueryMetric(models.Model):
     )
     cache_write_tokens = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=18, decimal_places=10, default=0)
-    cache_status = models.CharField(max_length=20, default="miss")
+    cache_status = models.CharField(max_length=20, default="miss", help_text="hit, semantic_hit, miss or bypass")
+    cost_saved_usd = models.DecimalField(
+        max_digits=18, decimal_places=10, default=0, help_text="What a cache hit saved: the answer's original cost"
+    )
     status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
     http_status = models.PositiveSmallIntegerField(default=200)
     error_type = models.CharField(max_length=60, blank=True)

@@ -10,6 +10,7 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.db import connections
 
+from caching.models import CachePolicy
 from llmops import catalog
 from llmops.auth import api_key_create
 from llmops.models import ModelEndpoint
@@ -38,11 +39,11 @@ def _isolated(settings):
     """Each test starts with no cached configuration, no buffered metrics, an empty cache."""
     settings.LLMOPS_METRICS_FLUSH_INTERVAL_S = 0  # tests flush metrics themselves
     catalog.reset()
-    recorder._buffer.clear()
+    recorder.METRICS.buffer.clear()
     cache.clear()
     yield
-    recorder.metrics_writer_stop()
-    recorder._buffer.clear()
+    recorder.METRICS.stop()
+    recorder.METRICS.buffer.clear()
     catalog.reset()
 
 
@@ -97,10 +98,14 @@ async def sdk(asgi_app, api_key, seeded):
 
 
 @pytest.fixture
-def no_upstream_retries(settings):
+def upstream_under_test(settings, seeded):
+    """For tests of what reaches an upstream: every request must reach it."""
     # No SDK retries unless a test asks: a retried failure would hide the mapping and cost time.
     settings.LLMOPS_UPSTREAM_MAX_RETRIES = 0
     settings.LLMOPS_UPSTREAM_TIMEOUT_S = 5.0
+    # And no answer cache, which would answer a repeated request without calling the upstream.
+    CachePolicy.objects.update(enabled=False)
+    catalog.reset()
 
 
 def sse_events(text: str) -> list[str]:

@@ -31,6 +31,14 @@ class MessageSerializer(serializers.Serializer):
         raise serializers.ValidationError("Must be a string or a list of text parts.")
 
 
+class CacheOptionsSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(
+        choices=("use", "bypass", "refresh"),
+        default="use",
+        help_text="bypass: neither read nor write the answer cache; refresh: ask the model and store its answer.",
+    )
+
+
 class StreamOptionsSerializer(serializers.Serializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
@@ -55,6 +63,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
     prompt = serializers.CharField(required=False, max_length=120, help_text="A prompt template: name or name@version.")
     variables = serializers.DictField(required=False, help_text="Values for the prompt template's variables.")
+    cache = CacheOptionsSerializer(required=False, help_text="Per-request answer cache control.")
     simulate = serializers.JSONField(
         required=False, help_text="Simulated models only: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate."
     )

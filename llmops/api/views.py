@@ -119,6 +119,18 @@ def usd(amount: Decimal) -> str:
     return format(amount, "f")
 
 
+def cache_mode(request: HttpRequest, data: dict[str, Any]) -> str:
+    """The body's `cache.mode`, else the x-llmops-cache-mode header, else `use`."""
+    if "cache" in data:
+        return data["cache"]["mode"]
+    header = request.headers.get("x-llmops-cache-mode", "use").strip().lower()
+    if header not in ("use", "bypass", "refresh"):
+        raise InvalidRequest(
+            "The x-llmops-cache-mode header must be use, bypass or refresh.", param="x-llmops-cache-mode"
+        )
+    return header
+
+
 def usage_body(result: InferenceResult) -> dict[str, Any]:
     usage = result.usage
     return {
@@ -136,6 +148,7 @@ def gateway_body(result: InferenceResult) -> dict[str, Any]:
         "provider": result.provider,
         "cost_usd": usd(result.cost_usd),
         "cache": result.cache,
+        "saved_usd": usd(result.saved_usd),
         "latency_ms": round(result.latency_ms, 3),
         "ttft_ms": None if result.ttft_ms is None else round(result.ttft_ms, 3),
         "simulated": result.simulated,
@@ -198,6 +211,7 @@ class ChatCompletionsView(GatewayAPIView):
         inference.prompt = data.get("prompt")
         inference.variables = data.get("variables") or {}
         inference.simulate = data.get("simulate")
+        inference.cache_mode = cache_mode(request, data)
         if data["stream"]:
             options = data.get("stream_options") or {}
             return await stream_response(inference, include_usage=options.get("include_usage", False))
@@ -254,7 +268,7 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     gateway_headers(response, request_id=inference.request_id, model=endpoint.name, provider=endpoint.provider)
-    response["x-llmops-cache"] = "miss"
+    response["x-llmops-cache"] = stream.cache_status
     # The handler calls this once the response is over, however it ended: a client that left
     # before the first chunk was sent must still free the upstream call.
     response.llmops_close = stream.aclose

@@ -8,6 +8,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+from anthropic.types import CacheControlEphemeralParam, TextBlockParam
 from django.conf import settings
 
 from llmops.catalog import EndpointConfig
@@ -18,12 +19,24 @@ from llmops.providers.base import (
     UpstreamError,
     Usage,
     client_for,
+    estimate_tokens,
     provider_secret,
     upstream_error_from_sdk,
 )
 
 DEFAULT_MAX_TOKENS = 1024
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+# Prompt caching. Anthropic caches a prefix only from a model's minimum length on (1,024
+# tokens for most Claude models; 2,048 or 4,096 for some Haiku and Opus generations); a
+# shorter prefix marked with cache_control is simply processed uncached: no error, no write
+# charge. So a mark costs nothing when it is too short, while a missing mark forfeits the
+# 90% read discount. Hence a prefix is left unmarked only when it is obviously too short:
+# under half the smallest minimum (1,024) by the rough four-characters-a-token estimate,
+# which undercounts Claude's tokenizer on code, JSON and non-Latin text (it runs about 3.5
+# characters a token on English prose, fewer on the rest). One floor for every model, not
+# a per-model table that would go stale with each model generation or alias.
+CACHE_MIN_ESTIMATED_TOKENS = 512
 
 
 def _client(endpoint: EndpointConfig) -> anthropic.AsyncAnthropic:
@@ -59,15 +72,49 @@ def to_anthropic(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, st
     return "\n\n".join(system_parts), turns
 
 
+def _cached_text(text: str) -> list[TextBlockParam]:
+    """One text block carrying a cache breakpoint: Anthropic caches everything up to and
+    including it (tools, then system, then messages, in that order). The default TTL (five
+    minutes, refreshed on each hit) is the one the catalog's cache-write price is for."""
+    return [TextBlockParam(type="text", text=text, cache_control=CacheControlEphemeralParam(type="ephemeral"))]
+
+
+def with_cache_breakpoints(
+    system: str, turns: list[dict[str, str]]
+) -> tuple[str | list[TextBlockParam], list[dict[str, Any]]]:
+    """Mark the static prefix of a request for Anthropic's prompt cache: the system prompt,
+    and the conversation up to the turn before the final user turn (on the conversation's
+    next turn, Anthropic finds that breakpoint again by looking back from the new one).
+    A prefix under CACHE_MIN_ESTIMATED_TOKENS is left unmarked, and so is an empty turn
+    (Anthropic refuses cache_control on an empty text block). No text changes. Two
+    breakpoints at most, within Anthropic's limit of four a request."""
+    marked_system: str | list[TextBlockParam] = system
+    marked_turns: list[dict[str, Any]] = list(turns)
+    prefix_tokens = estimate_tokens(system)
+    if system.strip() and prefix_tokens >= CACHE_MIN_ESTIMATED_TOKENS:
+        marked_system = _cached_text(system)
+    last_user = max((i for i, turn in enumerate(turns) if turn["role"] == "user"), default=0)
+    if last_user > 0:
+        anchor = turns[last_user - 1]
+        prefix_tokens += sum(estimate_tokens(turn["content"]) for turn in turns[:last_user])
+        if anchor["content"].strip() and prefix_tokens >= CACHE_MIN_ESTIMATED_TOKENS:
+            marked_turns[last_user - 1] = {"role": anchor["role"], "content": _cached_text(anchor["content"])}
+    return marked_system, marked_turns
+
+
 def _arguments(endpoint: EndpointConfig, call: ProviderCall) -> dict[str, Any]:
     system, turns = to_anthropic(call.messages)
+    marked_system: str | list[TextBlockParam] = system
+    messages: list[Any] = turns
+    if call.prompt_cache:
+        marked_system, messages = with_cache_breakpoints(system, turns)
     args: dict[str, Any] = {
         "model": endpoint.upstream_model or endpoint.name,
-        "messages": turns,
+        "messages": messages,
         "max_tokens": call.params.get("max_tokens") or DEFAULT_MAX_TOKENS,
     }
     if system:
-        args["system"] = system
+        args["system"] = marked_system
     # No temperature or top_p: the SDK (2.x) dropped them and the API version it sends
     # (2026-10-21) answers 400 to any sampling parameter, so they are not passed on.
     stop = call.params.get("stop")

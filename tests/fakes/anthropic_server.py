@@ -13,13 +13,26 @@ wire format (what anthropic/_streaming.py parses):
 Like the real API it wants `anthropic-version`, takes the key from `x-api-key` or
 `Authorization: Bearer`, and from version 2026-10-21 rejects temperature/top_p/top_k.
 Point a catalog entry's base_url at `fake.base_url` (the server root: the SDK adds
-/v1/messages)."""
+/v1/messages).
+
+Usage is scripted by default (`reply(input_tokens=..., cache_read_input_tokens=...)`): the
+numbers are reported whatever the request holds, which forces a cache write or read. With
+`measure_usage = True` it is measured instead, as the real API would: input tokens counted
+from the request (`count_tokens`: four characters a token, rounded up per block, so tests
+can assert exact numbers), and the cache columns decided by a prompt cache that behaves like
+Anthropic's (`FakePromptCache`): prefixes marked with `cache_control` are remembered for their
+TTL, the first request with one is a write, a later identical prefix a read. The cache
+checks (at most four breakpoints, none on an empty text block) apply in both modes."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -52,6 +65,161 @@ MESSAGES = {
 # From this API version on (the one the 2.x SDK sends) any sampling parameter is a 400.
 SAMPLING_REMOVED = "2026-10-21"
 
+# Prompt caching, as Anthropic documents it: at most four breakpoints a request, a prefix
+# cached only from a minimum length, five minutes (or an hour) from its last use, and a hit
+# found at a breakpoint or up to 20 blocks before it.
+MAX_BREAKPOINTS = 4
+CACHE_TTLS_S = {"5m": 300.0, "1h": 3600.0}
+CACHE_LOOKBACK_BLOCKS = 20
+
+
+class InvalidRequest(Exception):
+    """A request the real API answers 400 to (the message is Anthropic's)."""
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: four characters a token, rounded up."""
+    return (len(text) + 3) // 4
+
+
+@dataclass(slots=True)
+class PromptBlock:
+    """One block of a request in the order Anthropic caches them: tools, system, messages."""
+
+    content: str  # what identifies it in a cache key (cache_control left out)
+    tokens: int
+    ttl: str | None  # the TTL of its breakpoint; None when it carries no cache_control
+
+
+def _breakpoint_ttl(where: str, cache_control: Any) -> str | None:
+    if cache_control is None:
+        return None
+    if not isinstance(cache_control, dict) or cache_control.get("type") != "ephemeral":
+        raise InvalidRequest(f"{where}.cache_control.type: Input should be 'ephemeral'")
+    ttl = cache_control.get("ttl", "5m")
+    if ttl not in CACHE_TTLS_S:
+        raise InvalidRequest(f"{where}.cache_control.ttl: Input should be '5m' or '1h'")
+    return ttl
+
+
+def _block(where: str, role: str, block: Any) -> PromptBlock:
+    if isinstance(block, str):
+        block = {"type": "text", "text": block}
+    if not isinstance(block, dict):
+        raise InvalidRequest(f"{where}: Input should be a valid dictionary")
+    ttl = _breakpoint_ttl(where, block.get("cache_control"))
+    rest = {name: value for name, value in block.items() if name != "cache_control"}
+    if rest.get("type") == "text":
+        text = rest.get("text")
+        if not isinstance(text, str) or not text:
+            if ttl is not None:
+                raise InvalidRequest(f"{where}.text: cache_control cannot be set for empty text blocks")
+            raise InvalidRequest(f"{where}: text content blocks must be non-empty")
+        tokens = count_tokens(text)
+    else:
+        tokens = count_tokens(json.dumps(rest, sort_keys=True))
+    return PromptBlock(content=json.dumps([role, rest], sort_keys=True), tokens=tokens, ttl=ttl)
+
+
+def prompt_blocks(body: dict[str, Any]) -> list[PromptBlock]:
+    """A request's input as blocks, each `cache_control` checked as the real API does."""
+    blocks = [_block(f"tools.{i}", "tool", tool) for i, tool in enumerate(body.get("tools") or [])]
+    system = body.get("system")
+    if isinstance(system, str):
+        if system:
+            blocks.append(_block("system", "system", system))
+    elif system is not None:
+        blocks += [_block(f"system.{i}", "system", part) for i, part in enumerate(system)]
+    messages = body.get("messages") or []
+    for m, message in enumerate(messages):
+        role, content = message.get("role", ""), message.get("content")
+        if isinstance(content, str) and not content:
+            if m == len(messages) - 1 and role == "assistant":
+                continue
+            raise InvalidRequest(
+                f"messages.{m}: all messages must have non-empty content "
+                "except for the optional final assistant message"
+            )
+        parts = [content] if isinstance(content, str) else list(content or [])
+        blocks += [_block(f"messages.{m}.content.{i}", role, part) for i, part in enumerate(parts)]
+    automatic = _breakpoint_ttl("cache_control", body.get("cache_control"))
+    if automatic is not None and blocks and blocks[-1].ttl is None:
+        blocks[-1].ttl = automatic  # top-level cache_control marks the last cacheable block
+    marked = sum(block.ttl is not None for block in blocks)
+    if marked > MAX_BREAKPOINTS:
+        raise InvalidRequest(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {marked}."
+        )
+    return blocks
+
+
+@dataclass(slots=True)
+class CacheResult:
+    """What one request did with the prompt cache, in Anthropic's usage terms."""
+
+    input_tokens: int  # neither read from nor written to the cache
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    written_by_ttl: dict[str, int] = field(default_factory=lambda: {"5m": 0, "1h": 0})
+    breakpoints: int = 0
+
+
+class FakePromptCache:
+    """Anthropic's prompt cache in miniature. An entry is the exact prefix up to a breakpoint
+    (with the model and API key: the real cache is per model and organisation), kept until
+    its TTL has passed since its last use. A request reads the longest cached prefix found at
+    a breakpoint or up to 20 blocks before one, and writes every marked prefix beyond it that
+    reaches `min_tokens`; the tokens after the last marked prefix are ordinary input."""
+
+    def __init__(self, min_tokens: int = 1024) -> None:
+        self.min_tokens = min_tokens
+        self.clock: Callable[[], float] = time.monotonic  # tests move time by replacing it
+        self.entries: dict[str, tuple[float, float]] = {}  # prefix hash -> (expires at, TTL)
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self.entries.clear()
+
+    def apply(self, scope: str, blocks: list[PromptBlock]) -> CacheResult:
+        total = sum(block.tokens for block in blocks)
+        marks = [i for i, block in enumerate(blocks) if block.ttl is not None]
+        result = CacheResult(input_tokens=total, breakpoints=len(marks))
+        if not marks:
+            return result
+        hashes, ends = [], []
+        digest, running_total = hashlib.sha256(scope.encode()), 0
+        for block in blocks:
+            digest.update(b"\0" + block.content.encode())
+            hashes.append(digest.hexdigest())
+            running_total += block.tokens
+            ends.append(running_total)
+        now = self.clock()
+        with self._lock:
+            read_at = -1
+            for mark in marks:
+                for i in range(mark, max(-1, mark - CACHE_LOOKBACK_BLOCKS), -1):
+                    if i <= read_at:
+                        break
+                    entry = self.entries.get(hashes[i])
+                    if entry is not None and entry[0] > now:
+                        read_at = i
+                        break
+            if read_at >= 0:
+                ttl = self.entries[hashes[read_at]][1]
+                self.entries[hashes[read_at]] = (now + ttl, ttl)  # a hit refreshes the entry
+                result.cache_read_input_tokens = ends[read_at]
+            written_to = ends[read_at] if read_at >= 0 else 0
+            for mark in marks:
+                if mark > read_at and ends[mark] >= self.min_tokens:
+                    ttl = CACHE_TTLS_S[blocks[mark].ttl]
+                    self.entries[hashes[mark]] = (now + ttl, ttl)
+                    result.written_by_ttl[blocks[mark].ttl] += ends[mark] - written_to
+                    written_to = ends[mark]
+        result.cache_creation_input_tokens = sum(result.written_by_ttl.values())
+        result.input_tokens = total - result.cache_read_input_tokens - result.cache_creation_input_tokens
+        return result
+
 
 def presented_key(request: RecordedRequest) -> str | None:
     """The API key a request carries: `x-api-key`, or `Authorization: Bearer` (what the 2.x
@@ -80,6 +248,10 @@ class FakeAnthropic(FakeUpstream):
         super().__init__()
         self.answer = MessageAnswer()
         self.expected_key: str | None = None  # when set, any other x-api-key gets Anthropic's 401
+        # False: report the scripted usage. True: measure the input and let the cache decide.
+        self.measure_usage = False
+        self.cache = FakePromptCache()
+        self.cache_results: list[CacheResult] = []  # one per request answered, in order
         self._ids = itertools.count(1)
 
     @property
@@ -118,22 +290,40 @@ class FakeAnthropic(FakeUpstream):
                 if name in body:
                     self.send_json(handler, 400, self.error_body(400, f"{name}: Extra inputs are not permitted", None))
                     return
+        try:
+            cached = self.cache.apply(f"{presented_key(request)}\0{body.get('model')}", prompt_blocks(body))
+        except InvalidRequest as exc:
+            self.send_json(handler, 400, self.error_body(400, str(exc), None))
+            return
+        with self._lock:
+            self.cache_results.append(cached)
+        if not self.measure_usage:
+            answer = self.answer
+            cached = CacheResult(
+                input_tokens=answer.input_tokens,
+                cache_read_input_tokens=answer.cache_read_input_tokens,
+                cache_creation_input_tokens=answer.cache_creation_input_tokens,
+                written_by_ttl={"5m": answer.cache_creation_input_tokens, "1h": 0},
+            )
         if body.get("stream"):
-            self._stream(handler, body)
+            self._stream(handler, body, cached)
         else:
-            self.send_json(handler, 200, self._message(body))
+            self.send_json(handler, 200, self._message(body, cached))
 
-    def _usage(self, output_tokens: int) -> dict[str, Any]:
-        answer = self.answer
+    def _usage(self, cached: CacheResult, output_tokens: int) -> dict[str, Any]:
         return {
-            "input_tokens": answer.input_tokens,
-            "cache_creation_input_tokens": answer.cache_creation_input_tokens,
-            "cache_read_input_tokens": answer.cache_read_input_tokens,
+            "input_tokens": cached.input_tokens,
+            "cache_creation_input_tokens": cached.cache_creation_input_tokens,
+            "cache_read_input_tokens": cached.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": cached.written_by_ttl["5m"],
+                "ephemeral_1h_input_tokens": cached.written_by_ttl["1h"],
+            },
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
 
-    def _message(self, body: dict[str, Any], *, streaming: bool = False) -> dict[str, Any]:
+    def _message(self, body: dict[str, Any], cached: CacheResult, *, streaming: bool = False) -> dict[str, Any]:
         answer = self.answer
         return {
             "id": f"msg_fake{next(self._ids)}",
@@ -144,14 +334,16 @@ class FakeAnthropic(FakeUpstream):
             "stop_reason": None if streaming else answer.stop_reason,
             "stop_sequence": None if streaming else answer.stop_sequence,
             # A stream's first event carries the input usage and a token or so of output.
-            "usage": self._usage(min(1, answer.output_tokens) if streaming else answer.output_tokens),
+            "usage": self._usage(cached, min(1, answer.output_tokens) if streaming else answer.output_tokens),
         }
 
-    def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+    def _stream(self, handler: BaseHTTPRequestHandler, body: dict[str, Any], cached: CacheResult) -> None:
         answer = self.answer
         broken = self.take_stream_break()
         sse = self.open_stream(handler)
-        sse.event({"type": "message_start", "message": self._message(body, streaming=True)}, event="message_start")
+        sse.event(
+            {"type": "message_start", "message": self._message(body, cached, streaming=True)}, event="message_start"
+        )
         sse.event(
             {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
             event="content_block_start",
@@ -170,8 +362,9 @@ class FakeAnthropic(FakeUpstream):
                 event="content_block_delta",
             )
         sse.event({"type": "content_block_stop", "index": 0}, event="content_block_stop")
-        usage = self._usage(answer.output_tokens)
+        usage = self._usage(cached, answer.output_tokens)
         usage.pop("service_tier")
+        usage.pop("cache_creation")  # message_delta's usage has no TTL breakdown
         sse.event(
             {
                 "type": "message_delta",

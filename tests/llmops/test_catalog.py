@@ -25,7 +25,7 @@ async def test_requests_reuse_the_loaded_configuration(http, seeded, api_key):
 
 
 async def test_a_change_in_the_admin_applies_to_the_next_request(http, seeded, api_key):
-    body = {"model": "sim-small", "messages": HELLO, "simulate": {"output_tokens": 1}}
+    body = {"model": "sim-small", "messages": HELLO, "simulate": {"output_tokens": 1}, "cache": {"mode": "bypass"}}
     first = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
     assert first.json()["llmops"]["cost_usd"] != "0"
     endpoint = await ModelEndpoint.objects.aget(name="sim-small")

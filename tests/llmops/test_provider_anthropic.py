@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
 from tests.fakes.anthropic_server import FakeAnthropic, fake_anthropic_fixture, presented_key  # noqa: F401
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_upstream_retries")]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream_under_test")]
 
 KEY_ENV = "LLMOPS_TEST_ANTHROPIC_KEY"
 KEY = "sk-ant-fake-SECRET-51c0de"

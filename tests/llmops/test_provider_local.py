@@ -10,7 +10,11 @@ import pytest
 from llmops.models import ModelEndpoint
 from tests.conftest import flushed_metrics
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.local_model]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.local_model,
+    pytest.mark.usefixtures("upstream_under_test"),
+]
 
 QUESTION = [{"role": "user", "content": "Name one colour of the rainbow."}]
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
 from tests.fakes.openai_server import FakeOpenAI, fake_openai_fixture  # noqa: F401
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_upstream_retries")]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream_under_test")]
 
 KEY_ENV = "LLMOPS_TEST_OPENAI_KEY"
 KEY = "sk-fake-openai-SECRET-7f3a9c"

@@ -34,11 +34,11 @@ def test_flush_writes_in_batches(settings):
 
 def test_a_full_buffer_sheds_metrics_instead_of_memory(settings):
     settings.LLMOPS_METRICS_MAX_BUFFER = 5
-    before = recorder.dropped
+    before = recorder.METRICS.dropped
     for n in range(8):
         recorder.metric_record(**row(n))
     assert recorder.metrics_pending() == 5
-    assert recorder.dropped - before == 3
+    assert recorder.METRICS.dropped - before == 3
 
 
 def test_the_background_writer_flushes_on_its_own(settings):
@@ -49,7 +49,7 @@ def test_the_background_writer_flushes_on_its_own(settings):
         time.sleep(0.02)
     assert QueryMetric.objects.count() == 1
     assert any(t.name == "metric-writer" for t in threading.enumerate())
-    recorder.metrics_writer_stop()
+    recorder.METRICS.stop()
     assert not any(t.name == "metric-writer" for t in threading.enumerate())
 
 
@@ -71,7 +71,7 @@ def test_a_row_that_cannot_be_written_at_all_is_dropped_and_counted():
     recorder.metric_record(**row(1))
     recorder.metric_record(**{**row(2), "status": None})  # NOT NULL
     recorder.metric_record(**row(3))
-    before = recorder.dropped
+    before = recorder.METRICS.dropped
     assert recorder.metrics_flush() == 2
     assert set(QueryMetric.objects.values_list("request_id", flat=True)) == {"req-1", "req-3"}
-    assert recorder.dropped - before == 1
+    assert recorder.METRICS.dropped - before == 1

@@ -1,0 +1,222 @@
+"""The pipeline's cache step: plan (which policy, which key), look up (exact, then
+semantic), store. Nothing here waits on the database: records go through the buffered
+writer, and the semantic index of a group is loaded once, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from caching.keys import answer_keys
+from caching.models import CacheEntry
+from caching.policies import PolicyConfig
+from caching.store import CachedAnswer, entry_record, hit_record, hot_get, hot_set
+from llmops.providers.base import Usage
+
+logger = logging.getLogger(__name__)
+
+MODES = ("use", "bypass", "refresh")
+HIT, SEMANTIC_HIT, MISS, BYPASS = "hit", "semantic_hit", "miss", "bypass"
+
+
+@dataclass(slots=True)
+class CachePlan:
+    policy: PolicyConfig
+    key: str
+    group: str
+    query: str
+    scope: str
+    model: str
+    prompt: str
+    lookup: bool  # False when the request asked for a refresh
+    embedding: Any = None  # the query's vector, once the semantic lookup computed it
+    stored: bool = field(default=False)
+
+
+def cache_plan(
+    *,
+    policy: PolicyConfig | None,
+    model: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    prompt: str,
+    api_key_id: int,
+    mode: str,
+) -> CachePlan | None:
+    """How this request uses the cache, or None when it does not."""
+    if policy is None or not policy.enabled or mode == "bypass" or not messages:
+        return None
+    temperature = params.get("temperature", 1.0)
+    if temperature > policy.max_temperature and not policy.cache_above_max_temperature:
+        return None
+    scope = "shared" if policy.scope == "shared" else f"key:{api_key_id}"
+    key, group, query = answer_keys(
+        model=model, messages=messages, params=params, prompt=prompt, scope=scope, normalisation=policy.normalisation
+    )
+    return CachePlan(policy, key, group, query, scope, model, prompt, lookup=mode != "refresh")
+
+
+async def cache_lookup(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
+    """A stored answer and how it was found (hit, semantic_hit), or None."""
+    answer = await hot_get(plan.key)
+    if answer is not None:
+        return answer, HIT
+    if plan.policy.semantic:
+        answer = await _semantic_lookup(plan)
+        if answer is not None:
+            return answer, SEMANTIC_HIT
+    return None
+
+
+def cache_hit_recorded(plan: CachePlan, answer: CachedAnswer) -> None:
+    hit_record(answer.key, answer.cost_usd, timezone.now())
+
+
+async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: Usage, cost: Decimal) -> None:
+    """Keep a fresh answer: in the hot layer now, in the records and the index soon."""
+    answer = CachedAnswer(plan.key, text, finish_reason, usage, cost)
+    await hot_set(answer, plan.policy.ttl_seconds)
+    now = timezone.now()
+    vector = plan.embedding
+    entry_record(
+        {
+            "key_hash": plan.key,
+            "model": plan.model,
+            "scope": plan.scope,
+            "prompt": plan.prompt,
+            "group": plan.group,
+            "query": plan.query,
+            "response": answer.dump(),
+            "cost_usd": cost,
+            "embedding": _pack(vector) if vector is not None else None,
+            "embedder": (plan.policy.embedder or "local") if vector is not None else "",
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=plan.policy.ttl_seconds),
+        }
+    )
+    if vector is not None:
+        group = _groups.get(_group_id(plan))
+        if group is not None:
+            group.add(plan.key, vector, time.time() + plan.policy.ttl_seconds)
+    plan.stored = True
+
+
+# The semantic cache: one in-process index per group of requests that differ only in
+# their last turn, embedded by the policy's embedder, loaded from the records at first use.
+
+
+class _Group:
+    def __init__(self) -> None:
+        from caching.semantic import VectorIndex
+
+        self.index = VectorIndex()
+        self.expires: dict[str, float] = {}
+        self.loaded_at = time.monotonic()
+
+    def add(self, key: str, vector: Any, expires: float) -> None:
+        self.index.remove(key)
+        self.index.add(key, vector)
+        self.expires[key] = expires
+
+    def drop(self, key: str) -> None:
+        self.index.remove(key)
+        self.expires.pop(key, None)
+
+
+_groups: dict[tuple[str, str], _Group] = {}
+_group_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+def _group_id(plan: CachePlan) -> tuple[str, str]:
+    return plan.group, plan.policy.embedder or "local"
+
+
+def _pack(vector: Any) -> bytes:
+    from caching.semantic import pack
+
+    return pack(vector)
+
+
+def _load_group(group: str, embedder: str) -> list[tuple[str, bytes, float]]:
+    try:
+        rows = CacheEntry.objects.filter(
+            group=group, embedder=embedder, expires_at__gt=timezone.now(), embedding__isnull=False
+        ).values_list("key_hash", "embedding", "expires_at")
+        return [(key, bytes(blob), expires.timestamp()) for key, blob, expires in rows]
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+async def _group_for(plan: CachePlan) -> _Group:
+    from caching.semantic import unpack
+
+    gid = _group_id(plan)
+    group = _groups.get(gid)
+    if group is not None and time.monotonic() - group.loaded_at < settings.LLMOPS_SEMANTIC_REFRESH_S:
+        return group
+    lock = _group_locks.setdefault(gid, asyncio.Lock())
+    async with lock:
+        group = _groups.get(gid)
+        if group is None or time.monotonic() - group.loaded_at >= settings.LLMOPS_SEMANTIC_REFRESH_S:
+            # Other processes add entries too: reload the group from the records now and then.
+            fresh = _Group()
+            for key, blob, expires in await sync_to_async(_load_group)(*gid):
+                fresh.add(key, unpack(blob), expires)
+            _groups[gid] = group = fresh
+    return group
+
+
+async def _semantic_lookup(plan: CachePlan) -> CachedAnswer | None:
+    from caching.semantic import embedder_get
+
+    try:
+        embedder = await embedder_get(plan.policy.embedder or "local")
+        plan.embedding = (await embedder.embed([plan.query]))[0]
+        group = await _group_for(plan)
+    except Exception as exc:
+        # The semantic cache is an optimisation: an embedder that fails is a miss, not an error.
+        logger.warning("Semantic cache lookup failed for %s: %s", plan.model, exc)
+        return None
+    match = group.index.search(plan.embedding)
+    if match is None:
+        return None
+    key, similarity = match
+    if similarity < plan.policy.similarity_threshold:
+        return None
+    if group.expires.get(key, 0) < time.time():
+        group.drop(key)
+        return None
+    answer = await hot_get(key)
+    if answer is None:
+        answer = await sync_to_async(_stored_answer)(key)
+    if answer is None:  # purged meanwhile
+        group.drop(key)
+    return answer
+
+
+def _stored_answer(key: str) -> CachedAnswer | None:
+    try:
+        row = CacheEntry.objects.filter(key_hash=key, expires_at__gt=timezone.now()).values("response").first()
+        return CachedAnswer.load(key, row["response"]) if row else None
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+def cache_forget(keys: list[str]) -> None:
+    """Drop purged entries from this process's semantic index."""
+    wanted = set(keys)
+    for group in _groups.values():
+        for key in [k for k in group.expires if k in wanted]:
+            group.drop(key)
