@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from caching.api import CacheStatsView
 from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView
 from llmops.health import healthz
 
@@ -10,6 +11,7 @@ urlpatterns = [
     path("v1/models", ModelListView.as_view(), name="models"),
     path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),
     path("healthz", healthz, name="healthz"),
+    path("api/cache/stats", CacheStatsView.as_view(), name="cache-stats"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
