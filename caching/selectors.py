@@ -10,6 +10,8 @@ from django.db.models import Count, Q, Sum
 
 from monitoring.models import QueryMetric
 
+CENT_MILLIONTHS = Decimal("0.0000000001")  # the precision costs are stored with
+
 
 def _figures(hits: int, semantic_hits: int, misses: int, saved: Decimal | None) -> dict[str, Any]:
     looked_up = hits + semantic_hits + misses
@@ -18,7 +20,7 @@ def _figures(hits: int, semantic_hits: int, misses: int, saved: Decimal | None) 
         "semantic_hits": semantic_hits,
         "misses": misses,
         "hit_rate": round((hits + semantic_hits) / looked_up, 4) if looked_up else 0.0,
-        "saved_usd": format(saved or Decimal(0), "f"),
+        "saved_usd": format((saved or Decimal(0)).quantize(CENT_MILLIONTHS), "f"),
     }
 
 

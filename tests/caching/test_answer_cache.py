@@ -183,6 +183,7 @@ async def test_streams_are_stored_when_complete_and_replayed_from_the_cache(http
     whole = await post(http, api_key, ask(simulate={"output_tokens": 6}))
     assert whole.headers["x-llmops-cache"] == "hit" and whole.json()["choices"][0]["message"]["content"] == text1
     miss, hit, whole_hit = await flushed_metrics()
+    assert (whole_hit.stream, whole_hit.cache_status) == (False, "hit")
     assert (miss.stream, hit.stream, hit.cache_status, hit.cost_usd) == (True, True, "hit", 0)
     assert hit.cost_saved_usd == miss.cost_usd
 
