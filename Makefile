@@ -23,7 +23,10 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 LLAMA_CMAKE_ARGS += -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: run test lint bench worker clean
+.PHONY: run test lint bench semantic worker clean
+.DEFAULT_GOAL := run
+
+semantic: $(VENV)/.semantic
 
 $(VENV)/.installed: requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +37,12 @@ $(VENV)/.installed: requirements.txt Makefile
 			llama-cpp-python==$(LLAMA_VERSION) 2>&1 | $(QUIET); \
 	fi
 	$(PIP) install --find-links $(WHEEL_DIR) -r requirements.txt 2>&1 | $(QUIET)
+	touch $@
+
+# The semantic cache's local embedder (sentence-transformers, torch on the CPU): optional
+# for `make run`, installed for the tests.
+$(VENV)/.semantic: $(VENV)/.installed requirements-semantic.txt
+	$(PIP) install -r requirements-semantic.txt 2>&1 | $(QUIET)
 	touch $@
 
 run: $(VENV)/.installed
@@ -49,7 +58,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	DATABASE_URL=sqlite:///:memory: $(PY) manage.py makemigrations --check --dry-run
 
-test: lint
+test: lint $(VENV)/.semantic
 	$(PY) tests/run_profiles.py
 
 bench: $(VENV)/.installed
