@@ -23,7 +23,7 @@ class CachePolicy(models.Model):
     model_pattern = models.CharField(
         max_length=200, blank=True, help_text="A model name, a pattern such as gpt-*, or empty for every model."
     )
-    enabled = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True, help_text="The answer cache on or off (prompt caching is separate).")
     ttl_seconds = models.PositiveIntegerField(default=3600, help_text="How long an answer stays cached.")
     scope = models.CharField(max_length=20, choices=Scope.choices, default=Scope.API_KEY)
     normalisation = models.CharField(max_length=20, choices=Normalisation.choices, default=Normalisation.WHITESPACE)

@@ -48,6 +48,12 @@ class CachedAnswer:
             "cost_usd": str(self.cost_usd),
         }
 
+    @property
+    def served_usage(self) -> Usage:
+        """The usage a hit reports: the answer's tokens, none of them read from or written to
+        a provider's prompt cache, since no provider was called."""
+        return Usage(self.usage.input_tokens, self.usage.output_tokens)
+
     @classmethod
     def load(cls, key: str, data: dict[str, Any]) -> CachedAnswer:
         return cls(key, data["text"], data["finish_reason"], Usage(*data["usage"]), Decimal(data["cost_usd"]))

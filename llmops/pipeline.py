@@ -277,14 +277,16 @@ def _from_cache(request: InferenceRequest, prepared: _Prepared, answer: CachedAn
         provider=prepared.endpoint.provider,
         text=answer.text,
         finish_reason=answer.finish_reason,
-        usage=answer.usage,
+        usage=answer.served_usage,
         cost_usd=ZERO,
         latency_ms=_elapsed_ms(request),
         cache=how,
         saved_usd=answer.cost_usd,
         simulated=prepared.endpoint.provider == "simulated",
     )
-    _record(request, prepared, stream=False, status="ok", usage=answer.usage, cache_status=how, saved=answer.cost_usd)
+    _record(
+        request, prepared, stream=False, status="ok", usage=answer.served_usage, cache_status=how, saved=answer.cost_usd
+    )
     return result
 
 
@@ -292,7 +294,7 @@ async def _replay(answer: CachedAnswer) -> AsyncIterator[StreamDelta]:
     """A cached answer as a stream, a word at a time."""
     for piece in WORD.findall(answer.text) or [answer.text]:
         yield StreamDelta(text=piece)
-    yield StreamDelta(finish_reason=answer.finish_reason, usage=answer.usage)
+    yield StreamDelta(finish_reason=answer.finish_reason, usage=answer.served_usage)
 
 
 class InferenceStream:
