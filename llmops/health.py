@@ -12,6 +12,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from caching.store import HotLayerHealth
 from llmops.pipeline import InFlight
 
 CHECK_TIMEOUT_S = 3.0
@@ -78,6 +79,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "database": database,
         "cache": cache_state,
         "broker": broker,
+        "answer_cache": {"errors": HotLayerHealth.errors, "bypassed": HotLayerHealth.bypassed},
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
     }
