@@ -239,12 +239,13 @@ def post_request(port: int, path: str, key: str | None, body: bytes) -> bytes:
 class HttpConnection:
     """One persistent HTTP/1.1 connection; requests on it go one after another."""
 
-    __slots__ = ("port", "reader", "writer")
+    __slots__ = ("head", "port", "reader", "writer")
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.head = b""  # the status line and headers of the last response
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(HOST, self.port, limit=1 << 20)
@@ -261,7 +262,7 @@ class HttpConnection:
         reader, writer = self.reader, self.writer
         assert reader is not None and writer is not None
         writer.write(data)
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = self.head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = -1
         chunked = close = False
@@ -335,17 +336,19 @@ class LoadResult:
 async def run_load(
     port: int,
     build: Callable[[int], bytes],
-    check: Callable[[int, bytes], str | None],
+    check: Callable[..., str | None],
     *,
     requests: int,
     concurrency: int,
     cold: bool = False,
+    with_head: bool = False,
 ) -> LoadResult:
     """`requests` requests from `concurrency` workers, each on its own keep-alive connection.
 
     Connections are opened before the clock starts (a warm pool), unless `cold`: then each
     worker connects inside the measured burst. `check(status, body)` returns an error text
-    or None. Garbage collection is off in this process while the clock runs."""
+    or None; with `with_head`, `check(status, body, head)` also gets the response's status
+    line and headers (bytes). Garbage collection is off in this process while the clock runs."""
     result = LoadResult(requests=requests, concurrency=concurrency)
     concurrency = max(1, min(concurrency, requests))
     indices = iter(range(requests))
@@ -366,7 +369,7 @@ async def run_load(
                 result.error_sample = result.error_sample or f"{type(exc).__name__}: {exc}"
                 continue
             finished = time.perf_counter()
-            problem = check(status, body)
+            problem = check(status, body, conn.head) if with_head else check(status, body)
             if problem:
                 result.errors += 1
                 result.error_sample = result.error_sample or problem

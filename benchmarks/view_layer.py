@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         from django.conf import settings
         from django.core.handlers.asgi import ASGIHandler
 
-        from monitoring.recorder import metrics_flush, metrics_writer_stop
+        from monitoring.recorder import METRICS, metrics_flush
 
         variants = ["a", "b"] + ([] if args.no_plain else ["c"])
         settings.ROOT_URLCONF = build_urlconf(include_plain=not args.no_plain)
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 1
         finally:
-            metrics_writer_stop()
+            METRICS.stop()
             metrics_flush()
             from django.db import connections
 

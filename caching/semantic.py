@@ -80,7 +80,8 @@ def local_embedder_missing() -> str | None:
     ]
     if not missing:
         return None
-    return f"The local embedder needs {', '.join(missing)}, which is not installed: {INSTALL_HINT}"
+    verb = "is" if len(missing) == 1 else "are"
+    return f"The local embedder needs {', '.join(missing)}, which {verb} not installed: {INSTALL_HINT}"
 
 
 class LocalEmbedder:
@@ -94,6 +95,7 @@ class LocalEmbedder:
 
     def __init__(self) -> None:
         self._model: Any = None
+        self._failure: EmbedderUnavailable | None = None
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-local")
 
@@ -103,7 +105,16 @@ class LocalEmbedder:
             with self._load_lock:
                 model = self._model
                 if model is None:
-                    model = self._model = self._load()
+                    # A failure is kept: retrying a broken torch import on every request
+                    # would cost seconds each time, and installing needs a restart anyway.
+                    if self._failure is not None:
+                        # A new exception each time: re-raising one object grows its traceback.
+                        raise EmbedderUnavailable(str(self._failure))
+                    try:
+                        model = self._model = self._load()
+                    except EmbedderUnavailable as exc:
+                        self._failure = exc
+                        raise
         return model
 
     @staticmethod

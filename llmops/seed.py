@@ -106,7 +106,7 @@ DEFAULT_CACHE_POLICY: dict[str, Any] = {
     "scope": "api_key",
     "normalisation": "whitespace",
     "semantic": False,
-    "similarity_threshold": 0.9,
+    "similarity_threshold": 0.96,
     "embedder": "local",
 }
 

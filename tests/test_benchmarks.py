@@ -10,6 +10,8 @@ import pytest
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# The cache benchmark's workload reads the project's shared dataset; a clone without it uses generated texts.
+CACHE_TEXTS = [] if (ROOT.parent / "shared" / "data" / "sentiment3.tsv").is_file() else ["--generated"]
 pytestmark = [
     pytest.mark.live_server,
     # Each benchmark builds its own gateway on the embedded default, whatever the profile.
@@ -24,10 +26,24 @@ pytestmark = [
          "--stream-sequential", "10", "--stream-requests", "20", "--warmup", "5"],
         ["benchmarks.inflight", "--requests", "32", "--latency-ms", "200", "--warmup", "5"],
         ["benchmarks.view_layer", "--requests", "16", "--warmup", "4", "--rounds", "1", "--concurrency", "4"],
+        ["benchmarks.cache", "--requests", "20", "--concurrency", "4", "--slow-requests", "4", "--slow-latency-ms",
+         "50", "--warmup", "5", "--workload-requests", "40", "--distinct", "16", "--workload-concurrency", "4",
+         "--no-sequential", *CACHE_TEXTS],
     ],
-    ids=["gateway_overhead", "inflight", "view_layer"],
+    ids=["gateway_overhead", "inflight", "view_layer", "cache"],
 )  # fmt: skip
 def test_the_benchmark_runs_and_prints_its_ratios(command):
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "ratio" in done.stdout.lower() or "x)" in done.stdout
+
+
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared" / "data" / "mrpc_dev.tsv").is_file(),
+    reason="measures on the paraphrase sets in ../shared/data, which a clone of the project alone lacks",
+)
+def test_the_semantic_threshold_benchmark_runs_on_a_subset():
+    command = ["benchmarks.semantic_threshold", "--data", str(ROOT.parent / "shared" / "data"), "--pairs", "40"]
+    done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Recommended default similarity threshold" in done.stdout

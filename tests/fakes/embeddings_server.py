@@ -70,9 +70,7 @@ class FakeOpenAIEmbeddings(FakeOpenAI):
         data = []
         for index, text in enumerate(texts):
             vector = word_vector(text, self.dimensions)
-            encoded: Any = (
-                base64.b64encode(vector.astype("<f4").tobytes()).decode() if as_base64 else vector.tolist()
-            )
+            encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode() if as_base64 else vector.tolist()
             data.append({"object": "embedding", "index": index, "embedding": encoded})
         tokens = sum(len(text.split()) for text in texts)
         self.send_json(
