@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -78,11 +79,52 @@ async def cache_lookup(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
     return None
 
 
+# Identical requests in flight at once: the first asks the model, the others wait for its
+# answer and are served it as a hit (as if it had been stored a moment earlier), instead of
+# paying for the same answer again. Per event loop, since the futures belong to one.
+_leading: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[CachedAnswer | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _leads() -> dict[str, asyncio.Future[CachedAnswer | None]]:
+    loop = asyncio.get_running_loop()
+    leads = _leading.get(loop)
+    if leads is None:
+        leads = _leading[loop] = {}
+    return leads
+
+
+async def cache_join(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
+    """The answer of an identical request already asking the model, once it has it; None
+    when there is none, or when it failed (then this request asks for itself)."""
+    lead = _leads().get(plan.key)
+    if lead is None:
+        return None
+    answer = await asyncio.shield(lead)
+    return (answer, HIT) if answer is not None else None
+
+
+def cache_lead(plan: CachePlan) -> asyncio.Future[CachedAnswer | None] | None:
+    """Register this request as the one asking the model for its key."""
+    leads = _leads()
+    if plan.key in leads:
+        return None
+    lead = leads[plan.key] = asyncio.get_running_loop().create_future()
+    return lead
+
+
+def cache_lead_done(plan: CachePlan, lead: asyncio.Future[CachedAnswer | None], answer: CachedAnswer | None) -> None:
+    _leads().pop(plan.key, None)
+    if not lead.done():
+        lead.set_result(answer)
+
+
 def cache_hit_recorded(plan: CachePlan, answer: CachedAnswer) -> None:
     hit_record(answer.key, answer.cost_usd, timezone.now())
 
 
-async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: Usage, cost: Decimal) -> None:
+async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: Usage, cost: Decimal) -> CachedAnswer:
     """Keep a fresh answer: in the hot layer now, in the records and the index soon."""
     answer = CachedAnswer(plan.key, text, finish_reason, usage, cost)
     await hot_set(answer, plan.policy.ttl_seconds)
@@ -109,6 +151,7 @@ async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: 
         if group is not None:
             group.add(plan.key, vector, time.time() + plan.policy.ttl_seconds)
     plan.stored = True
+    return answer
 
 
 # The semantic cache: one in-process index per group of requests that differ only in

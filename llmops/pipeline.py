@@ -22,7 +22,18 @@ from typing import Any
 
 from django.utils import timezone
 
-from caching.services import BYPASS, MISS, CachePlan, cache_hit_recorded, cache_lookup, cache_plan, cache_store
+from caching.services import (
+    BYPASS,
+    MISS,
+    CachePlan,
+    cache_hit_recorded,
+    cache_join,
+    cache_lead,
+    cache_lead_done,
+    cache_lookup,
+    cache_plan,
+    cache_store,
+)
 from caching.store import CachedAnswer
 from llmops import catalog
 from llmops.catalog import ApiKeyInfo, EndpointConfig
@@ -223,13 +234,15 @@ def _record(
 async def infer(request: InferenceRequest) -> InferenceResult:
     """Answer a request whole."""
     prepared: _Prepared | None = None
+    lead = None
     try:
         prepared = await _prepare(request)
         plan = prepared.cache
         if plan is not None and plan.lookup:
-            found = await cache_lookup(plan)
+            found = await cache_lookup(plan) or await cache_join(plan)
             if found is not None:
                 return _from_cache(request, prepared, *found)
+            lead = cache_lead(plan)
         semaphore = _limit(prepared.endpoint)
         if semaphore is not None:
             await semaphore.acquire()
@@ -240,17 +253,24 @@ async def infer(request: InferenceRequest) -> InferenceResult:
             InFlight.leave()
             if semaphore is not None:
                 semaphore.release()
+        usage = filled_usage(completion.usage, prepared.call, output_estimate=estimate_tokens(completion.text))
+        cost = cost_usd(prepared.endpoint, usage)
+        status = MISS if plan is not None else BYPASS
+        if plan is not None:
+            answer = await cache_store(
+                plan, text=completion.text, finish_reason=completion.finish_reason, usage=usage, cost=cost
+            )
+            if lead is not None:
+                cache_lead_done(plan, lead, answer)
     except asyncio.CancelledError:
         _record(request, prepared, stream=False, status="cancelled")
         raise
     except Exception as exc:
         _record(request, prepared, stream=False, status="error", error=exc)
         raise
-    usage = filled_usage(completion.usage, prepared.call, output_estimate=estimate_tokens(completion.text))
-    cost = cost_usd(prepared.endpoint, usage)
-    status = MISS if plan is not None else BYPASS
-    if plan is not None:
-        await cache_store(plan, text=completion.text, finish_reason=completion.finish_reason, usage=usage, cost=cost)
+    finally:
+        if lead is not None and prepared is not None and prepared.cache is not None:
+            cache_lead_done(prepared.cache, lead, None)  # failed or cancelled: the waiters ask for themselves
     result = InferenceResult(
         request_id=request.request_id,
         model=prepared.endpoint.name,

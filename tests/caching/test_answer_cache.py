@@ -226,3 +226,23 @@ async def test_requests_succeed_when_the_cache_backend_is_down(http, seeded, api
         assert HotLayerHealth.bypassed > bypassed
     finally:
         HotLayerHealth.down_until = 0.0
+
+
+async def test_identical_requests_in_flight_together_make_one_upstream_call(http, seeded, api_key):
+    body = ask(simulate={"latency_ms": 300})
+    responses = await asyncio.gather(*(post(http, api_key, body) for _ in range(5)))
+    assert sorted(r.headers["x-llmops-cache"] for r in responses) == ["hit", "hit", "hit", "hit", "miss"]
+    assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
+    metrics = await flushed_metrics()
+    assert sum(m.cost_usd > 0 for m in metrics) == 1
+    assert sum(m.cost_saved_usd > 0 for m in metrics) == 4
+
+
+async def test_when_the_first_of_identical_requests_fails_the_others_ask_for_themselves(http, seeded, api_key):
+    body = ask(simulate={"latency_ms": 200, "error_rate": 1})
+    responses = await asyncio.gather(
+        *(http.post(URL, json=body, headers=auth(api_key)) for _ in range(3)), return_exceptions=True
+    )
+    assert [r.status_code for r in responses] == [502, 502, 502]
+    metrics = await flushed_metrics()
+    assert [(m.status, m.cache_status) for m in metrics] == [("error", "miss")] * 3
