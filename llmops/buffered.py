@@ -102,6 +102,8 @@ class BufferedWriter:
 
     def _at_exit(self) -> None:
         self.stop()
+        if not self.buffer:
+            return
         try:
             self.flush()
         except Exception:

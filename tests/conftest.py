@@ -7,10 +7,11 @@ import openai
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
 from django.db import connections
 
 from caching.models import CachePolicy
+from caching.store import ENTRIES
 from llmops import catalog
 from llmops.auth import api_key_create
 from llmops.models import ModelEndpoint
@@ -40,10 +41,13 @@ def _isolated(settings):
     settings.LLMOPS_METRICS_FLUSH_INTERVAL_S = 0  # tests flush metrics themselves
     catalog.reset()
     recorder.METRICS.buffer.clear()
+    ENTRIES.buffer.clear()
     cache.clear()
+    caches["answers"].clear()
     yield
-    recorder.METRICS.stop()
-    recorder.METRICS.buffer.clear()
+    for writer in (recorder.METRICS, ENTRIES):
+        writer.stop()
+        writer.buffer.clear()
     catalog.reset()
 
 
