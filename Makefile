@@ -65,6 +65,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.gateway_overhead
 	$(PY) -m benchmarks.inflight
 	$(PY) -m benchmarks.view_layer
+	$(PY) -m benchmarks.cache
 
 worker: $(VENV)/.installed
 	$(VENV)/bin/celery -A llmops worker --loglevel=INFO
