@@ -32,13 +32,22 @@ def _digest(parts: list[Any]) -> str:
 
 
 def answer_keys(
-    *, model: str, messages: list[dict[str, str]], params: dict[str, Any], prompt: str, scope: str, normalisation: str
+    *,
+    model: str,
+    target: str,
+    messages: list[dict[str, str]],
+    params: dict[str, Any],
+    prompt: str,
+    scope: str,
+    normalisation: str,
 ) -> tuple[str, str, str]:
     """(key, group, query): the exact key; the group of requests that differ only in their
-    last turn (where the semantic cache looks); and that last turn, normalised."""
+    last turn (where the semantic cache looks); and that last turn, normalised. `target` is
+    what the model name points at (provider, upstream model, URL): repointing a catalog
+    name starts a fresh cache instead of serving the old model's answers."""
     turns = [[m["role"], normalise(m["content"], normalisation)] for m in messages]
     answer_params = [[name, params[name]] for name in ANSWER_PARAMS if name in params]
-    context = [model, answer_params, prompt, scope, normalisation]
+    context = [model, target, answer_params, prompt, scope, normalisation]
     group = _digest([*context, turns[:-1]])
     key = _digest([*context, turns])
     return key, group, turns[-1][1] if turns else ""

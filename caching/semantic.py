@@ -152,6 +152,11 @@ class LocalEmbedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
+    async def ready(self) -> None:
+        """Load the model (once, off the loop), so that timing an embed times only the embed."""
+        if self._model is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
+
     async def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.empty((0, LOCAL_DIMENSIONS), dtype=np.float32)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -21,7 +22,7 @@ from django.utils import timezone
 from caching.keys import answer_keys
 from caching.models import CacheEntry
 from caching.policies import PolicyConfig
-from caching.store import CachedAnswer, entry_record, hit_record, hot_get, hot_set
+from caching.store import Breaker, CachedAnswer, entry_record, hit_record, hot_get, hot_set
 from llmops.providers.base import Usage
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def cache_plan(
     *,
     policy: PolicyConfig | None,
     model: str,
+    target: str,
     messages: list[dict[str, str]],
     params: dict[str, Any],
     prompt: str,
@@ -62,18 +64,30 @@ def cache_plan(
         return None
     scope = "shared" if policy.scope == "shared" else f"key:{api_key_id}"
     key, group, query = answer_keys(
-        model=model, messages=messages, params=params, prompt=prompt, scope=scope, normalisation=policy.normalisation
+        model=model,
+        target=target,
+        messages=messages,
+        params=params,
+        prompt=prompt,
+        scope=scope,
+        normalisation=policy.normalisation,
     )
     return CachePlan(policy, key, group, query, scope, model, prompt, lookup=mode != "refresh")
 
 
 async def cache_lookup(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
-    """A stored answer and how it was found (hit, semantic_hit), or None."""
+    """A stored answer and how it was found (hit, semantic_hit), or None. Never raises:
+    the cache is an optimisation, so whatever fails in it is a miss."""
     answer = await hot_get(plan.key)
     if answer is not None:
         return answer, HIT
-    if plan.policy.semantic:
-        answer = await _semantic_lookup(plan)
+    if plan.policy.semantic and SemanticHealth.usable():
+        try:
+            answer = await _semantic_lookup(plan)
+        except Exception as exc:
+            SemanticHealth.failed(exc)
+            return None
+        SemanticHealth.succeeded()
         if answer is not None:
             return answer, SEMANTIC_HIT
     return None
@@ -128,6 +142,14 @@ async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: 
     """Keep a fresh answer: in the hot layer now, in the records and the index soon."""
     answer = CachedAnswer(plan.key, text, finish_reason, usage, cost)
     await hot_set(answer, plan.policy.ttl_seconds)
+    if plan.policy.semantic and plan.embedding is None and SemanticHealth.usable():
+        # A refresh skipped the lookup that embeds the query: embed it now, so the entry
+        # keeps (or gets) its vector.
+        try:
+            plan.embedding = await _embed(plan)
+            SemanticHealth.succeeded()
+        except Exception as exc:
+            SemanticHealth.failed(exc)
     now = timezone.now()
     vector = plan.embedding
     entry_record(
@@ -147,7 +169,7 @@ async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: 
         }
     )
     if vector is not None:
-        group = _groups.get(_group_id(plan))
+        group = _groups.get(_group_id(plan, vector))
         if group is not None:
             group.add(plan.key, vector, time.time() + plan.policy.ttl_seconds)
     plan.stored = True
@@ -159,10 +181,10 @@ async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: 
 
 
 class _Group:
-    def __init__(self) -> None:
+    def __init__(self, dimensions: int) -> None:
         from caching.semantic import VectorIndex
 
-        self.index = VectorIndex()
+        self.index = VectorIndex(dimensions, capacity=4)
         self.expires: dict[str, float] = {}
         self.loaded_at = time.monotonic()
 
@@ -176,12 +198,19 @@ class _Group:
         self.expires.pop(key, None)
 
 
-_groups: dict[tuple[str, str], _Group] = {}
-_group_locks: dict[tuple[str, str], asyncio.Lock] = {}
+GroupId = tuple[str, str, int]  # the group's digest, the embedder, the vectors' dimensions
+
+# Most recently used groups last; the least recently used are dropped past the limit (a
+# dropped group is reloaded from the records when asked again).
+_groups: OrderedDict[GroupId, _Group] = OrderedDict()
+_group_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[GroupId, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+SemanticHealth = Breaker("The semantic cache")
 
 
-def _group_id(plan: CachePlan) -> tuple[str, str]:
-    return plan.group, plan.policy.embedder or "local"
+def _group_id(plan: CachePlan, vector: Any) -> GroupId:
+    return plan.group, plan.policy.embedder or "local", len(vector)
 
 
 def _pack(vector: Any) -> bytes:
@@ -190,47 +219,61 @@ def _pack(vector: Any) -> bytes:
     return pack(vector)
 
 
-def _load_group(group: str, embedder: str) -> list[tuple[str, bytes, float]]:
+async def _embed(plan: CachePlan) -> Any:
+    from caching.semantic import embedder_get
+
+    embedder = await embedder_get(plan.policy.embedder or "local")
+    ready = getattr(embedder, "ready", None)
+    if ready is not None:
+        await ready()  # a model loading in process is not a slow embedder
+    # A slow embedder must not hold the request up for long: past this it is a miss.
+    vectors = await asyncio.wait_for(embedder.embed([plan.query]), settings.LLMOPS_EMBED_TIMEOUT_S)
+    return vectors[0]
+
+
+def _load_group(group: str, embedder: str, dimensions: int) -> list[tuple[str, bytes, float]]:
     try:
         rows = CacheEntry.objects.filter(
             group=group, embedder=embedder, expires_at__gt=timezone.now(), embedding__isnull=False
         ).values_list("key_hash", "embedding", "expires_at")
-        return [(key, bytes(blob), expires.timestamp()) for key, blob, expires in rows]
+        size = dimensions * 4  # float32
+        return [(key, bytes(blob), expires.timestamp()) for key, blob, expires in rows if len(blob) == size]
     finally:
         if not connection.in_atomic_block:
             connection.close()
 
 
-async def _group_for(plan: CachePlan) -> _Group:
+async def _group_for(gid: GroupId) -> _Group:
     from caching.semantic import unpack
 
-    gid = _group_id(plan)
     group = _groups.get(gid)
     if group is not None and time.monotonic() - group.loaded_at < settings.LLMOPS_SEMANTIC_REFRESH_S:
+        _groups.move_to_end(gid)
         return group
-    lock = _group_locks.setdefault(gid, asyncio.Lock())
-    async with lock:
-        group = _groups.get(gid)
-        if group is None or time.monotonic() - group.loaded_at >= settings.LLMOPS_SEMANTIC_REFRESH_S:
-            # Other processes add entries too: reload the group from the records now and then.
-            fresh = _Group()
-            for key, blob, expires in await sync_to_async(_load_group)(*gid):
-                fresh.add(key, unpack(blob), expires)
-            _groups[gid] = group = fresh
+    locks = _group_locks.setdefault(asyncio.get_running_loop(), {})
+    lock = locks.setdefault(gid, asyncio.Lock())
+    try:
+        async with lock:
+            group = _groups.get(gid)
+            if group is None or time.monotonic() - group.loaded_at >= settings.LLMOPS_SEMANTIC_REFRESH_S:
+                # Other processes add entries too: reload the group from the records now and then.
+                rows = await sync_to_async(_load_group, thread_sensitive=False)(*gid)
+                group = _Group(gid[2])
+                for key, blob, expires in rows:
+                    group.add(key, unpack(blob), expires)
+                _groups[gid] = group
+            _groups.move_to_end(gid)
+            while len(_groups) > settings.LLMOPS_SEMANTIC_MAX_GROUPS:
+                _groups.popitem(last=False)
+    finally:
+        if not lock.locked():
+            locks.pop(gid, None)
     return group
 
 
 async def _semantic_lookup(plan: CachePlan) -> CachedAnswer | None:
-    from caching.semantic import embedder_get
-
-    try:
-        embedder = await embedder_get(plan.policy.embedder or "local")
-        plan.embedding = (await embedder.embed([plan.query]))[0]
-        group = await _group_for(plan)
-    except Exception as exc:
-        # The semantic cache is an optimisation: an embedder that fails is a miss, not an error.
-        logger.warning("Semantic cache lookup failed for %s: %s", plan.model, exc)
-        return None
+    plan.embedding = await _embed(plan)
+    group = await _group_for(_group_id(plan, plan.embedding))
     match = group.index.search(plan.embedding)
     if match is None:
         return None
@@ -242,7 +285,7 @@ async def _semantic_lookup(plan: CachePlan) -> CachedAnswer | None:
         return None
     answer = await hot_get(key)
     if answer is None:
-        answer = await sync_to_async(_stored_answer)(key)
+        answer = await sync_to_async(_stored_answer, thread_sensitive=False)(key)
     if answer is None:  # purged meanwhile
         group.drop(key)
     return answer

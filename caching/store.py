@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 
 from caching.models import CacheEntry
@@ -59,35 +59,47 @@ class CachedAnswer:
         return cls(key, data["text"], data["finish_reason"], Usage(*data["usage"]), Decimal(data["cost_usd"]))
 
 
-class HotLayerHealth:
-    """This process's view of the hot layer: errors, requests that skipped it, and when
-    to try it again."""
+class Breaker:
+    """A part the cache can do without (the hot layer, an embedder): its errors are counted
+    and logged at most once a minute, and after one it is skipped for a while; then a
+    single request tries it again while the others keep skipping it."""
 
-    errors = 0
-    bypassed = 0
-    down_until = 0.0
-    last_logged = 0.0
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.errors = 0
+        self.bypassed = 0
+        self.down_until = 0.0
+        self.last_logged = 0.0
 
-    @classmethod
-    def usable(cls) -> bool:
-        if time.monotonic() < cls.down_until:
-            cls.bypassed += 1
+    def usable(self) -> bool:
+        now = time.monotonic()
+        if now < self.down_until:
+            self.bypassed += 1
             return False
+        if self.down_until:
+            # Recovering: this request probes; the others skip until it has succeeded.
+            self.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
         return True
 
-    @classmethod
-    def failed(cls, exc: Exception) -> None:
+    def succeeded(self) -> None:
+        self.down_until = 0.0
+
+    def failed(self, exc: BaseException) -> None:
         now = time.monotonic()
-        cls.errors += 1
-        cls.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
-        if now - cls.last_logged >= LOG_EVERY_S:
-            cls.last_logged = now
+        self.errors += 1
+        self.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
+        if now - self.last_logged >= LOG_EVERY_S:
+            self.last_logged = now
             logger.warning(
-                "The answer cache is unreachable (%s: %s); requests bypass it. %d errors so far.",
+                "%s failed (%s: %s); requests go on without it. %d errors so far.",
+                self.what,
                 type(exc).__name__,
                 exc,
-                cls.errors,
+                self.errors,
             )
+
+
+HotLayerHealth = Breaker("The answer cache's hot layer")
 
 
 def _answers() -> Any:
@@ -108,10 +120,12 @@ async def hot_get(key: str) -> CachedAnswer | None:
         return None
     try:
         data = await _call("get", PREFIX + key)
+        answer = CachedAnswer.load(key, data) if data else None
     except Exception as exc:
         HotLayerHealth.failed(exc)
         return None
-    return CachedAnswer.load(key, data) if data else None
+    HotLayerHealth.succeeded()
+    return answer
 
 
 async def hot_set(answer: CachedAnswer, ttl_seconds: int) -> None:
@@ -121,6 +135,8 @@ async def hot_set(answer: CachedAnswer, ttl_seconds: int) -> None:
         await _call("set", PREFIX + answer.key, answer.dump(), ttl_seconds)
     except Exception as exc:
         HotLayerHealth.failed(exc)
+        return
+    HotLayerHealth.succeeded()
 
 
 def hot_delete(keys: list[str]) -> None:
@@ -134,9 +150,33 @@ def hot_delete(keys: list[str]) -> None:
 
 ENTRY_FIELDS = [f.name for f in CacheEntry._meta.concrete_fields if f.name not in ("id", "key_hash")]
 UPDATED_ON_REFRESH = [name for name in ENTRY_FIELDS if name not in ("hit_count", "cost_saved_usd", "last_hit_at")]
+UPDATED_KEEPING_VECTOR = [name for name in UPDATED_ON_REFRESH if name not in ("embedding", "embedder")]
 
 
 def _write(batch: list[tuple[Any, ...]]) -> int:
+    try:
+        _apply(batch)
+        return len(batch)
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError:
+        pass
+    # One item the database refuses (a NUL byte in a query, say) must not take the rest of
+    # the batch, other tenants' entries included, down with it: write them one by one.
+    written = 0
+    for item in batch:
+        try:
+            _apply([item])
+            written += 1
+        except (OperationalError, InterfaceError):
+            raise
+        except DatabaseError as exc:
+            ENTRIES.dropped += 1
+            logger.warning("Dropped a cache record the database refused: %s", exc)
+    return written
+
+
+def _apply(batch: list[tuple[Any, ...]]) -> None:
     stores: dict[str, dict[str, Any]] = {}
     hits: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal(0), None])
     for item in batch:
@@ -149,18 +189,17 @@ def _write(batch: list[tuple[Any, ...]]) -> int:
             counted[1] += saved
             counted[2] = when
     with transaction.atomic():
-        if stores:
-            CacheEntry.objects.bulk_create(
-                [CacheEntry(**fields) for fields in stores.values()],
-                update_conflicts=True,
-                unique_fields=["key_hash"],
-                update_fields=UPDATED_ON_REFRESH,
-            )
+        # A refresh that computed no vector keeps the one the entry had.
+        for with_vector, update in ((True, UPDATED_ON_REFRESH), (False, UPDATED_KEEPING_VECTOR)):
+            rows = [CacheEntry(**f) for f in stores.values() if (f.get("embedding") is not None) == with_vector]
+            if rows:
+                CacheEntry.objects.bulk_create(
+                    rows, update_conflicts=True, unique_fields=["key_hash"], update_fields=update
+                )
         for key, (count, saved, when) in hits.items():
             CacheEntry.objects.filter(key_hash=key).update(
                 hit_count=F("hit_count") + count, cost_saved_usd=F("cost_saved_usd") + saved, last_hit_at=when
             )
-    return len(batch)
 
 
 ENTRIES = BufferedWriter("cache-entry", _write)

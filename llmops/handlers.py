@@ -63,6 +63,12 @@ class ApiASGIHandler(ASGIHandler):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+        except asyncio.CancelledError:
+            # The server cancelled the whole request (some do when the client goes away):
+            # the view's task must stop too, and with it the upstream call.
+            for task in (disconnect, answer):
+                task.cancel()
+            raise
         finally:
             body_file.close()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 import time
@@ -43,6 +44,8 @@ from llmops.prompts import prompt_render
 from llmops.providers import provider_for
 from llmops.providers.base import ChatProvider, ProviderCall, StreamDelta, UpstreamError, Usage, estimate_tokens
 from monitoring.recorder import metric_record
+
+logger = logging.getLogger(__name__)
 
 WORD = re.compile(r"\S+\s*|\s+")
 
@@ -149,6 +152,7 @@ async def _prepare(request: InferenceRequest) -> _Prepared:
     plan = cache_plan(
         policy=policy,
         model=endpoint.name,
+        target=f"{endpoint.provider}:{endpoint.upstream_model}@{endpoint.base_url}",
         messages=messages,
         params={**request.params, "simulate": request.simulate} if request.simulate else request.params,
         prompt=prompt_label,
@@ -238,11 +242,15 @@ async def infer(request: InferenceRequest) -> InferenceResult:
     try:
         prepared = await _prepare(request)
         plan = prepared.cache
-        if plan is not None and plan.lookup:
+        while plan is not None and plan.lookup:
             found = await cache_lookup(plan) or await cache_join(plan)
             if found is not None:
                 return _from_cache(request, prepared, *found)
+            # Lead, unless another request took the lead meanwhile (the first one failed and
+            # its waiters woke together): then wait for that one instead of asking too.
             lead = cache_lead(plan)
+            if lead is not None:
+                break
         semaphore = _limit(prepared.endpoint)
         if semaphore is not None:
             await semaphore.acquire()
@@ -253,24 +261,17 @@ async def infer(request: InferenceRequest) -> InferenceResult:
             InFlight.leave()
             if semaphore is not None:
                 semaphore.release()
-        usage = filled_usage(completion.usage, prepared.call, output_estimate=estimate_tokens(completion.text))
-        cost = cost_usd(prepared.endpoint, usage)
-        status = MISS if plan is not None else BYPASS
-        if plan is not None:
-            answer = await cache_store(
-                plan, text=completion.text, finish_reason=completion.finish_reason, usage=usage, cost=cost
-            )
-            if lead is not None:
-                cache_lead_done(plan, lead, answer)
     except asyncio.CancelledError:
         _record(request, prepared, stream=False, status="cancelled")
+        _lead_failed(prepared, lead)
         raise
     except Exception as exc:
         _record(request, prepared, stream=False, status="error", error=exc)
+        _lead_failed(prepared, lead)
         raise
-    finally:
-        if lead is not None and prepared is not None and prepared.cache is not None:
-            cache_lead_done(prepared.cache, lead, None)  # failed or cancelled: the waiters ask for themselves
+    usage = filled_usage(completion.usage, prepared.call, output_estimate=estimate_tokens(completion.text))
+    cost = cost_usd(prepared.endpoint, usage)
+    status = MISS if plan is not None else BYPASS
     result = InferenceResult(
         request_id=request.request_id,
         model=prepared.endpoint.name,
@@ -283,8 +284,32 @@ async def infer(request: InferenceRequest) -> InferenceResult:
         cache=status,
         simulated=completion.simulated,
     )
+    # Recorded before storing: the answer was paid for, whatever happens to this request now.
     _record(request, prepared, stream=False, status="ok", usage=usage, cost=cost, cache_status=status)
+    if plan is not None:
+        await _store(plan, lead, text=completion.text, finish_reason=completion.finish_reason, usage=usage, cost=cost)
     return result
+
+
+def _lead_failed(prepared: _Prepared | None, lead: Any) -> None:
+    if lead is not None and prepared is not None and prepared.cache is not None:
+        cache_lead_done(prepared.cache, lead, None)  # the waiters ask for themselves
+
+
+async def _store(plan: CachePlan, lead: Any, **answer: Any) -> None:
+    """Store an answer (and hand it to identical requests waiting for it). Shielded: a
+    client that leaves now does not cost the others the answer it already paid for."""
+
+    async def store() -> None:
+        try:
+            stored = await cache_store(plan, **answer)
+        except Exception:
+            logger.exception("Storing an answer for %s failed", plan.model)
+            stored = None
+        if lead is not None:
+            cache_lead_done(plan, lead, stored)
+
+    await asyncio.shield(store())
 
 
 def _from_cache(request: InferenceRequest, prepared: _Prepared, answer: CachedAnswer, how: str) -> InferenceResult:
@@ -435,14 +460,6 @@ class InferenceStream:
             saved, cost = self._cached.cost_usd, ZERO
             if status == "ok":
                 cache_hit_recorded(self._prepared.cache, self._cached)
-        elif status == "ok" and self._prepared.cache is not None:
-            await cache_store(
-                self._prepared.cache,
-                text="".join(self._text),
-                finish_reason=self._finish_reason,
-                usage=usage,
-                cost=cost,
-            )
         if status == "ok":
             endpoint = self.endpoint
             self.result = InferenceResult(
@@ -471,3 +488,8 @@ class InferenceStream:
             cache_status=self.cache_status,
             saved=saved,
         )
+        if status == "ok" and self._cached is None and self._prepared.cache is not None:
+            text = "".join(self._text)
+            await _store(
+                self._prepared.cache, None, text=text, finish_reason=self._finish_reason, usage=usage, cost=cost
+            )

@@ -200,6 +200,7 @@ class ChatCompletionsView(GatewayAPIView):
                     f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported"
                 )
             data = validated(CHAT_REQUEST, payload)
+            mode = cache_mode(request, data)
         except GatewayError as exc:
             model = payload.get("model")
             inference.model = model[:200] if isinstance(model, str) else ""
@@ -211,7 +212,7 @@ class ChatCompletionsView(GatewayAPIView):
         inference.prompt = data.get("prompt")
         inference.variables = data.get("variables") or {}
         inference.simulate = data.get("simulate")
-        inference.cache_mode = cache_mode(request, data)
+        inference.cache_mode = mode
         if data["stream"]:
             options = data.get("stream_options") or {}
             return await stream_response(inference, include_usage=options.get("include_usage", False))

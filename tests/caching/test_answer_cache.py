@@ -246,3 +246,25 @@ async def test_when_the_first_of_identical_requests_fails_the_others_ask_for_the
     assert [r.status_code for r in responses] == [502, 502, 502]
     metrics = await flushed_metrics()
     assert [(m.status, m.cache_status) for m in metrics] == [("error", "miss")] * 3
+
+
+async def test_when_the_first_of_identical_requests_is_cancelled_another_asks_instead(http, seeded, api_key):
+    body = ask(simulate={"latency_ms": 400})
+    first = asyncio.ensure_future(post(http, api_key, body))
+    await asyncio.sleep(0.1)
+    second = asyncio.ensure_future(post(http, api_key, body))
+    await asyncio.sleep(0.1)
+    first.cancel()
+    response = await asyncio.wait_for(second, timeout=5)
+    assert response.headers["x-llmops-cache"] == "miss"  # it asked the model itself
+    assert (await post(http, api_key, body)).headers["x-llmops-cache"] == "hit"
+
+
+async def test_pointing_a_model_name_elsewhere_starts_a_fresh_cache(http, seeded, api_key):
+    from llmops.models import ModelEndpoint
+
+    await post(http, api_key, ask())
+    endpoint = await ModelEndpoint.objects.aget(name="sim-small")
+    endpoint.upstream_model = "sim-small-v2"
+    await endpoint.asave()
+    assert (await post(http, api_key, ask())).headers["x-llmops-cache"] == "miss"

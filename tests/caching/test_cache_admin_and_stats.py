@@ -115,3 +115,25 @@ def test_cache_stats_need_a_key_or_staff(client, seeded):
 def test_cache_stats_reject_a_bad_window(staff):
     response = staff.get("/api/cache/stats", {"hours": "soon"})
     assert response.status_code == 400 and response.json()["error"]["param"] == "hours"
+
+
+def test_purging_works_while_the_hot_layer_is_down(staff, seeded, api_key, gateway, settings):
+    gateway(api_key)
+    ENTRIES.flush()
+    entry = CacheEntry.objects.get()
+    settings.CACHES = {
+        **settings.CACHES,
+        "answers": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    response = staff.post(
+        reverse("admin:caching_cacheentry_changelist"),
+        {"action": "purge_entries", "_selected_action": [entry.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert not CacheEntry.objects.filter(pk=entry.pk).exists()
+    assert any("could not be reached" in str(m) for m in response.context["messages"])

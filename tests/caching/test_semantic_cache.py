@@ -84,3 +84,15 @@ async def test_vectors_are_persisted_so_a_restart_loses_nothing(http, api_key):
     services._groups.clear()
     caches["answers"].clear()
     assert await cache_of(http, api_key, "How can I reset my password?") == "semantic_hit"
+
+
+async def test_a_refresh_keeps_the_entry_findable_by_paraphrase(http, api_key):
+    await cache_of(http, api_key, "How do I reset my password?")
+    body = {**ask("How do I reset my password?"), "cache": {"mode": "refresh"}}
+    assert (await http.post(URL, json=body, headers=auth(api_key))).headers["x-llmops-cache"] == "miss"
+    await sync_to_async(ENTRIES.flush)()
+    entry = await CacheEntry.objects.aget()
+    assert entry.embedding and entry.embedder == "local"
+    services._groups.clear()
+    caches["answers"].clear()
+    assert await cache_of(http, api_key, "How can I reset my password?") == "semantic_hit"
