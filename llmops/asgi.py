@@ -26,7 +26,17 @@ async def http_application(scope, receive, send):
     return await django_application(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": http_application})
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from llmops.consumers import BrowserOriginValidator, ChatConsumer  # noqa: E402
+
+websocket_application = BrowserOriginValidator(
+    AuthMiddlewareStack(URLRouter([path("ws/v1/chat", ChatConsumer.as_asgi())])), settings.ALLOWED_HOSTS
+)
+
+application = ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})
 
 # Everything loaded at start-up lives for the whole process: move it out of the
 # collector's sight so full collections under load stay short.
