@@ -372,6 +372,13 @@ class InferenceStream:
         return self._prepared.endpoint
 
     async def start(self) -> None:
+        """Open the stream and wait for its first piece."""
+        await self.open()
+        await self.first()
+
+    async def open(self) -> None:
+        """Resolve the model, look in the cache, and open the upstream call: everything up to
+        waiting for the first piece. Bad input and refusals raise here."""
         try:
             self._prepared = await _prepare(self.request)
             plan = self._prepared.cache
@@ -387,6 +394,16 @@ class InferenceStream:
                 InFlight.enter()
                 self._open = True
                 self._upstream = aiter(self._prepared.provider.stream(self._prepared.endpoint, self._prepared.call))
+        except asyncio.CancelledError:
+            await self._finish(status="cancelled")
+            raise
+        except BaseException as exc:
+            await self._finish(status="error", error=exc)
+            raise
+
+    async def first(self) -> None:
+        """Wait for the upstream's first piece (the time to first token)."""
+        try:
             self._first = await self._next()
             self._ttft_ms = _elapsed_ms(self.request)
         except asyncio.CancelledError:

@@ -3,6 +3,8 @@ pipeline, shape the answer."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -227,7 +229,15 @@ class ChatCompletionsView(GatewayAPIView):
 async def stream_response(inference: InferenceRequest, *, include_usage: bool) -> HttpResponse:
     """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`."""
     stream = InferenceStream(inference)
-    await stream.start()  # errors before the first token still get their own status
+    await stream.open()  # bad input and refusals get their own status
+    # A first token within the grace period comes with the headers, so that an upstream
+    # failing at once still gets its own status (429, 502...). A slower one gets the headers
+    # at once and keep-alive comments meanwhile, so proxies with idle timeouts keep the
+    # connection; a failure after that ends the stream with an error event.
+    first = asyncio.ensure_future(stream.first())
+    await asyncio.wait({first}, timeout=settings.LLMOPS_SSE_KEEPALIVE_S)
+    if first.done():
+        first.result()
     endpoint = stream.endpoint
     chunk_id = f"chatcmpl-{inference.request_id}"
     created = int(time.time())
@@ -243,6 +253,10 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
 
     async def events():
         try:
+            while not first.done():
+                yield ": keep-alive\n\n"
+                await asyncio.wait({first}, timeout=settings.LLMOPS_SSE_KEEPALIVE_S)
+            first.result()
             yield event(
                 {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
             )
@@ -263,6 +277,7 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
             logger.exception("Stream %s failed", inference.request_id)
             yield f"data: {json.dumps(error_body('The gateway failed while streaming.', 'server_error'))}\n\n"
         finally:
+            first.cancel()
             await stream.aclose()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
@@ -272,8 +287,13 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     response["x-llmops-cache"] = stream.cache_status
     # The handler calls this once the response is over, however it ended: a client that left
     # before the first chunk was sent must still free the upstream call.
-    response.llmops_close = stream.aclose
+    response.llmops_close = functools.partial(_close_stream, first, stream)
     return response
+
+
+async def _close_stream(first: asyncio.Future[None], stream: InferenceStream) -> None:
+    first.cancel()
+    await stream.aclose()
 
 
 def model_body(endpoint: EndpointConfig) -> dict[str, Any]:

@@ -201,3 +201,35 @@ async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app,
     assert metric.status == "cancelled" and metric.http_status == 499
     # Stopped after a handful of the 500 tokens: nothing generated after the client left.
     assert 0 < metric.output_tokens < 20
+
+
+async def test_a_slow_first_token_gets_keep_alive_comments_meanwhile(sdk, http, api_key, settings):
+    settings.LLMOPS_SSE_KEEPALIVE_S = 0.05
+    body = {
+        **{"model": "sim-small", "messages": HELLO, "stream": True},
+        "simulate": {"ttft_ms": 300, "output_tokens": 3},
+    }
+    response = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
+    assert response.status_code == 200
+    blocks = response.text.split("\n\n")
+    first_data = next(i for i, block in enumerate(blocks) if block.startswith("data: "))
+    assert first_data >= 2 and all(block == ": keep-alive" for block in blocks[:first_data])
+    # The SDK skips the comments, as any SSE client must.
+    stream = await sdk.chat.completions.create(
+        model="sim-small",
+        messages=HELLO,
+        stream=True,
+        extra_body={"simulate": {"ttft_ms": 300, "output_tokens": 3}, "cache": {"mode": "bypass"}},
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "Simulated answer from"
+
+
+async def test_a_failure_after_the_keep_alives_is_an_error_event(http, seeded, api_key, settings):
+    settings.LLMOPS_SSE_KEEPALIVE_S = 0.05
+    body = {"model": "sim-small", "messages": HELLO, "stream": True, "simulate": {"ttft_ms": 200, "error_rate": 1}}
+    response = await http.post("/v1/chat/completions", json=body, headers=auth(api_key))
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert json.loads(events[-1])["error"]["type"] == "upstream_error" and "[DONE]" not in events
+    [metric] = await flushed_metrics()
+    assert (metric.status, metric.http_status) == ("error", 502)
