@@ -57,6 +57,19 @@ def api_key_create(*, name: str, owner: Any = None) -> tuple[ApiKey, str]:
     return key, raw
 
 
+def api_key_for_staff(user: Any) -> ApiKeyInfo:
+    """The key a staff member's own pages (the playground) act under: one per user, made on
+    first use, so their requests are metered and cached apart from every app's. Its raw
+    key is never issued: nothing can present it as a bearer token."""
+    key = ApiKey.objects.filter(owner=user, name=f"playground:{user.get_username()}").first()
+    if key is None:
+        _, prefix, digest = key_material()
+        key = ApiKey.objects.create(
+            name=f"playground:{user.get_username()}", owner=user, prefix=prefix, key_hash=digest
+        )
+    return ApiKeyInfo(id=key.id, name=key.name, prefix=key.prefix)
+
+
 class ApiKeyPrincipal:
     is_authenticated = True
     is_anonymous = False

@@ -1,7 +1,8 @@
 """Streaming chat over a WebSocket (ws://HOST/ws/v1/chat), through the one pipeline.
 
 A client authenticates with `Authorization: Bearer <key>` on the handshake, or, from a
-browser, with a first message `{"type": "auth", "key": ...}`. It then sends
+browser, with a first message `{"type": "auth", "key": ...}`, or is a logged-in staff
+member on the built-in pages. It then sends
 `{"type": "chat", "id": ..., "model": ..., "messages": [...], ...}` (the same fields as a
 chat completion) and receives `delta` events, then `done`; `{"type": "cancel", "id": ...}`
 stops an answer and its upstream call. Several chats run at once on one socket, told
@@ -15,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
@@ -22,6 +24,7 @@ from django.conf import settings
 from llmops import catalog
 from llmops.api.serializers import normalised_messages, provider_params, unsupported_field
 from llmops.api.views import CHAT_REQUEST, usd, validated
+from llmops.auth import api_key_for_staff
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import GatewayError, InvalidRequest
 from llmops.pipeline import InferenceRequest, InferenceStream
@@ -55,10 +58,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.chats: dict[str, asyncio.Task[None]] = {}
         await self.accept()
         key = _header_key(self.scope)
+        user = self.scope.get("user")
         if key is not None:
             self.api_key = await catalog.api_key_get(key)
             if self.api_key is None:
                 await self.close(code=UNAUTHENTICATED)
+        elif user is not None and user.is_authenticated and user.is_staff:
+            # The built-in pages: a logged-in staff member, on their own playground key.
+            self.api_key = await database_sync_to_async(api_key_for_staff)(user)
+            await self.send_event({"type": "ready"})
 
     async def disconnect(self, code: int) -> None:
         # The client left: stop every answer it was receiving, and the upstream calls behind them.

@@ -5,8 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from caching.api import CacheStatsView
 from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView
 from llmops.health import healthz
+from llmops.pages import playground
 
 urlpatterns = [
+    path("", playground, name="playground"),
     path("v1/chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("v1/models", ModelListView.as_view(), name="models"),
     path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),

@@ -187,3 +187,42 @@ async def test_an_upstream_failure_is_an_error_event(asgi_app, seeded, api_key):
     await socket.send_json_to(chat("g", simulate={"output_tokens": 1}))
     assert (await events_until_done(socket, "g"))[-1]["type"] == "done"
     await socket.disconnect()
+
+
+@pytest.fixture
+def staff_cookie(client, transactional_db) -> bytes:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_superuser("staff", "staff@example.com", "pw-for-tests-only")
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def test_the_playground_is_for_staff_only(client, seeded):
+    response = client.get("/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_the_playground_lists_the_enabled_models(client, seeded, staff_cookie):
+    page = client.get("/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert '<option value="sim-small">' in html and '<option value="smollm2-135m">' in html
+    assert "/ws/v1/chat" in html
+
+
+async def test_a_staff_session_streams_on_its_own_playground_key(asgi_app, seeded, staff_cookie):
+    from llmops.models import ApiKey
+
+    socket = WebsocketCommunicator(
+        asgi_app, PATH, headers=[(b"cookie", staff_cookie), (b"origin", b"http://testserver")]
+    )
+    ok, _ = await socket.connect()
+    assert ok
+    assert await socket.receive_json_from() == {"type": "ready"}
+    await socket.send_json_to(chat("p", simulate={"output_tokens": 2}))
+    assert (await events_until_done(socket, "p"))[-1]["type"] == "done"
+    await socket.disconnect()
+    [metric] = await flushed_metrics()
+    key = await ApiKey.objects.aget(pk=metric.api_key_id)
+    assert key.name == "playground:staff"
