@@ -66,6 +66,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.inflight
 	$(PY) -m benchmarks.view_layer
 	$(PY) -m benchmarks.cache
+	$(PY) -m benchmarks.streaming
 
 worker: $(VENV)/.installed
 	$(VENV)/bin/celery -A llmops worker --loglevel=INFO

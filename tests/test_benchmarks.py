@@ -29,8 +29,11 @@ pytestmark = [
         ["benchmarks.cache", "--requests", "20", "--concurrency", "4", "--slow-requests", "4", "--slow-latency-ms",
          "50", "--warmup", "5", "--workload-requests", "40", "--distinct", "16", "--workload-concurrency", "4",
          "--no-sequential", *CACHE_TEXTS],
+        ["benchmarks.streaming", "--ttft-requests", "5", "--baseline-ttft-requests", "3", "--ttft-ms", "20",
+         "--levels", "4,8", "--stream-tokens", "8", "--tokens-per-s", "20", "--ramp-s", "0.1", "--warmup", "2",
+         "--chats-per-socket", "2"],
     ],
-    ids=["gateway_overhead", "inflight", "view_layer", "cache"],
+    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming"],
 )  # fmt: skip
 def test_the_benchmark_runs_and_prints_its_ratios(command):
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
