@@ -45,6 +45,17 @@ $(VENV)/.semantic: $(VENV)/.installed requirements-semantic.txt
 	$(PIP) install -r requirements-semantic.txt 2>&1 | $(QUIET)
 	touch $@
 
+# The playground's browser test: Playwright drives Debian's Chromium (its own browser
+# download is never used). As root, make installs Chromium; otherwise that test is skipped
+# outside CI and says how to install it.
+$(VENV)/.browser: $(VENV)/.installed requirements-test.txt
+	$(PIP) install -r requirements-test.txt 2>&1 | $(QUIET)
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Chromium for the browser test..."; \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) >/dev/null; \
+	fi
+	touch $@
+
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_catalog
@@ -58,7 +69,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	DATABASE_URL=sqlite:///:memory: $(PY) manage.py makemigrations --check --dry-run
 
-test: lint $(VENV)/.semantic
+test: lint $(VENV)/.semantic $(VENV)/.browser
 	$(PY) tests/run_profiles.py
 
 bench: $(VENV)/.installed
