@@ -226,3 +226,14 @@ async def test_a_staff_session_streams_on_its_own_playground_key(asgi_app, seede
     [metric] = await flushed_metrics()
     key = await ApiKey.objects.aget(pk=metric.api_key_id)
     assert key.name == "playground:staff"
+
+
+async def test_the_channel_layer_of_this_profile_carries_messages(settings):
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    expected = "channels_redis" if settings.REDIS_URL else "channels.layers"
+    assert type(layer).__module__.startswith(expected)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "chat.delta", "text": "hello"})
+    assert await layer.receive(channel) == {"type": "chat.delta", "text": "hello"}
