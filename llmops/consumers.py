@@ -22,11 +22,10 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from llmops import catalog
-from llmops.api.serializers import normalised_messages, provider_params, unsupported_field
-from llmops.api.views import CHAT_REQUEST, usd, validated
+from llmops.api.views import chat_request_data, inference_request, usd
 from llmops.auth import api_key_for_staff
 from llmops.catalog import ApiKeyInfo
-from llmops.errors import GatewayError, InvalidRequest
+from llmops.errors import GatewayError
 from llmops.pipeline import InferenceRequest, InferenceStream
 from llmops.providers.base import UpstreamError
 
@@ -127,22 +126,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         payload = {k: v for k, v in message.items() if k not in ("type", "id")}
         try:
-            refused = unsupported_field(payload)
-            if refused:
-                raise InvalidRequest(f"{refused} is not supported by this gateway yet.", param=refused)
-            data = validated(CHAT_REQUEST, payload)
+            data = chat_request_data(payload)
         except GatewayError as exc:
             await self.error(chat_id, exc.code or exc.error_type, exc.message)
             return
         assert self.api_key is not None
-        request = InferenceRequest(
+        request = inference_request(
+            data,
             api_key=self.api_key,
-            model=data["model"],
-            messages=normalised_messages(data.get("messages") or []),
-            params=provider_params(data),
-            prompt=data.get("prompt"),
-            variables=data.get("variables") or {},
-            simulate=data.get("simulate"),
             cache_mode=(data.get("cache") or {}).get("mode", "use"),
             endpoint_kind="ws.chat",
         )

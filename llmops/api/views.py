@@ -121,6 +121,31 @@ def usd(amount: Decimal) -> str:
     return format(amount, "f")
 
 
+def chat_request_data(payload: dict[str, Any]) -> dict[str, Any]:
+    """A chat request's fields, checked: raises InvalidRequest naming the field."""
+    refused = unsupported_field(payload)
+    if refused:
+        raise InvalidRequest(f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported")
+    return validated(CHAT_REQUEST, payload)
+
+
+def inference_request(
+    data: dict[str, Any], *, api_key: ApiKeyInfo, cache_mode: str, endpoint_kind: str = "chat.completions"
+) -> InferenceRequest:
+    """What the pipeline is asked, from checked chat fields (REST and WebSocket alike)."""
+    return InferenceRequest(
+        api_key=api_key,
+        model=data["model"],
+        messages=normalised_messages(data.get("messages") or []),
+        params=provider_params(data),
+        prompt=data.get("prompt"),
+        variables=data.get("variables") or {},
+        simulate=data.get("simulate"),
+        cache_mode=cache_mode,
+        endpoint_kind=endpoint_kind,
+    )
+
+
 def cache_mode(request: HttpRequest, data: dict[str, Any]) -> str:
     """The body's `cache.mode`, else the x-llmops-cache-mode header, else `use`."""
     if "cache" in data:
@@ -192,29 +217,21 @@ class ChatCompletionsView(GatewayAPIView):
         },
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
-        inference = InferenceRequest(api_key=api_key, model="", messages=[])
+        started = time.perf_counter()
         payload: dict[str, Any] = {}
         try:
             payload = read_json_object(request)
-            refused = unsupported_field(payload)
-            if refused:
-                raise InvalidRequest(
-                    f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported"
-                )
-            data = validated(CHAT_REQUEST, payload)
+            data = chat_request_data(payload)
             mode = cache_mode(request, data)
         except GatewayError as exc:
             model = payload.get("model")
-            inference.model = model[:200] if isinstance(model, str) else ""
-            request_rejected(inference, exc)
+            rejected = InferenceRequest(
+                api_key=api_key, model=model[:200] if isinstance(model, str) else "", messages=[], started=started
+            )
+            request_rejected(rejected, exc)
             raise
-        inference.model = data["model"]
-        inference.messages = normalised_messages(data.get("messages") or [])
-        inference.params = provider_params(data)
-        inference.prompt = data.get("prompt")
-        inference.variables = data.get("variables") or {}
-        inference.simulate = data.get("simulate")
-        inference.cache_mode = mode
+        inference = inference_request(data, api_key=api_key, cache_mode=mode)
+        inference.started = started
         if data["stream"]:
             options = data.get("stream_options") or {}
             return await stream_response(inference, include_usage=options.get("include_usage", False))
