@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks._harness import DROPPED_ENV
+
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
 SIMULATE = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 16}
@@ -77,17 +79,6 @@ VARIANTS = {
     "b": "(b) adrf APIView",
     "c": "(c) plain async view",
 }
-# Environment the benchmark must not inherit: it runs on the embedded defaults
-# (temporary SQLite, local-memory cache, no broker).
-DROPPED_ENV = (
-    "DATABASE_URL_FILE",
-    "REDIS_URL",
-    "REDIS_URL_FILE",
-    "CELERY_BROKER_URL",
-    "CELERY_BROKER_URL_FILE",
-    "CELERY_RESULT_BACKEND",
-    "CELERY_RESULT_BACKEND_FILE",
-)
 
 
 class BenchmarkError(RuntimeError):
@@ -159,13 +150,13 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
     from rest_framework.response import Response
 
     from llmops import catalog
-    from llmops.api.serializers import normalised_messages, provider_params
     from llmops.api.views import (
         CHAT_REQUEST,
         ChatCompletionsView,
         ModelListView,
         completion_body,
         gateway_headers,
+        inference_request,
         model_body,
         read_json_object,
         usd,
@@ -174,19 +165,11 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
     from llmops.auth import ApiKeyPrincipal, authorize
     from llmops.catalog import ApiKeyInfo
     from llmops.errors import GatewayError, error_response
-    from llmops.pipeline import InferenceRequest, infer
+    from llmops.pipeline import infer
 
     async def chat_answer(data: dict[str, Any], api_key: ApiKeyInfo) -> tuple[dict[str, Any], Any, Any]:
         """What ChatCompletionsView.post does after validation (non-streaming), step for step."""
-        inference = InferenceRequest(
-            api_key=api_key,
-            model=data["model"],
-            messages=normalised_messages(data.get("messages") or []),
-            params=provider_params(data),
-            prompt=data.get("prompt"),
-            variables=data.get("variables") or {},
-            simulate=data.get("simulate"),
-        )
+        inference = inference_request(data, api_key=api_key, cache_mode="use")
         result = await infer(inference)
         return completion_body(result), result, None
 
