@@ -150,18 +150,8 @@ def build_urlconf(include_plain: bool) -> types.ModuleType:
     from rest_framework.response import Response
 
     from llmops import catalog
-    from llmops.api.views import (
-        CHAT_REQUEST,
-        ChatCompletionsView,
-        ModelListView,
-        completion_body,
-        gateway_headers,
-        inference_request,
-        model_body,
-        read_json_object,
-        usd,
-        validated,
-    )
+    from llmops.api.chat import CHAT_REQUEST, completion_body, inference_request, usd, validated
+    from llmops.api.views import ChatCompletionsView, ModelListView, gateway_headers, model_body, read_json_object
     from llmops.auth import ApiKeyPrincipal, authorize
     from llmops.catalog import ApiKeyInfo
     from llmops.errors import GatewayError, error_response

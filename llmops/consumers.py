@@ -22,7 +22,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from llmops import catalog
-from llmops.api.views import chat_request_data, inference_request, usd
+from llmops.api.chat import chat_request_data, inference_request, usd
 from llmops.auth import api_key_for_staff
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import GatewayError

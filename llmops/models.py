@@ -59,6 +59,11 @@ class ModelEndpoint(models.Model):
         blank=True,
         help_text="For `simulated`: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate.",
     )
+    fallbacks = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Catalog models to try, in order, when this one fails or its breaker is open (comma-separated).",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -74,6 +79,19 @@ class ModelEndpoint(models.Model):
             raise ValidationError({"batch_discount": "Must be between 0 and 1."})
         if self.provider != Provider.SIMULATED and self.simulation:
             raise ValidationError({"simulation": "Only simulated models take simulation settings."})
+        names = self.fallback_names
+        if self.name in names:
+            raise ValidationError({"fallbacks": "A model cannot fall back to itself."})
+        if len(set(names)) != len(names):
+            raise ValidationError({"fallbacks": "Each fallback may appear only once."})
+        known = set(ModelEndpoint.objects.filter(name__in=names).values_list("name", flat=True))
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValidationError({"fallbacks": f"Not in the catalog: {', '.join(unknown)}."})
+
+    @property
+    def fallback_names(self) -> list[str]:
+        return [name.strip() for name in (self.fallbacks or "").split(",") if name.strip()]
 
 
 class PromptTemplate(models.Model):
@@ -122,6 +140,11 @@ class PromptTemplate(models.Model):
                 )
 
 
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "per day (UTC)"
+    MONTH = "month", "per month (UTC)"
+
+
 class ApiKey(models.Model):
     """A gateway key. Only its SHA-256 is stored; the prefix lets staff tell keys apart."""
 
@@ -130,6 +153,19 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     is_active = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="After this the key is refused (blank: never).")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Blank: no limit.")
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Input and output tokens per minute. Blank: no limit."
+    )
+    budget_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Spend allowed per budget period. Blank: none.",
+    )
+    budget_period = models.CharField(max_length=10, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

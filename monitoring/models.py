@@ -15,7 +15,11 @@ class QueryMetric(models.Model):
     created_at = models.DateTimeField(db_index=True)
     api_key = models.ForeignKey("llmops.ApiKey", null=True, blank=True, on_delete=models.SET_NULL)
     endpoint = models.CharField(max_length=40, default="chat.completions")
-    model = models.CharField(max_length=200, blank=True, db_index=True)
+    model = models.CharField(max_length=200, blank=True, db_index=True, help_text="The model the request named")
+    answered_by = models.CharField(max_length=200, blank=True, help_text="The model that finally answered")
+    attempts = models.JSONField(
+        default=list, blank=True, help_text="Every upstream attempt: model, outcome, latency_ms (and status)"
+    )
     provider = models.CharField(max_length=20, blank=True)
     prompt = models.CharField(max_length=120, blank=True, help_text="name@version when a prompt template was used")
     stream = models.BooleanField(default=False)

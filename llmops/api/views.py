@@ -9,28 +9,21 @@ import inspect
 import json
 import logging
 import time
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework.exceptions import ValidationError
-from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from llmops import catalog
-from llmops.api.serializers import (
-    ChatCompletionRequestSerializer,
-    normalised_messages,
-    provider_params,
-    unsupported_field,
-)
+from llmops.api.chat import chat_request_data, completion_body, gateway_body, inference_request, usage_body, usd
+from llmops.api.serializers import ChatCompletionRequestSerializer
 from llmops.auth import ApiKeyAuthentication, authorize
 from llmops.catalog import ApiKeyInfo, EndpointConfig
-from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response, first_validation_error
-from llmops.pipeline import InferenceRequest, InferenceResult, InferenceStream, infer, request_rejected
+from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response
+from llmops.pipeline import InferenceRequest, InferenceStream, infer, request_rejected
 from llmops.providers.base import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -94,56 +87,12 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-# DRF deep-copies a serializer's fields for every new instance, which measured as a
-# seventh of a request's CPU. Validation is synchronous and runs only on the event loop's
-# thread, so one unbound instance serves every request.
-CHAT_REQUEST = ChatCompletionRequestSerializer()
-
-
-def validated(serializer: Serializer, data: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return serializer.run_validation(data)
-    except ValidationError as exc:
-        param, message = first_validation_error(exc.detail)
-        raise InvalidRequest(f"{param}: {message}" if param else message, param=param or None) from None
-
-
 def gateway_headers(response: HttpResponse, *, request_id: str, model: str, provider: str) -> None:
     response["x-llmops-request-id"] = request_id
     response["x-llmops-model"] = model
     response["x-llmops-provider"] = provider
     if provider == "simulated":
         response["x-llmops-simulated"] = "true"
-
-
-def usd(amount: Decimal) -> str:
-    """Dollars as plain digits: str() of a small Decimal would say 7.000E-7."""
-    return format(amount, "f")
-
-
-def chat_request_data(payload: dict[str, Any]) -> dict[str, Any]:
-    """A chat request's fields, checked: raises InvalidRequest naming the field."""
-    refused = unsupported_field(payload)
-    if refused:
-        raise InvalidRequest(f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported")
-    return validated(CHAT_REQUEST, payload)
-
-
-def inference_request(
-    data: dict[str, Any], *, api_key: ApiKeyInfo, cache_mode: str, endpoint_kind: str = "chat.completions"
-) -> InferenceRequest:
-    """What the pipeline is asked, from checked chat fields (REST and WebSocket alike)."""
-    return InferenceRequest(
-        api_key=api_key,
-        model=data["model"],
-        messages=normalised_messages(data.get("messages") or []),
-        params=provider_params(data),
-        prompt=data.get("prompt"),
-        variables=data.get("variables") or {},
-        simulate=data.get("simulate"),
-        cache_mode=cache_mode,
-        endpoint_kind=endpoint_kind,
-    )
 
 
 def cache_mode(request: HttpRequest, data: dict[str, Any]) -> str:
@@ -156,52 +105,6 @@ def cache_mode(request: HttpRequest, data: dict[str, Any]) -> str:
             "The x-llmops-cache-mode header must be use, bypass or refresh.", param="x-llmops-cache-mode"
         )
     return header
-
-
-def usage_body(result: InferenceResult) -> dict[str, Any]:
-    usage = result.usage
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
-def gateway_body(result: InferenceResult) -> dict[str, Any]:
-    """What the gateway did, in the answer's own `llmops` field."""
-    return {
-        "request_id": result.request_id,
-        "provider": result.provider,
-        "cost_usd": usd(result.cost_usd),
-        "cache": result.cache,
-        "saved_usd": usd(result.saved_usd),
-        "latency_ms": round(result.latency_ms, 3),
-        "ttft_ms": None if result.ttft_ms is None else round(result.ttft_ms, 3),
-        "simulated": result.simulated,
-        "cache_write_tokens": result.usage.cache_write_tokens,
-    }
-
-
-def completion_body(result: InferenceResult) -> dict[str, Any]:
-    """A whole answer as OpenAI's `chat.completion`."""
-    return {
-        "id": f"chatcmpl-{result.request_id}",
-        "object": "chat.completion",
-        "created": result.created,
-        "model": result.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
-                "finish_reason": result.finish_reason,
-                "logprobs": None,
-            }
-        ],
-        "usage": usage_body(result),
-        "system_fingerprint": None,
-        "llmops": gateway_body(result),
-    }
 
 
 class ChatCompletionsView(GatewayAPIView):
