@@ -1,4 +1,5 @@
-"""Cache policies as the hot path sees them: frozen snapshots, loaded with the catalog."""
+"""Cache policies as the hot path sees them: frozen rows in this app's own configuration
+snapshot (llmops.config), reloaded when a policy changes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from caching.models import CachePolicy
+from llmops.config import ConfigSnapshot, config_watch
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +62,19 @@ def policy_match(policies: list[PolicyConfig], model: str) -> PolicyConfig | Non
         if rank > best_rank:
             best, best_rank = policy, rank
     return best
+
+
+def _load() -> list[PolicyConfig]:
+    return [PolicyConfig.from_model(row) for row in CachePolicy.objects.all()]
+
+
+_snapshot = ConfigSnapshot(_load)
+
+
+async def policy_get(model: str) -> PolicyConfig | None:
+    """The policy that applies to a catalog model, or None."""
+    return policy_match(await _snapshot.get(), model)
+
+
+def connect_invalidation() -> None:
+    config_watch(CachePolicy)

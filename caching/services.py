@@ -23,7 +23,7 @@ from caching.keys import answer_keys
 from caching.models import CacheEntry
 from caching.policies import PolicyConfig
 from caching.store import Breaker, CachedAnswer, entry_record, hit_record, hot_get, hot_set
-from llmops.providers.base import Usage
+from llmops.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,58 @@ async def cache_lookup(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
     return None
 
 
+@dataclass(slots=True)
+class CacheHit:
+    answer: CachedAnswer
+    status: str  # HIT or SEMANTIC_HIT
+
+
+class CacheSlot:
+    """A request that asks the model: the pipeline fills the slot with the answer (which
+    stores it and hands it to identical requests waiting for it) or abandons it (they ask
+    for themselves). Either, once; whichever comes first wins."""
+
+    __slots__ = ("_lead", "plan", "status")
+
+    def __init__(self, plan: CachePlan | None, lead: asyncio.Future[CachedAnswer | None] | None) -> None:
+        self.plan = plan
+        self.status = MISS if plan is not None else BYPASS
+        self._lead = lead
+
+    async def fill(self, *, text: str, finish_reason: str, usage: Usage, cost: Decimal) -> None:
+        """Store the answer. Shielded: a client that leaves now does not cost the others the
+        answer it already paid for."""
+        plan = self.plan
+        if plan is None:
+            return
+        self.plan = None
+        await asyncio.shield(self._store(plan, text=text, finish_reason=finish_reason, usage=usage, cost=cost))
+
+    async def _store(self, plan: CachePlan, **answer: Any) -> None:
+        stored = None
+        try:
+            stored = await cache_store(plan, **answer)
+        except Exception:
+            logger.exception("Storing an answer for %s failed", plan.model)
+        finally:
+            self._done(plan, stored)
+
+    def abandon(self) -> None:
+        plan, self.plan = self.plan, None
+        if plan is not None:
+            self._done(plan, None)
+
+    def _done(self, plan: CachePlan, answer: CachedAnswer | None) -> None:
+        lead, self._lead = self._lead, None
+        if lead is None:
+            return
+        leads = _leads()
+        if leads.get(plan.key) is lead:
+            del leads[plan.key]
+        if not lead.done():
+            lead.set_result(answer)
+
+
 # Identical requests in flight at once: the first asks the model, the others wait for its
 # answer and are served it as a hit (as if it had been stored a moment earlier), instead of
 # paying for the same answer again. Per event loop, since the futures belong to one.
@@ -109,33 +161,45 @@ def _leads() -> dict[str, asyncio.Future[CachedAnswer | None]]:
     return leads
 
 
-async def cache_join(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
-    """The answer of an identical request already asking the model, once it has it; None
-    when there is none, or when it failed (then this request asks for itself)."""
-    lead = _leads().get(plan.key)
-    if lead is None:
-        return None
-    answer = await asyncio.shield(lead)
-    return (answer, HIT) if answer is not None else None
+async def cache_step(plan: CachePlan | None) -> CacheHit | CacheSlot:
+    """The pipeline's cache step: a stored answer (the hit is counted), or a slot for the
+    answer this request will ask the model for.
+
+    A request identical to one already asking the model waits for that answer, at most
+    LLMOPS_CACHE_JOIN_TIMEOUT_S (a first request that dies between its answer and storing
+    it must not hold the others forever); then, or when the first one failed, it asks for
+    itself, leading the ones that came after it."""
+    if plan is None:
+        return CacheSlot(None, None)
+    if not plan.lookup:
+        return CacheSlot(plan, None)  # a refresh asks the model whatever is stored or in flight
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.LLMOPS_CACHE_JOIN_TIMEOUT_S
+    while True:
+        found = await cache_lookup(plan)
+        if found is not None:
+            return _hit(*found)
+        leads = _leads()
+        lead = leads.get(plan.key)
+        if lead is None:
+            lead = leads[plan.key] = loop.create_future()
+            return CacheSlot(plan, lead)
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return CacheSlot(plan, None)
+        try:
+            async with asyncio.timeout(remaining):
+                answer = await asyncio.shield(lead)
+        except TimeoutError:
+            logger.warning("Waited %.1f s for an identical request's answer; asking the model", remaining)
+            return CacheSlot(plan, None)
+        if answer is not None:
+            return _hit(answer, HIT)
 
 
-def cache_lead(plan: CachePlan) -> asyncio.Future[CachedAnswer | None] | None:
-    """Register this request as the one asking the model for its key."""
-    leads = _leads()
-    if plan.key in leads:
-        return None
-    lead = leads[plan.key] = asyncio.get_running_loop().create_future()
-    return lead
-
-
-def cache_lead_done(plan: CachePlan, lead: asyncio.Future[CachedAnswer | None], answer: CachedAnswer | None) -> None:
-    _leads().pop(plan.key, None)
-    if not lead.done():
-        lead.set_result(answer)
-
-
-def cache_hit_recorded(plan: CachePlan, answer: CachedAnswer) -> None:
+def _hit(answer: CachedAnswer, status: str) -> CacheHit:
     hit_record(answer.key, answer.cost_usd, timezone.now())
+    return CacheHit(answer, status)
 
 
 async def cache_store(plan: CachePlan, *, text: str, finish_reason: str, usage: Usage, cost: Decimal) -> CachedAnswer:

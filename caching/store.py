@@ -23,7 +23,7 @@ from django.db.models import F
 
 from caching.models import CacheEntry
 from llmops.buffered import BufferedWriter
-from llmops.providers.base import Usage
+from llmops.usage import Usage
 
 logger = logging.getLogger(__name__)
 

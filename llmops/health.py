@@ -13,7 +13,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from caching.store import HotLayerHealth
-from llmops.pipeline import InFlight
+from llmops.limits import limits_health
+from llmops.upstream import InFlight
 
 CHECK_TIMEOUT_S = 3.0
 
@@ -80,6 +81,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "cache": cache_state,
         "broker": broker,
         "answer_cache": {"errors": HotLayerHealth.errors, "bypassed": HotLayerHealth.bypassed},
+        "limits": limits_health(),
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
     }

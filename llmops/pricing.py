@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from llmops.catalog import EndpointConfig
-from llmops.providers.base import Usage
+from llmops.usage import Usage
 
 PER_TOKEN = Decimal(1_000_000)
 ZERO = Decimal(0)

@@ -17,11 +17,10 @@ HELLO = [{"role": "user", "content": "hi"}]
 async def test_requests_reuse_the_loaded_configuration(http, seeded, api_key):
     body = {"model": "sim-small", "messages": HELLO, "simulate": {"output_tokens": 1}}
     assert (await http.post("/v1/chat/completions", json=body, headers=auth(api_key))).status_code == 200
-    loaded = catalog._snapshot
-    assert loaded is not None
+    loaded = await catalog._current()
     for _ in range(3):
         assert (await http.post("/v1/chat/completions", json=body, headers=auth(api_key))).status_code == 200
-    assert catalog._snapshot is loaded
+    assert await catalog._current() is loaded
 
 
 async def test_a_change_in_the_admin_applies_to_the_next_request(http, seeded, api_key):
@@ -52,20 +51,20 @@ async def test_a_process_checks_the_version_once_per_interval(seeded, settings):
     await ModelEndpoint.objects.filter(name="sim-small").aupdate(enabled=False)
     await ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).aupdate(version=F("version") + 1)
     assert (await catalog.endpoint_get("sim-small")).enabled  # not due yet: no query at all
-    catalog._snapshot.checked_at -= 61
+    catalog._snapshot._checked_at -= 61
     assert not (await catalog.endpoint_get("sim-small")).enabled
 
 
 async def test_concurrent_requests_share_one_reload(seeded, monkeypatch):
     loads = 0
-    real = catalog._refresh
+    real = catalog._snapshot._load
 
-    def counting(known):
+    def counting():
         nonlocal loads
         loads += 1
-        return real(known)
+        return real()
 
-    monkeypatch.setattr(catalog, "_refresh", counting)
+    monkeypatch.setattr(catalog._snapshot, "_load", counting)
     results = await asyncio.gather(*(catalog.endpoint_get("sim-small") for _ in range(20)))
     assert all(r.name == "sim-small" for r in results)
     assert loads == 1

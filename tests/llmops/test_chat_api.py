@@ -139,7 +139,7 @@ def stream_scope(api_key: str) -> dict:
 
 
 async def test_a_client_that_leaves_before_the_first_chunk_frees_the_upstream_call(asgi_app, api_key, seeded):
-    from llmops.pipeline import InFlight
+    from llmops.upstream import InFlight
 
     body = {"model": "sim-small", "messages": HELLO, "stream": True, "simulate": {"output_tokens": 50}}
     pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
@@ -171,7 +171,7 @@ async def test_a_small_cost_is_written_in_plain_digits(http, seeded, api_key):
 
 
 async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app, api_key, seeded):
-    from llmops.pipeline import InFlight
+    from llmops.upstream import InFlight
 
     body = {
         "model": "sim-small",

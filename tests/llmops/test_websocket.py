@@ -151,7 +151,7 @@ async def test_too_many_chats_on_one_socket_are_refused(asgi_app, seeded, api_ke
 
 
 async def test_cancel_stops_the_answer_and_the_upstream_call(asgi_app, seeded, api_key):
-    from llmops.pipeline import InFlight
+    from llmops.upstream import InFlight
 
     socket = await connected(asgi_app, api_key)
     await socket.send_json_to(chat("c", simulate={"ttft_ms": 0, "tokens_per_s": 20, "output_tokens": 200}))
@@ -167,7 +167,7 @@ async def test_cancel_stops_the_answer_and_the_upstream_call(asgi_app, seeded, a
 
 
 async def test_a_client_that_disconnects_cancels_its_answers(asgi_app, seeded, api_key):
-    from llmops.pipeline import InFlight
+    from llmops.upstream import InFlight
 
     socket = await connected(asgi_app, api_key)
     await socket.send_json_to(chat("d", simulate={"ttft_ms": 0, "tokens_per_s": 20, "output_tokens": 200}))

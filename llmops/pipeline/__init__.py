@@ -1,0 +1,15 @@
+"""The one inference pipeline. REST, streaming, WebSockets and batch items all come here
+(see run.py for the order of the steps)."""
+
+from llmops.pipeline.run import Inference, filled_usage, infer, request_rejected
+from llmops.pipeline.types import InferenceRequest, InferenceResult, new_request_id
+
+__all__ = [
+    "Inference",
+    "InferenceRequest",
+    "InferenceResult",
+    "filled_usage",
+    "infer",
+    "new_request_id",
+    "request_rejected",
+]

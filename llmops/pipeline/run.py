@@ -1,0 +1,311 @@
+"""The one runner: every request, whole or streamed, from REST, the WebSocket or a batch,
+goes through `Inference`:
+
+    open():   authorize -> resolve -> admit -> route -> cache step
+    first():  the attempt loop (llmops.pipeline.attempts), up to the first piece
+    iterate:  the rest of the answer
+    finish:   give back what was taken (slot, reservation, cache slot), cost, one outcome
+              to monitoring.request_observed
+
+`infer(request)` answers whole. Whatever way a request ends (an answer, an error, the
+client leaving at any moment, before or after the first token) `_finish` runs exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.utils import timezone
+
+from caching.services import CacheHit, CacheSlot, cache_step
+from caching.store import CachedAnswer
+from llmops.breakers import Permit
+from llmops.catalog import EndpointConfig
+from llmops.errors import GatewayError
+from llmops.limits import Admission
+from llmops.pipeline import steps
+from llmops.pipeline.attempts import Opened, attempt_loop, close_quietly, next_piece
+from llmops.pipeline.types import InferenceRequest, InferenceResult
+from llmops.pricing import ZERO, cost_usd
+from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
+from llmops.usage import Usage, estimate_tokens
+from monitoring.outcomes import AttemptRecord, RequestOutcome, request_observed
+
+logger = logging.getLogger(__name__)
+
+WORD = re.compile(r"\S+\s*|\s+")
+
+
+def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> Usage:
+    """The provider's usage, with estimates only where it reported none (an
+    OpenAI-compatible server that sends no usage, a stream cut before its usage came)."""
+    if usage.input_tokens and (usage.output_tokens or not output_estimate):
+        return usage
+    return Usage(
+        input_tokens=usage.input_tokens or estimate_tokens("".join(m["content"] for m in call.messages)),
+        output_tokens=usage.output_tokens or output_estimate,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+    )
+
+
+def _elapsed_ms(request: InferenceRequest) -> float:
+    return (time.perf_counter() - request.started) * 1000
+
+
+def _error_fields(error: BaseException | None) -> tuple[int, str, str]:
+    if isinstance(error, (GatewayError, UpstreamError)):
+        return error.status, error.error_type, error.message
+    if error is not None:
+        return 500, type(error).__name__, "The gateway failed to handle this request."
+    return 200, "", ""
+
+
+def request_rejected(request: InferenceRequest, error: GatewayError) -> None:
+    """Record a request refused before the pipeline began (bad JSON, a wrong field)."""
+    http_status, error_type, message = _error_fields(error)
+    request_observed(
+        RequestOutcome(
+            request_id=request.request_id,
+            created_at=timezone.now(),
+            api_key_id=request.api_key.id,
+            endpoint=request.endpoint_kind,
+            model=request.model,
+            status="error",
+            http_status=http_status,
+            latency_ms=_elapsed_ms(request),
+            error_type=error_type,
+            error_message=message,
+        )
+    )
+
+
+async def _replay(answer: CachedAnswer, *, stream: bool) -> AsyncIterator[StreamDelta]:
+    """A stored answer as the provider would have sent it: a word at a time when streamed."""
+    if stream:
+        for piece in WORD.findall(answer.text) or [answer.text]:
+            yield StreamDelta(text=piece)
+        yield StreamDelta(finish_reason=answer.finish_reason, usage=answer.served_usage)
+    else:
+        yield StreamDelta(text=answer.text, finish_reason=answer.finish_reason, usage=answer.served_usage)
+
+
+class Inference:
+    """One request through the pipeline. `await open()` runs the steps that refuse bad
+    input (400, 401, 404, 429); `await first()` waits for the first piece of the answer
+    (upstream failures raise here, after retries and fallbacks); iterating yields the
+    text; `result` is set once it ended well. `aclose()` ends it early (the client left)
+    and is safe to call at any moment and more than once."""
+
+    def __init__(self, request: InferenceRequest, *, stream: bool) -> None:
+        self.request = request
+        self.stream = stream
+        self.result: InferenceResult | None = None
+        self.attempts: list[AttemptRecord] = []
+        self.cache_status = "miss"
+        self.requested: EndpointConfig | None = None
+        self._resolved: steps.Resolved | None = None
+        self._admission: Admission | None = None
+        self._slot: CacheSlot | None = None
+        self._hit: CacheHit | None = None
+        self._opened: Opened | None = None
+        self._upstream: AsyncIterator[StreamDelta] | None = None
+        self._first: StreamDelta | None = None
+        self._usage = Usage()
+        self._text: list[str] = []
+        self._finish_reason = "stop"
+        self._ttft_ms: float | None = None
+        self._finished = False
+
+    @property
+    def endpoint(self) -> EndpointConfig:
+        """The model answering (once the first piece came), else the one asked for."""
+        if self._opened is not None:
+            return self._opened.endpoint
+        assert self.requested is not None, "open() first"
+        return self.requested
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._admission.headers if self._admission is not None else {}
+
+    async def open(self) -> None:
+        try:
+            key = await steps.authorize(self.request)
+            self._resolved = resolved = await steps.resolve(self.request)
+            self.requested = resolved.endpoint
+            self._admission = await steps.admit(key, resolved)
+            found = await cache_step(resolved.cache)
+            if isinstance(found, CacheHit):
+                self._hit = found
+                self.cache_status = found.status
+                self._upstream = _replay(found.answer, stream=self.stream)
+            else:
+                self._slot = found
+                self.cache_status = found.status
+        except BaseException as exc:
+            await self._finish(exc)
+            raise
+
+    async def first(self) -> None:
+        """Wait for the first piece of the answer (the time to first token)."""
+        resolved = self._resolved
+        assert resolved is not None, "open() first"
+        try:
+            if self._upstream is None:
+                candidates = await steps.route(resolved.endpoint)
+                deadline = (
+                    asyncio.get_running_loop().time()
+                    + settings.LLMOPS_REQUEST_DEADLINE_S
+                    - (time.perf_counter() - self.request.started)
+                )
+                self._opened = await attempt_loop(
+                    candidates, resolved.call, stream=self.stream, deadline=deadline, attempts=self.attempts
+                )
+                self._upstream = self._opened.rest
+                self._first = self._opened.first
+                if self._opened.usage_seen is not None:
+                    self._usage = self._opened.usage_seen.usage or self._usage
+            else:
+                self._first = await self._next()
+            self._ttft_ms = _elapsed_ms(self.request)
+        except BaseException as exc:
+            await self._finish(exc)
+            raise
+
+    async def _next(self) -> StreamDelta | None:
+        assert self._upstream is not None
+        box: list[StreamDelta] = []
+        delta = await next_piece(self._upstream, box)
+        if box and box[0].usage is not None:
+            self._usage = box[0].usage
+        return delta
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        delta = self._first
+        try:
+            while delta is not None:
+                if delta.usage is not None:
+                    self._usage = delta.usage
+                if delta.text:
+                    self._text.append(delta.text)
+                    yield delta.text
+                if delta.finish_reason:
+                    self._finish_reason = delta.finish_reason
+                delta = await self._next()
+        except BaseException as exc:
+            if isinstance(exc, UpstreamError) and self._opened is not None:
+                breaker = self._opened.breaker
+                await breaker.failed(Permit(breaker))  # cut mid-stream: the model is unwell too
+            await self._finish(exc if not isinstance(exc, GeneratorExit) else asyncio.CancelledError())
+            raise
+        await self._finish(None)
+
+    async def text(self) -> str:
+        """The whole answer (the text of a whole-answer request is its first piece)."""
+        return "".join([piece async for piece in self])
+
+    async def aclose(self) -> None:
+        await self._finish(asyncio.CancelledError())
+
+    def _billed_usage(self, ok: bool) -> Usage:
+        """What the provider reported, completed where it could not report: a stream cut
+        short still generated (and was billed for) every piece that was sent."""
+        assert self._resolved is not None
+        usage = self._usage
+        pieces = len(self._text)
+        if not ok and pieces > usage.output_tokens:
+            usage = Usage(usage.input_tokens, pieces, usage.cached_tokens, usage.cache_write_tokens)
+        estimate = estimate_tokens("".join(self._text)) if not self.stream else pieces
+        return filled_usage(usage, self._resolved.call, output_estimate=estimate)
+
+    async def _finish(self, error: BaseException | None) -> None:
+        """Give back everything this request took, cost it, and record it, once."""
+        if self._finished:
+            return
+        self._finished = True
+        ok = error is None
+        opened, upstream = self._opened, self._upstream
+        self._upstream = None
+        if opened is not None:
+            opened.slot.release()
+        if upstream is not None and not ok:
+            await close_quietly(upstream)
+        usage, cost, saved = Usage(), ZERO, ZERO
+        if self._hit is not None:
+            usage = self._hit.answer.served_usage if ok or self._text else Usage()
+            saved = self._hit.answer.cost_usd
+        elif opened is not None:
+            usage = self._billed_usage(ok)
+            cost = cost_usd(opened.endpoint, usage)
+        headers = self.headers
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            await admission.settle(tokens=usage.input_tokens + usage.output_tokens, cost=cost)
+        answered = opened is not None or self._hit is not None
+        endpoint = opened.endpoint if opened is not None else self.requested
+        if ok:
+            assert endpoint is not None
+            self.result = InferenceResult(
+                request_id=self.request.request_id,
+                model=endpoint.name,
+                provider=endpoint.provider,
+                text="".join(self._text),
+                finish_reason=self._finish_reason,
+                usage=usage,
+                cost_usd=cost,
+                latency_ms=_elapsed_ms(self.request),
+                requested_model=self.request.model,
+                ttft_ms=self._ttft_ms if self.stream else None,
+                cache=self.cache_status,
+                saved_usd=saved,
+                simulated=endpoint.provider == "simulated",
+                attempts=self.attempts,
+                headers=headers,
+            )
+        cancelled = isinstance(error, asyncio.CancelledError)
+        http_status, error_type, message = _error_fields(None if cancelled else error)
+        request_observed(
+            RequestOutcome(
+                request_id=self.request.request_id,
+                created_at=timezone.now(),
+                api_key_id=self.request.api_key.id,
+                endpoint=self.request.endpoint_kind,
+                model=self.request.model,
+                status="ok" if ok else ("cancelled" if cancelled else "error"),
+                http_status=499 if cancelled else http_status,
+                latency_ms=_elapsed_ms(self.request),
+                answered_by=endpoint.name if endpoint is not None and answered else "",
+                provider=endpoint.provider if endpoint is not None else "",
+                prompt=self._resolved.prompt_label if self._resolved is not None else "",
+                stream=self.stream,
+                ttft_ms=self._ttft_ms if self.stream else None,
+                usage=usage,
+                cost_usd=cost,
+                cache_status=self.cache_status,
+                cost_saved_usd=saved,
+                error_type=error_type,
+                error_message=message,
+                attempts=self.attempts,
+            )
+        )
+        slot = self._slot
+        if slot is not None:
+            if ok and self._hit is None:
+                await slot.fill(text="".join(self._text), finish_reason=self._finish_reason, usage=usage, cost=cost)
+            else:
+                slot.abandon()
+
+
+async def infer(request: InferenceRequest) -> InferenceResult:
+    """Answer a request whole."""
+    inference = Inference(request, stream=False)
+    await inference.open()
+    await inference.first()
+    await inference.text()
+    assert inference.result is not None
+    return inference.result

@@ -1,0 +1,53 @@
+"""What the pipeline is asked and what it answers."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from llmops.catalog import ApiKeyInfo
+from llmops.pricing import ZERO
+from llmops.usage import Usage
+from monitoring.outcomes import AttemptRecord
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(12)
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    api_key: ApiKeyInfo
+    model: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    simulate: dict[str, float] | None = None
+    cache_mode: str = "use"  # or "bypass" (neither read nor write the cache), "refresh" (write only)
+    request_id: str = field(default_factory=new_request_id)
+    endpoint_kind: str = "chat.completions"
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class InferenceResult:
+    request_id: str
+    model: str  # the model that answered (a fallback, when the one asked for failed)
+    provider: str
+    text: str
+    finish_reason: str
+    usage: Usage
+    cost_usd: Decimal
+    latency_ms: float
+    requested_model: str = ""
+    ttft_ms: float | None = None
+    cache: str = "miss"
+    saved_usd: Decimal = ZERO  # for a cache hit: what the answer cost when it was generated
+    simulated: bool = False
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the answer
+    created: int = field(default_factory=lambda: int(time.time()))
