@@ -16,7 +16,6 @@ rebuilt from the database after a restart."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib.util
 import os
 import threading
@@ -24,7 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import openai
 
 # The gateway's modules are imported where they are used: the index, pack/unpack and the
 # local embedder also serve scripts that run without Django settings (the benchmark).
@@ -51,7 +49,7 @@ class Embedder(Protocol):
     name: str
     dimensions: int | None  # None until an endpoint's first answer tells
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], *, api_key_id: int | None = None) -> np.ndarray:
         """float32, shape (len(texts), dimensions), rows of L2 norm 1."""
         ...
 
@@ -157,7 +155,7 @@ class LocalEmbedder:
         if self._model is None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._loaded)
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], *, api_key_id: int | None = None) -> np.ndarray:
         if not texts:
             return np.empty((0, LOCAL_DIMENSIONS), dtype=np.float32)
         loop = asyncio.get_running_loop()
@@ -182,14 +180,6 @@ def local_embedder() -> LocalEmbedder:
 # -- OpenAI-compatible ---------------------------------------------------------------
 
 
-def _decoded(embedding: Any) -> np.ndarray:
-    # Asked for base64 (as the SDK itself asks by default), OpenAI, vLLM and others send the
-    # float32 bytes; servers that ignore the format send a list of floats.
-    if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype=VECTOR_DTYPE)
-    return np.asarray(embedding, dtype=np.float32)
-
-
 class OpenAIEmbedder:
     """An OpenAI-compatible embeddings endpoint from the catalog, called through the same
     pooled SDK client and key rules as the chat provider."""
@@ -199,24 +189,16 @@ class OpenAIEmbedder:
         self.name = endpoint.name
         self.dimensions: int | None = None
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], *, api_key_id: int | None = None) -> np.ndarray:
         from llmops.providers.base import UpstreamError
-        from llmops.providers.openai import _client, _translate
+        from llmops.upstream import upstream_embed
 
         if not texts:
             return np.empty((0, self.dimensions or 0), dtype=np.float32)
-        try:
-            response = await _client(self.endpoint).embeddings.create(
-                model=self.endpoint.upstream_model or self.endpoint.name,
-                input=list(texts),
-                encoding_format="base64",
-            )
-        except openai.OpenAIError as exc:
-            raise _translate(exc) from exc
-        rows = sorted(response.data, key=lambda row: row.index)
-        if len(rows) != len(texts):
-            raise UpstreamError(f"{self.name} returned {len(rows)} embeddings for {len(texts)} texts.")
-        vectors = [_decoded(row.embedding) for row in rows]
+        embeddings = await upstream_embed(self.endpoint, list(texts), api_key_id=api_key_id)
+        vectors = [np.asarray(vector, dtype=np.float32) for vector in embeddings.vectors]
+        if len(vectors) != len(texts):
+            raise UpstreamError(f"{self.name} returned {len(vectors)} embeddings for {len(texts)} texts.")
         if len({vector.shape for vector in vectors}) != 1 or vectors[0].ndim != 1 or not vectors[0].size:
             raise UpstreamError(f"{self.name} returned embeddings of unequal or empty length.")
         matrix = unit_rows(np.stack(vectors))

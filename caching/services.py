@@ -41,6 +41,7 @@ class CachePlan:
     model: str
     prompt: str
     lookup: bool  # False when the request asked for a refresh
+    api_key_id: int | None = None  # whose request: an embedding call is metered to it
     embedding: Any = None  # the query's vector, once the semantic lookup computed it
     stored: bool = field(default=False)
 
@@ -72,7 +73,7 @@ def cache_plan(
         scope=scope,
         normalisation=policy.normalisation,
     )
-    return CachePlan(policy, key, group, query, scope, model, prompt, lookup=mode != "refresh")
+    return CachePlan(policy, key, group, query, scope, model, prompt, lookup=mode != "refresh", api_key_id=api_key_id)
 
 
 async def cache_lookup(plan: CachePlan) -> tuple[CachedAnswer, str] | None:
@@ -291,7 +292,9 @@ async def _embed(plan: CachePlan) -> Any:
     if ready is not None:
         await ready()  # a model loading in process is not a slow embedder
     # A slow embedder must not hold the request up for long: past this it is a miss.
-    vectors = await asyncio.wait_for(embedder.embed([plan.query]), settings.LLMOPS_EMBED_TIMEOUT_S)
+    vectors = await asyncio.wait_for(
+        embedder.embed([plan.query], api_key_id=plan.api_key_id), settings.LLMOPS_EMBED_TIMEOUT_S
+    )
     return vectors[0]
 
 

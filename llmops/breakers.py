@@ -296,6 +296,10 @@ def breaker_states(models: list[str]) -> dict[str, dict[str, Any]]:
     return {model: breaker_for(model).describe() for model in models}
 
 
+def known_breakers() -> list[str]:
+    return sorted(_breakers)
+
+
 def breakers_reset() -> None:
     """Forget every breaker in this process (tests, and a catalog reload is not one)."""
     _breakers.clear()

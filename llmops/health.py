@@ -13,6 +13,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
 from caching.store import HotLayerHealth
+from llmops import catalog
+from llmops.breakers import SharedStateHealth, breaker_states, known_breakers
 from llmops.limits import limits_health
 from llmops.upstream import InFlight
 
@@ -57,6 +59,13 @@ def _broker() -> dict[str, Any]:
         return {"ok": False, "configured": True, "error": type(exc).__name__}
 
 
+async def _catalog_models() -> list[str]:
+    try:
+        return [e.name for e in await asyncio.wait_for(catalog.endpoint_list_enabled(), CHECK_TIMEOUT_S)]
+    except Exception:
+        return known_breakers()  # the database is down: the breakers this process has met
+
+
 async def healthz(request: HttpRequest) -> JsonResponse:
     checks = {
         # Not on the request's thread-sensitive worker: a hung database must not hold up
@@ -82,6 +91,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "broker": broker,
         "answer_cache": {"errors": HotLayerHealth.errors, "bypassed": HotLayerHealth.bypassed},
         "limits": limits_health(),
+        "breakers": breaker_states(await _catalog_models()),
+        "breaker_redis_errors": SharedStateHealth.errors,
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
     }

@@ -6,11 +6,18 @@ alike; whatever takes a slot gives it back with `release()` on every way out."""
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 import weakref
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from llmops.catalog import EndpointConfig
+from django.utils import timezone
+
+from llmops.catalog import EndpointConfig
+from llmops.pricing import cost_usd
+from llmops.providers import provider_for
+from llmops.providers.base import EmbeddingProvider, Embeddings, UpstreamError
+from llmops.usage import Usage
+from monitoring.outcomes import AttemptRecord, RequestOutcome, request_observed
 
 
 class InFlight:
@@ -73,3 +80,50 @@ async def upstream_slot(endpoint: EndpointConfig) -> UpstreamSlot:
     if semaphore is not None:
         await semaphore.acquire()  # cancelled while waiting: nothing was taken
     return UpstreamSlot(semaphore)
+
+
+async def upstream_embed(endpoint: EndpointConfig, texts: list[str], *, api_key_id: int | None) -> Embeddings:
+    """Embeddings from a catalog model through the provider interface, like any other
+    upstream call: under the model's concurrency limit, in the in-flight count, costed from
+    the catalog's prices and recorded as one `embeddings` request of the key that caused it."""
+    request_id = secrets.token_hex(12)
+    started = time.perf_counter()
+    provider = provider_for(endpoint.provider)
+    if not isinstance(provider, EmbeddingProvider):
+        raise UpstreamError(f"{endpoint.name} is a {endpoint.provider} model, which computes no embeddings.")
+    status, http_status, error_type, message = "ok", 200, "", ""
+    usage = Usage()
+    slot = await upstream_slot(endpoint)
+    try:
+        embeddings = await provider.embed(endpoint, texts)
+        usage = embeddings.usage
+        return embeddings
+    except asyncio.CancelledError:
+        status, http_status = "cancelled", 499
+        raise
+    except UpstreamError as exc:
+        status, http_status, error_type, message = "error", exc.status, exc.error_type, exc.message
+        raise
+    finally:
+        slot.release()
+        latency_ms = (time.perf_counter() - started) * 1000
+        request_observed(
+            RequestOutcome(
+                request_id=request_id,
+                created_at=timezone.now(),
+                api_key_id=api_key_id,
+                endpoint="embeddings",
+                model=endpoint.name,
+                status=status,
+                http_status=http_status,
+                latency_ms=latency_ms,
+                answered_by=endpoint.name if status == "ok" else "",
+                provider=endpoint.provider,
+                usage=usage,
+                cost_usd=cost_usd(endpoint, usage),
+                cache_status="bypass",
+                error_type=error_type,
+                error_message=message,
+                attempts=[AttemptRecord(endpoint.name, "ok" if status == "ok" else status, latency_ms, http_status)],
+            )
+        )

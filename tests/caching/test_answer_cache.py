@@ -238,7 +238,10 @@ async def test_identical_requests_in_flight_together_make_one_upstream_call(http
     assert sum(m.cost_saved_usd > 0 for m in metrics) == 4
 
 
-async def test_when_the_first_of_identical_requests_fails_the_others_ask_for_themselves(http, seeded, api_key):
+async def test_when_the_first_of_identical_requests_fails_the_others_ask_for_themselves(
+    http, seeded, api_key, settings
+):
+    settings.LLMOPS_RETRIES = 0  # one upstream failure per request, too few to open the breaker
     body = ask(simulate={"latency_ms": 200, "error_rate": 1})
     responses = await asyncio.gather(
         *(http.post(URL, json=body, headers=auth(api_key)) for _ in range(3)), return_exceptions=True
