@@ -26,6 +26,15 @@ LLAMA_CMAKE_ARGS += -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_B
 .PHONY: run test lint bench semantic worker clean
 .DEFAULT_GOAL := run
 
+# With DEBUG off the gateway refuses to start on its built-in development SECRET_KEY unless
+# asked by name: these commands ask when no SECRET_KEY is set (production sets one).
+ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
+run test lint bench worker: export LLMOPS_ALLOW_INSECURE_SECRET_KEY := true
+DEVELOPMENT_KEY_NOTE := echo "SECRET_KEY is not set: using the built-in development key (set SECRET_KEY in production)"
+else
+DEVELOPMENT_KEY_NOTE := true
+endif
+
 semantic: $(VENV)/.semantic
 
 $(VENV)/.installed: requirements.txt Makefile
@@ -57,6 +66,7 @@ $(VENV)/.browser: $(VENV)/.installed requirements-test.txt
 	touch $@
 
 run: $(VENV)/.installed
+	@$(DEVELOPMENT_KEY_NOTE)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_catalog
 	@echo "llmops gateway on http://$(HOST):$(PORT)  (API: /v1, docs: /api/docs/, admin: /admin/)"
@@ -78,6 +88,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.view_layer
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.streaming
+	$(PY) -m benchmarks.failover
 
 worker: $(VENV)/.installed
 	$(VENV)/bin/celery -A llmops worker --loglevel=INFO

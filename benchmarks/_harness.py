@@ -112,6 +112,8 @@ def gateway_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str,
         {
             "DATABASE_URL": f"sqlite:///{workdir / 'gateway.sqlite3'}",
             "DEBUG": "false",
+            # A throwaway gateway on one machine: the development SECRET_KEY, asked for by name.
+            "LLMOPS_ALLOW_INSECURE_SECRET_KEY": "true",
             "LOG_LEVEL": "WARNING",
             "ACCESS_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
@@ -119,6 +121,30 @@ def gateway_env(workdir: Path, extra: dict[str, str] | None = None) -> dict[str,
     )
     env.update(extra or {})
     return env
+
+
+DJANGO_SETUP = """
+import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
+import django
+django.setup()
+"""
+
+
+def gateway_script(env: dict[str, str], script: str, *args: str, timeout: float = 120) -> str:
+    """Run `script` in a fresh Python with Django set up on the gateway's environment (e.g. to
+    add catalog rows before the gateway starts); returns what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", DJANGO_SETUP + script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"A set-up script on the gateway's database failed:\n{done.stderr[-4000:]}")
+    return done.stdout
 
 
 def prepare_gateway(env: dict[str, str]) -> str:
@@ -342,13 +368,16 @@ async def run_load(
     concurrency: int,
     cold: bool = False,
     with_head: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> LoadResult:
     """`requests` requests from `concurrency` workers, each on its own keep-alive connection.
 
     Connections are opened before the clock starts (a warm pool), unless `cold`: then each
     worker connects inside the measured burst. `check(status, body)` returns an error text
     or None; with `with_head`, `check(status, body, head)` also gets the response's status
-    line and headers (bytes). Garbage collection is off in this process while the clock runs."""
+    line and headers (bytes). Garbage collection is off in this process while the clock runs.
+    With `stop`, the load ends early once it is set (each worker finishes its request in
+    hand): pass a large `requests` to run until told; `requests` then counts those sent."""
     result = LoadResult(requests=requests, concurrency=concurrency)
     concurrency = max(1, min(concurrency, requests))
     indices = iter(range(requests))
@@ -359,6 +388,8 @@ async def run_load(
     async def worker(conn: HttpConnection) -> None:
         await go.wait()
         for index in indices:
+            if stop is not None and stop.is_set():
+                break
             data = build(index)
             started = time.perf_counter()
             try:
@@ -395,6 +426,8 @@ async def run_load(
         await asyncio.gather(*tasks)
         result.wall_s = time.perf_counter() - started
         result.client_cpu_s = time.process_time() - cpu_started
+        if stop is not None:
+            result.requests = result.ok + result.errors
     finally:
         gc.enable()
         for conn in connections:

@@ -122,6 +122,7 @@ def django_configure(db_path: Path) -> str:
     os.environ["DATABASE_URL"] = f"sqlite:///{db_path}"
     os.environ["LLMOPS_METRICS_FLUSH_INTERVAL_S"] = "0.5"
     os.environ["DEBUG"] = "false"  # DEBUG would log every query
+    os.environ.setdefault("LLMOPS_ALLOW_INSECURE_SECRET_KEY", "true")  # and then the development key must be asked for
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 
     import django

@@ -5,20 +5,79 @@ request_started/request_finished signals on a worker thread: about fifteen threa
 per request, which measured as most of the gateway's CPU per request. The API needs none
 of them: it authenticates with its own keys, answers JSON, and touches the database only
 through the catalog loader, which closes its own connections. So this handler runs the
-view with no middleware and no signals; the admin and pages keep Django's full handler."""
+view with no middleware and no signals; the admin and pages keep Django's full handler.
+
+It also refuses what it can before reading a body: a declared length over the limit (413),
+a POST without a valid key (401); and it reads the body into memory, counting, stopping
+with a 413 at the first chunk past LLMOPS_MAX_BODY_BYTES. (Django's read_body spools the
+whole body to a temporary file first, whatever its size.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpResponse
 from django.urls import set_script_prefix
 
+from llmops import catalog
+from llmops.catalog import ApiKeyInfo
+from llmops.errors import AuthenticationFailed, GatewayError, error_response
+
 API_PREFIXES = ("/v1/", "/healthz")
+# The same answers as llmops.auth.authorize gives, which the view runs again (from the
+# snapshot: a dict lookup) unless it takes the key this handler found, request.llmops_api_key.
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="llmops"'}
+
+
+def too_large(limit: int) -> HttpResponse:
+    return error_response(GatewayError(f"The body is larger than {limit} bytes.", status=413, code="request_too_large"))
+
+
+async def scope_api_key(authorization: bytes | None) -> ApiKeyInfo | HttpResponse:
+    """The key an `Authorization: Bearer` header carries, or the 401 to answer instead."""
+    scheme, _, token = (authorization or b"").decode("latin-1").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return error_response(
+            AuthenticationFailed(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+                headers=WWW_AUTHENTICATE,
+            )
+        )
+    info = await catalog.api_key_get(token)
+    if info is None:
+        return error_response(
+            AuthenticationFailed("Incorrect or revoked API key.", code="invalid_api_key", headers=WWW_AUTHENTICATE)
+        )
+    return info
+
+
+async def body_read(receive: Any, limit: int) -> io.BytesIO | None:
+    """The request body in memory, or None as soon as it passes `limit` bytes (the rest is
+    never read). Raises RequestAborted when the client leaves first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
 class ApiASGIHandler(ASGIHandler):
@@ -29,16 +88,37 @@ class ApiASGIHandler(ASGIHandler):
         self._middleware_chain = convert_exception_to_response(self._get_response_async)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        authorization = declared = None
+        for name, value in scope["headers"]:  # ASGI header names are lower-case
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                declared = value
+        limit = settings.LLMOPS_MAX_BODY_BYTES
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self.send_response(too_large(limit), send)
+            return
+        api_key: ApiKeyInfo | None = None
+        if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+            found = await scope_api_key(authorization)
+            if isinstance(found, HttpResponse):
+                await self.send_response(found, send)
+                return
+            api_key = found
         try:
-            body_file = await self.read_body(receive)
+            body_file = await body_read(receive, limit)
         except RequestAborted:
             return
+        if body_file is None:
+            await self.send_response(too_large(limit), send)
+            return
         set_script_prefix(get_script_prefix(scope))
-        request, error_response = self.create_request(scope, body_file)
+        request, refusal = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
-            await self.send_response(error_response, send)
+            await self.send_response(refusal, send)
             return
+        request.llmops_api_key = api_key  # type: ignore[attr-defined]
 
         async def respond() -> None:
             response = await self.run_get_response(request)

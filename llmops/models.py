@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 
 PROMPT_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -14,6 +15,28 @@ class Provider(models.TextChoices):
     ANTHROPIC = "anthropic", "Anthropic"
     LOCAL = "local", "Local (llama.cpp, in process)"
     SIMULATED = "simulated", "Simulated (no network)"
+
+
+# The gateway's own secrets: never sent to a provider as its key, whatever a setting lists.
+GATEWAY_SECRET_ENVS = frozenset(
+    name + suffix
+    for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+    for suffix in ("", "_FILE")
+)
+
+
+def provider_key_env_refusal(name: str) -> str | None:
+    """Why `name` may not be a catalog entry's key variable, or None when it may: the value
+    is sent to the model's host, so only variables that look like provider keys qualify,
+    ending in _API_KEY or listed in LLMOPS_PROVIDER_KEY_ENVS; a gateway secret never does."""
+    if name in GATEWAY_SECRET_ENVS:
+        return f"{name} is one of the gateway's own secrets, never a provider key."
+    if name.endswith("_API_KEY") or name in settings.LLMOPS_PROVIDER_KEY_ENVS:
+        return None
+    return (
+        f"{name} does not look like a provider key: use a name ending in _API_KEY, "
+        "or list it in LLMOPS_PROVIDER_KEY_ENVS."
+    )
 
 
 class ModelEndpoint(models.Model):
@@ -75,6 +98,9 @@ class ModelEndpoint(models.Model):
         return self.name
 
     def clean(self) -> None:
+        refusal = provider_key_env_refusal(self.api_key_env) if self.api_key_env else None
+        if refusal:
+            raise ValidationError({"api_key_env": refusal})
         if self.batch_discount is not None and not (0 <= self.batch_discount <= 1):
             raise ValidationError({"batch_discount": "Must be between 0 and 1."})
         if self.provider != Provider.SIMULATED and self.simulation:
@@ -145,6 +171,35 @@ class BudgetPeriod(models.TextChoices):
     MONTH = "month", "per month (UTC)"
 
 
+class ApiKeyQuerySet(models.QuerySet):
+    """Bulk changes to keys move the configuration version too, as `save()` does through its
+    signal: `ApiKey.objects.filter(...).update(is_active=False)` must revoke in every process."""
+
+    def update(self, **kwargs: Any) -> int:
+        rows = super().update(**kwargs)
+        if rows:
+            # After the commit, or a process could reload the old rows under the new number.
+            transaction.on_commit(config_version_bump, using=self.db)
+        return rows
+
+    update.alters_data = True  # type: ignore[attr-defined]
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        deleted = super().delete()
+        if deleted[0]:
+            transaction.on_commit(config_version_bump, using=self.db)
+        return deleted
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[ApiKey]:
+        created = super().bulk_create(objs, *args, **kwargs)
+        if created:
+            transaction.on_commit(config_version_bump, using=self.db)
+        return created
+
+
 class ApiKey(models.Model):
     """A gateway key. Only its SHA-256 is stored; the prefix lets staff tell keys apart."""
 
@@ -168,6 +223,8 @@ class ApiKey(models.Model):
     budget_period = models.CharField(max_length=10, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = ApiKeyQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
@@ -186,3 +243,9 @@ class ConfigVersion(models.Model):
 
     def __str__(self) -> str:
         return f"configuration version {self.version}"
+
+
+def config_version_bump() -> None:
+    """Move the shared configuration version: every process reloads its snapshots."""
+    if not ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).update(version=models.F("version") + 1):
+        ConfigVersion.objects.get_or_create(pk=ConfigVersion.SINGLETON, defaults={"version": 1})

@@ -70,12 +70,16 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_secret("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG and env_bool("LLMOPS_REQUIRE_SECRET_KEY", False):
-        raise ImproperlyConfigured("SECRET_KEY must be set")
-    # Fine for the embedded default on one machine; production sets SECRET_KEY.
-    SECRET_KEY = "llmops-insecure-default-key-set-SECRET_KEY-in-production"
+DEVELOPMENT_SECRET_KEY = "llmops-insecure-default-key-set-SECRET_KEY-in-production"
+SECRET_KEY = env_secret("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
+# A published key signs sessions and CSRF tokens anyone can forge: with DEBUG off it runs
+# only when asked for by name (`make run` asks, saying so, when SECRET_KEY is unset).
+if SECRET_KEY == DEVELOPMENT_SECRET_KEY and not DEBUG and not env_bool("LLMOPS_ALLOW_INSECURE_SECRET_KEY", False):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set (or is the built-in development key) and DEBUG is off. Set SECRET_KEY "
+        "(or SECRET_KEY_FILE) to a long random value; on a development machine, "
+        "LLMOPS_ALLOW_INSECURE_SECRET_KEY=true runs with the development key."
+    )
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
@@ -245,12 +249,34 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = LLMOPS_MAX_BODY_BYTES
 LLMOPS_SSE_KEEPALIVE_S = env_float("LLMOPS_SSE_KEEPALIVE_S", 10.0, minimum=0.01)
 LLMOPS_WS_MAX_CHATS = env_int("LLMOPS_WS_MAX_CHATS", 8, minimum=1)
 LLMOPS_UPSTREAM_TIMEOUT_S = env_float("LLMOPS_UPSTREAM_TIMEOUT_S", 120.0, minimum=0.1)
-LLMOPS_UPSTREAM_MAX_RETRIES = env_int("LLMOPS_UPSTREAM_MAX_RETRIES", 2, minimum=0)
+# Key variables a catalog entry may name besides those ending in _API_KEY (never a gateway
+# secret: llmops.models.GATEWAY_SECRET_ENVS).
+LLMOPS_PROVIDER_KEY_ENVS = env_list("LLMOPS_PROVIDER_KEY_ENVS", "")
+# The gateway's own retries and fallbacks (the SDKs' retries are off): per model, this many
+# retries of a transient failure with exponential backoff and full jitter, Retry-After
+# honoured up to its cap; no request waits past its deadline.
+LLMOPS_RETRIES = env_int("LLMOPS_RETRIES", 2, minimum=0)
+LLMOPS_RETRY_BASE_S = env_float("LLMOPS_RETRY_BASE_S", 0.1, minimum=0.0)
+LLMOPS_RETRY_MAX_BACKOFF_S = env_float("LLMOPS_RETRY_MAX_BACKOFF_S", 2.0, minimum=0.0)
+LLMOPS_RETRY_AFTER_MAX_S = env_float("LLMOPS_RETRY_AFTER_MAX_S", 5.0, minimum=0.0)
+LLMOPS_REQUEST_DEADLINE_S = env_float("LLMOPS_REQUEST_DEADLINE_S", 300.0, minimum=0.1)
+# Circuit breakers per catalog model: open after this many failures within the window that
+# are also at least this share of its calls; closed again by one probe after the cool-down.
+LLMOPS_BREAKER_FAILURES = env_int("LLMOPS_BREAKER_FAILURES", 5, minimum=1)
+LLMOPS_BREAKER_FAILURE_RATE = env_float("LLMOPS_BREAKER_FAILURE_RATE", 0.5, minimum=0.0)
+LLMOPS_BREAKER_WINDOW_S = env_float("LLMOPS_BREAKER_WINDOW_S", 30.0, minimum=1.0)
+LLMOPS_BREAKER_COOLDOWN_S = env_float("LLMOPS_BREAKER_COOLDOWN_S", 15.0, minimum=0.05)
+LLMOPS_BREAKER_SYNC_S = env_float("LLMOPS_BREAKER_SYNC_S", 0.5, minimum=0.0)
+# Requests identical to one asking the model wait for its answer at most this long.
+LLMOPS_CACHE_JOIN_TIMEOUT_S = env_float("LLMOPS_CACHE_JOIN_TIMEOUT_S", 150.0, minimum=0.01)
+# The output a request is assumed to use, for its limits, when it sets no max_tokens.
+LLMOPS_ESTIMATED_OUTPUT_TOKENS = env_int("LLMOPS_ESTIMATED_OUTPUT_TOKENS", 256, minimum=1)
 LLMOPS_CONFIG_TTL_S = env_float("LLMOPS_CONFIG_TTL_S", 2.0, minimum=0.0)
 LLMOPS_METRICS_FLUSH_INTERVAL_S = env_float("LLMOPS_METRICS_FLUSH_INTERVAL_S", 1.0, minimum=0.0)
 LLMOPS_METRICS_BATCH_SIZE = env_int("LLMOPS_METRICS_BATCH_SIZE", 500, minimum=1)
 LLMOPS_METRICS_MAX_BUFFER = env_int("LLMOPS_METRICS_MAX_BUFFER", 100_000, minimum=1)
 LLMOPS_CACHE_RETRY_AFTER_S = env_float("LLMOPS_CACHE_RETRY_AFTER_S", 5.0, minimum=0.0)
+LLMOPS_LIMITS_REDIS_URL = env_secret("LLMOPS_LIMITS_REDIS_URL") or REDIS_URL  # key limits; blank: in process
 LLMOPS_SEMANTIC_REFRESH_S = env_float("LLMOPS_SEMANTIC_REFRESH_S", 30.0, minimum=0.0)
 LLMOPS_SEMANTIC_MAX_GROUPS = env_int("LLMOPS_SEMANTIC_MAX_GROUPS", 10_000, minimum=1)
 LLMOPS_EMBED_TIMEOUT_S = env_float("LLMOPS_EMBED_TIMEOUT_S", 2.0, minimum=0.05)

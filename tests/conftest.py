@@ -14,6 +14,7 @@ from caching.models import CachePolicy
 from caching.store import ENTRIES
 from llmops import catalog
 from llmops.auth import api_key_create
+from llmops.breakers import breakers_reset
 from llmops.models import ModelEndpoint
 from llmops.seed import catalog_seed
 from monitoring import recorder
@@ -40,6 +41,7 @@ def _isolated(settings):
     """Each test starts with no cached configuration, no buffered metrics, an empty cache."""
     settings.LLMOPS_METRICS_FLUSH_INTERVAL_S = 0  # tests flush metrics themselves
     catalog.reset()
+    breakers_reset()
     recorder.METRICS.buffer.clear()
     ENTRIES.buffer.clear()
     cache.clear()
@@ -104,9 +106,8 @@ async def sdk(asgi_app, api_key, seeded):
 @pytest.fixture
 def upstream_under_test(settings, seeded):
     """For tests of what reaches an upstream: every request must reach it."""
-    # No SDK retries unless a test asks: a retried failure would hide the mapping and cost time.
-    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 0
     settings.LLMOPS_UPSTREAM_TIMEOUT_S = 5.0
+    settings.LLMOPS_RETRIES = 0  # nor the gateway's own, unless a test asks
     # And no answer cache, which would answer a repeated request without calling the upstream.
     CachePolicy.objects.update(enabled=False)
     catalog.reset()

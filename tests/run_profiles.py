@@ -32,7 +32,8 @@ def reachable(url: str, default_port: int) -> bool:
 
 def run_pytest(profile: str, env_overrides: dict[str, str], extra: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(env_overrides, LLMOPS_TEST_PROFILE=profile)
+    # The tests run with DEBUG off on the development SECRET_KEY, which must then be asked for.
+    env.update(env_overrides, LLMOPS_TEST_PROFILE=profile, LLMOPS_ALLOW_INSECURE_SECRET_KEY="true")
     print(f"\n=== test profile: {profile} ===", flush=True)
     return subprocess.call([PYTHON, "-m", "pytest", *extra], cwd=ROOT, env=env)
 

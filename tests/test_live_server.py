@@ -62,6 +62,7 @@ class Gateway:
 def base_env(tmp_path: Path, database_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
     env["DATABASE_URL"] = database_url or f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
+    env["LLMOPS_ALLOW_INSECURE_SECRET_KEY"] = "true"  # DEBUG is off and SECRET_KEY is the development one
     return env
 
 

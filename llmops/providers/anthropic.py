@@ -20,7 +20,7 @@ from llmops.providers.base import (
     Usage,
     client_for,
     estimate_tokens,
-    provider_secret,
+    provider_key,
     upstream_error_from_sdk,
 )
 
@@ -39,16 +39,29 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
 CACHE_MIN_ESTIMATED_TOKENS = 512
 
 
+DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
+# Passed explicitly when the catalog names no base_url, so that ANTHROPIC_BASE_URL in the
+# gateway's environment cannot send the Anthropic key elsewhere.
+OFFICIAL_BASE_URL = "https://api.anthropic.com"
+# A server called without a key gets no credential header at all. The api_key placeholder
+# only stops the SDK from looking for credentials of its own (ANTHROPIC_API_KEY,
+# ANTHROPIC_AUTH_TOKEN, profiles on disk); these omissions keep it off the wire.
+NO_KEY = "none"
+NO_KEY_HEADERS = {"Authorization": anthropic.Omit(), "X-Api-Key": anthropic.Omit()}
+
+
 def _client(endpoint: EndpointConfig) -> anthropic.AsyncAnthropic:
-    env_name = endpoint.api_key_env or "ANTHROPIC_API_KEY"
-    key = provider_secret(env_name)
-    if not key:
-        raise UpstreamError(f"{env_name} is not set on the gateway, so {endpoint.name} cannot be called.")
-    timeout, retries = settings.LLMOPS_UPSTREAM_TIMEOUT_S, settings.LLMOPS_UPSTREAM_MAX_RETRIES
+    key = provider_key(endpoint, default_env=DEFAULT_KEY_ENV, official_base_url=OFFICIAL_BASE_URL)
+    base_url = endpoint.base_url or OFFICIAL_BASE_URL
+    timeout = settings.LLMOPS_UPSTREAM_TIMEOUT_S
     return client_for(
-        ("anthropic", endpoint.base_url, key, timeout, retries),
+        ("anthropic", base_url, key, timeout),
         lambda: anthropic.AsyncAnthropic(
-            api_key=key, base_url=endpoint.base_url or None, timeout=timeout, max_retries=retries
+            api_key=key or NO_KEY,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,  # the gateway's attempt loop retries, with its own backoff and deadline
+            default_headers=None if key else NO_KEY_HEADERS,  # type: ignore[arg-type]
         ),
     )
 

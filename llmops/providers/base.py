@@ -1,24 +1,24 @@
-"""The one provider interface: every provider module implements `complete` and `stream`."""
+"""The one provider interface: every provider module implements `complete` and `stream`,
+and optionally `embed`; and the rules every provider follows for keys and upstream errors."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+from django.conf import settings
+
+from llmops.models import provider_key_env_refusal
+from llmops.usage import Usage, estimate_tokens  # noqa: F401  (part of the provider interface)
 
 if TYPE_CHECKING:
     from llmops.catalog import EndpointConfig
-
-
-@dataclass(slots=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0  # input tokens read from the provider's prompt cache
-    cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache
 
 
 @dataclass(slots=True)
@@ -51,7 +51,12 @@ class StreamDelta:
 
 
 class UpstreamError(Exception):
-    """A provider failed. `status` is what the gateway answers its client with."""
+    """A provider failed. `status` is what the gateway answers its client with; `kind` is
+    what the attempt loop decides on: "invalid" (the request's fault: neither retried nor
+    fallen back from), "credentials" (this model cannot be called: fall back, no retry),
+    and the transient ones it retries: "rate_limited", "timeout", "unreachable", "error"."""
+
+    TRANSIENT = frozenset({"rate_limited", "timeout", "unreachable", "error"})
 
     def __init__(
         self,
@@ -60,12 +65,35 @@ class UpstreamError(Exception):
         status: int = 502,
         error_type: str = "upstream_error",
         retry_after: str | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.error_type = error_type
         self.retry_after = retry_after
+        if kind is None:
+            if status == 429:
+                kind = "rate_limited"
+            elif error_type == "upstream_timeout":
+                kind = "timeout"
+            elif status < 500:
+                kind = "invalid"
+            else:
+                kind = "error"
+        self.kind = kind
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in self.TRANSIENT
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """One vector per text, in the order of the texts."""
+
+    vectors: list[list[float]]
+    usage: Usage
 
 
 class ChatProvider(Protocol):
@@ -76,9 +104,96 @@ class ChatProvider(Protocol):
     def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]: ...
 
 
-def estimate_tokens(text: str) -> int:
-    """Rough count for providers that report none (about four characters a token)."""
-    return max(1, (len(text) + 3) // 4) if text else 0
+@runtime_checkable
+class EmbeddingProvider(ChatProvider, Protocol):
+    """A provider that also computes embeddings (`isinstance(provider, EmbeddingProvider)`)."""
+
+    async def embed(self, endpoint: EndpointConfig, texts: list[str]) -> Embeddings: ...
+
+
+# What of an upstream's error text reaches a client: enough to act on, never a page of HTML.
+MAX_UPSTREAM_MESSAGE_CHARS = 500
+REDACTED = "[redacted]"
+# Shorter values are left alone: redacting every "ab" would garble messages and hide nothing.
+MIN_SECRET_CHARS = 4
+
+
+def _url_password(url: str | None) -> list[str]:
+    try:
+        password = urlsplit(url).password if url else None
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
+
+
+def _gateway_secrets() -> list[str]:
+    """Every secret the gateway holds that an upstream might echo back: provider keys (the
+    values of every variable a catalog entry may name), SECRET_KEY, and the passwords in
+    the database, Redis and broker URLs. Read at each error (errors are rare, and tests and
+    operators change the environment), longest first so that no part of one survives."""
+    secrets = [value for name, value in os.environ.items() if value and provider_key_env_refusal(name) is None]
+    secrets.append(settings.SECRET_KEY)
+    for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "LLMOPS_LIMITS_REDIS_URL"):
+        secrets += _url_password(getattr(settings, name, None))
+    return sorted({secret for secret in secrets if len(secret) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+def upstream_text_scrubbed(text: str) -> str:
+    """Upstream error text as a client may see it: secrets replaced (before trimming, so a
+    secret cut in two cannot leave half of itself), then at most MAX_UPSTREAM_MESSAGE_CHARS."""
+    for secret in _gateway_secrets():
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if len(text) > MAX_UPSTREAM_MESSAGE_CHARS:
+        text = text[: MAX_UPSTREAM_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+@functools.lru_cache(maxsize=256)
+def is_official_url(base_url: str, official_base_url: str) -> bool:
+    """Whether `base_url` is the provider's own API: https, exactly its host, the default port."""
+    url, official = urlsplit(base_url), urlsplit(official_base_url)
+    try:
+        port = url.port
+    except ValueError:
+        return False
+    return (
+        url.scheme == "https"
+        and url.hostname == official.hostname
+        and port in (None, 443)
+        and url.username is None
+        and url.password is None
+    )
+
+
+def provider_key(endpoint: EndpointConfig, *, default_env: str, official_base_url: str) -> str | None:
+    """The key to send with a call to `endpoint`, or None to send none.
+
+    A key variable the catalog names is sent to the entry's host, if it names a provider key
+    (checked here too: a row written around the admin, by a queryset update or a fixture,
+    skips ModelEndpoint.clean). The provider's default key goes only to the provider's own
+    API; a server of one's own named without a key variable gets no key at all."""
+    env_name = endpoint.api_key_env
+    if env_name:
+        if provider_key_env_refusal(env_name):
+            # The message names the model, not the variable: it reaches the client.
+            raise UpstreamError(
+                f"{endpoint.name} cannot be called: its catalog entry names a key variable that is not a "
+                "provider key (see api_key_env in the admin).",
+                kind="credentials",
+            )
+    elif endpoint.base_url and not is_official_url(endpoint.base_url, official_base_url):
+        return None
+    else:
+        env_name = default_env
+    key = provider_secret(env_name)
+    if not key:
+        # A variable that is meant to be set: sending no key would only turn a config mistake
+        # into a misleading upstream 401.
+        raise UpstreamError(
+            f"{env_name} is not set on the gateway, so {endpoint.name} cannot be called.", kind="credentials"
+        )
+    return key
 
 
 def upstream_error_from_sdk(
@@ -92,7 +207,7 @@ def upstream_error_from_sdk(
     if isinstance(exc, timeouts):
         return UpstreamError("The upstream model did not answer in time.", status=504, error_type="upstream_timeout")
     if isinstance(exc, unreachable):
-        return UpstreamError("The upstream model could not be reached.", status=502)
+        return UpstreamError("The upstream model could not be reached.", status=502, kind="unreachable")
     if isinstance(exc, status_error):
         status = exc.status_code  # type: ignore[attr-defined]
         return upstream_error_from_status(
@@ -100,18 +215,22 @@ def upstream_error_from_sdk(
             f"Upstream error {status}: {exc.message}",  # type: ignore[attr-defined]
             exc.response.headers.get("retry-after"),  # type: ignore[attr-defined]
         )
-    return UpstreamError(f"Upstream error: {exc}", status=502)
+    return UpstreamError(upstream_text_scrubbed(f"Upstream error: {exc}"), status=502)
 
 
 def upstream_error_from_status(status: int, message: str, retry_after: str | None) -> UpstreamError:
-    """Map an upstream HTTP status onto what the gateway answers (OpenAI's error types)."""
+    """Map an upstream HTTP status onto what the gateway answers (OpenAI's error types).
+    `message` is the upstream's own text: it is scrubbed of secrets and trimmed here."""
+    message = upstream_text_scrubbed(message)
     if status == 429:
         return UpstreamError(message, status=429, error_type="rate_limit_exceeded", retry_after=retry_after)
     if status in (400, 404, 413, 422):
         return UpstreamError(message, status=400, error_type="upstream_invalid_request")
     if status in (401, 403):
         # The gateway's provider credentials are wrong: the client can do nothing about it.
-        return UpstreamError("The upstream provider rejected the gateway's credentials.", status=502)
+        return UpstreamError(
+            "The upstream provider rejected the gateway's credentials.", status=502, kind="credentials"
+        )
     if status in (408, 504):
         return UpstreamError(message, status=504, error_type="upstream_timeout")
     return UpstreamError(message, status=502, error_type="upstream_error")

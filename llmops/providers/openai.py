@@ -12,32 +12,43 @@ from django.conf import settings
 from llmops.catalog import EndpointConfig
 from llmops.providers.base import (
     Completion,
+    Embeddings,
     ProviderCall,
     StreamDelta,
     UpstreamError,
     Usage,
     client_for,
-    provider_secret,
+    is_official_url,
+    provider_key,
     upstream_error_from_sdk,
 )
 
 PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+# Passed explicitly when the catalog names no base_url, so that OPENAI_BASE_URL in the
+# gateway's environment cannot send the OpenAI key elsewhere.
+OFFICIAL_BASE_URL = "https://api.openai.com/v1"
+# The SDK refuses an empty key on the client, so a server called without one gets this
+# placeholder (plainly not a secret) as its bearer token.
+NO_KEY = "none"
+# The gateway's OpenAI organisation and project (OPENAI_ORG_ID, OPENAI_PROJECT_ID, which the
+# SDK reads itself) are OpenAI's business only.
+NOT_OPENAI_HEADERS = {"OpenAI-Organization": openai.Omit(), "OpenAI-Project": openai.Omit()}
 
 
 def _client(endpoint: EndpointConfig) -> openai.AsyncOpenAI:
-    env_name = endpoint.api_key_env or "OPENAI_API_KEY"
-    key = provider_secret(env_name)
-    if not key:
-        # A variable the catalog names explicitly is one staff meant to set: sending no key
-        # would only turn a config mistake into a misleading upstream 401.
-        if endpoint.api_key_env or not endpoint.base_url:
-            raise UpstreamError(f"{env_name} is not set on the gateway, so {endpoint.name} cannot be called.")
-        key = "unused"  # local OpenAI-compatible servers often need no key
-    timeout, retries = settings.LLMOPS_UPSTREAM_TIMEOUT_S, settings.LLMOPS_UPSTREAM_MAX_RETRIES
+    key = provider_key(endpoint, default_env=DEFAULT_KEY_ENV, official_base_url=OFFICIAL_BASE_URL)
+    base_url = endpoint.base_url or OFFICIAL_BASE_URL
+    official = is_official_url(base_url, OFFICIAL_BASE_URL)
+    timeout = settings.LLMOPS_UPSTREAM_TIMEOUT_S
     return client_for(
-        ("openai", endpoint.base_url, key, timeout, retries),
+        ("openai", base_url, key, timeout),
         lambda: openai.AsyncOpenAI(
-            api_key=key, base_url=endpoint.base_url or None, timeout=timeout, max_retries=retries
+            api_key=key or NO_KEY,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,  # the gateway's attempt loop retries, with its own backoff and deadline
+            default_headers=None if official else NOT_OPENAI_HEADERS,  # type: ignore[arg-type]
         ),
     )
 
@@ -108,3 +119,23 @@ class OpenAIProvider:
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
         yield StreamDelta(finish_reason=finish_reason or "stop", usage=usage)
+
+    async def embed(self, endpoint: EndpointConfig, texts: list[str]) -> Embeddings:
+        if not texts:
+            return Embeddings(vectors=[], usage=Usage())
+        try:
+            # No encoding_format: the SDK asks for base64 (a quarter of the bytes of JSON
+            # floats) and decodes it, and takes floats from servers that ignore the format.
+            response = await _client(endpoint).embeddings.create(
+                model=endpoint.upstream_model or endpoint.name, input=list(texts)
+            )
+        except openai.OpenAIError as exc:
+            raise _translate(exc) from exc
+        rows = sorted(response.data, key=lambda row: row.index)
+        if len(rows) != len(texts):
+            raise UpstreamError(f"{endpoint.name} returned {len(rows)} embeddings for {len(texts)} texts.")
+        usage = response.usage
+        return Embeddings(
+            vectors=[list(row.embedding) for row in rows],
+            usage=Usage(input_tokens=(usage.prompt_tokens or 0) if usage else 0),
+        )

@@ -126,17 +126,15 @@ async def test_a_missing_install_says_how_to_install_it(monkeypatch):
 
 @pytest.fixture
 async def embedding_model(fake_embeddings, monkeypatch, settings, transactional_db) -> str:
-    # No SDK retries: a retried failure would hide the mapping and cost time.
-    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 0
     settings.LLMOPS_UPSTREAM_TIMEOUT_S = 5.0
-    monkeypatch.setenv("FAKE_EMBEDDINGS_KEY", KEY)
+    monkeypatch.setenv("FAKE_EMBEDDINGS_API_KEY", KEY)
     fake_embeddings.expected_key = KEY
     await add_endpoint(
         name="fake-embed",
         provider="openai",
         upstream_model="text-embedding-fake",
         base_url=fake_embeddings.base_url,
-        api_key_env="FAKE_EMBEDDINGS_KEY",
+        api_key_env="FAKE_EMBEDDINGS_API_KEY",
     )
     return "fake-embed"
 
@@ -190,8 +188,8 @@ async def test_upstream_failures_are_upstream_errors(embedding_model, fake_embed
 
 @pytest.mark.django_db(transaction=True)
 async def test_a_missing_provider_key_is_an_upstream_error(embedding_model, fake_embeddings, monkeypatch):
-    monkeypatch.delenv("FAKE_EMBEDDINGS_KEY")
-    with pytest.raises(UpstreamError, match="FAKE_EMBEDDINGS_KEY is not set"):
+    monkeypatch.delenv("FAKE_EMBEDDINGS_API_KEY")
+    with pytest.raises(UpstreamError, match="FAKE_EMBEDDINGS_API_KEY is not set"):
         await (await embedder_get(embedding_model)).embed(["hello"])
     assert not fake_embeddings.requests
 

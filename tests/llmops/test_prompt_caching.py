@@ -35,9 +35,9 @@ from tests.fakes.openai_server import fake_openai_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream_under_test")]
 
-KEY_ENV = "LLMOPS_TEST_ANTHROPIC_KEY"
+KEY_ENV = "LLMOPS_TEST_ANTHROPIC_API_KEY"
 KEY = "sk-ant-fake-SECRET-9c4e11"
-OPENAI_KEY_ENV = "LLMOPS_TEST_OPENAI_KEY"
+OPENAI_KEY_ENV = "LLMOPS_TEST_OPENAI_API_KEY"
 CLAUDE = "fake-claude"
 GPT = "fake-gpt"
 EPHEMERAL = {"type": "ephemeral"}
@@ -507,13 +507,13 @@ async def test_openai_cached_prefix_tokens_cost_the_cached_price(sdk, gpt, fake_
 
 async def test_an_answer_cache_hit_reports_no_prompt_cache_tokens(http, api_key, seeded, fake_anthropic, monkeypatch):
     """A hit calls no provider: it neither reads nor writes a provider's prompt cache."""
-    monkeypatch.setenv("LLMOPS_TEST_ANTHROPIC_KEY", "sk-ant-test")
+    monkeypatch.setenv("LLMOPS_TEST_ANTHROPIC_API_KEY", "sk-ant-test")
     await add_endpoint(
         name="claude-cached",
         provider="anthropic",
         upstream_model="claude-fake",
         base_url=fake_anthropic.base_url,
-        api_key_env="LLMOPS_TEST_ANTHROPIC_KEY",
+        api_key_env="LLMOPS_TEST_ANTHROPIC_API_KEY",
         input_price_per_mtok=Decimal("3"),
         output_price_per_mtok=Decimal("15"),
         cache_write_price_per_mtok=Decimal("3.75"),

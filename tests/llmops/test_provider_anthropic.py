@@ -10,12 +10,16 @@ import anthropic
 import openai
 import pytest
 
+from llmops.catalog import EndpointConfig
+from llmops.models import ModelEndpoint
+from llmops.providers.anthropic import AnthropicProvider
+from llmops.providers.base import ProviderCall, UpstreamError
 from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
 from tests.fakes.anthropic_server import FakeAnthropic, fake_anthropic_fixture, presented_key  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream_under_test")]
 
-KEY_ENV = "LLMOPS_TEST_ANTHROPIC_KEY"
+KEY_ENV = "LLMOPS_TEST_ANTHROPIC_API_KEY"
 KEY = "sk-ant-fake-SECRET-51c0de"
 MODEL = "fake-claude"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -219,15 +223,21 @@ async def test_an_upstream_slower_than_the_timeout_is_a_504(http, api_key, model
     assert (metric.status, metric.http_status, metric.error_type) == ("error", 504, "upstream_timeout")
 
 
-async def test_a_failed_attempt_is_retried_when_retries_are_allowed(sdk, model, fake_anthropic, settings):
-    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 1
-    fake_anthropic.fail(529, headers={"retry-after-ms": "10"})
-    fake_anthropic.reply(text="second time lucky")
-    completion = await sdk.chat.completions.create(model=model, messages=HELLO)
-    assert completion.choices[0].message.content == "second time lucky"
-    assert len(fake_anthropic.requests) == 2
-    [metric] = await flushed_metrics()
-    assert metric.status == "ok"
+@pytest.mark.parametrize("status", [500, 529])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_5xx_reaches_the_provider_caller_after_one_upstream_request(model, fake_anthropic, stream, status):
+    # Retries are the gateway's own (its attempt loop, with backoff and a deadline): the SDK's are off.
+    fake_anthropic.fail(status, times=3, headers={"retry-after-ms": "10"})
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    call = ProviderCall(messages=HELLO)
+    with pytest.raises(UpstreamError) as caught:
+        if stream:
+            async for _ in AnthropicProvider().stream(config, call):
+                pass
+        else:
+            await AnthropicProvider().complete(config, call)
+    assert caught.value.status == 502
+    assert len(fake_anthropic.requests) == 1
 
 
 async def test_a_mid_stream_error_event_ends_the_stream_with_an_error_event(http, api_key, model, fake_anthropic):
@@ -276,19 +286,19 @@ async def test_the_sdk_raises_on_a_mid_stream_error_event(sdk, model, fake_anthr
 
 
 async def test_a_missing_provider_key_is_a_502_naming_the_variable(http, api_key, fake_anthropic, monkeypatch):
-    monkeypatch.delenv("LLMOPS_TEST_UNSET_KEY", raising=False)
+    monkeypatch.delenv("LLMOPS_TEST_UNSET_API_KEY", raising=False)
     await add_endpoint(
         name="keyless-claude",
         provider="anthropic",
         upstream_model="claude-fake-4-5",
         base_url=fake_anthropic.base_url,
-        api_key_env="LLMOPS_TEST_UNSET_KEY",
+        api_key_env="LLMOPS_TEST_UNSET_API_KEY",
     )
     response = await http.post(
         "/v1/chat/completions", json={"model": "keyless-claude", "messages": HELLO}, headers=auth(api_key)
     )
     assert response.status_code == 502
-    assert "LLMOPS_TEST_UNSET_KEY" in response.json()["error"]["message"]
+    assert "LLMOPS_TEST_UNSET_API_KEY" in response.json()["error"]["message"]
     assert fake_anthropic.requests == []
 
     [metric] = await flushed_metrics()

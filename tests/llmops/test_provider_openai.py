@@ -9,12 +9,17 @@ from decimal import Decimal
 import openai
 import pytest
 
+from llmops.catalog import EndpointConfig
+from llmops.models import ModelEndpoint
+from llmops.providers.base import EmbeddingProvider, ProviderCall, UpstreamError
+from llmops.providers.openai import OpenAIProvider
 from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
+from tests.fakes.embeddings_server import FakeOpenAIEmbeddings, fake_embeddings_fixture, word_vector  # noqa: F401
 from tests.fakes.openai_server import FakeOpenAI, fake_openai_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("upstream_under_test")]
 
-KEY_ENV = "LLMOPS_TEST_OPENAI_KEY"
+KEY_ENV = "LLMOPS_TEST_OPENAI_API_KEY"
 KEY = "sk-fake-openai-SECRET-7f3a9c"
 MODEL = "fake-gpt"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -195,15 +200,20 @@ async def test_an_upstream_slower_than_the_timeout_is_a_504(http, api_key, model
     assert (metric.status, metric.http_status, metric.error_type) == ("error", 504, "upstream_timeout")
 
 
-async def test_a_failed_attempt_is_retried_when_retries_are_allowed(sdk, model, fake_openai, settings):
-    settings.LLMOPS_UPSTREAM_MAX_RETRIES = 1
-    fake_openai.fail(503, headers={"retry-after-ms": "10"})
-    fake_openai.reply(text="second time lucky")
-    completion = await sdk.chat.completions.create(model=model, messages=HELLO)
-    assert completion.choices[0].message.content == "second time lucky"
-    assert len(fake_openai.requests) == 2
-    [metric] = await flushed_metrics()
-    assert metric.status == "ok"
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_500_reaches_the_provider_caller_after_one_upstream_request(model, fake_openai, stream):
+    # Retries are the gateway's own (its attempt loop, with backoff and a deadline): the SDK's are off.
+    fake_openai.fail(500, times=3, headers={"retry-after-ms": "10"})
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    call = ProviderCall(messages=HELLO)
+    with pytest.raises(UpstreamError) as caught:
+        if stream:
+            async for _ in OpenAIProvider().stream(config, call):
+                pass
+        else:
+            await OpenAIProvider().complete(config, call)
+    assert (caught.value.status, caught.value.error_type) == (502, "upstream_error")
+    assert len(fake_openai.requests) == 1
 
 
 async def test_a_mid_stream_failure_ends_the_stream_with_an_error_event(http, api_key, model, fake_openai):
@@ -265,19 +275,19 @@ async def test_a_stream_that_fails_before_its_first_token_gets_an_error_status(s
 async def test_a_missing_provider_key_is_a_502_naming_the_variable(
     http, api_key, fake_openai, monkeypatch, with_base_url
 ):
-    monkeypatch.delenv("LLMOPS_TEST_UNSET_KEY", raising=False)
+    monkeypatch.delenv("LLMOPS_TEST_UNSET_API_KEY", raising=False)
     await add_endpoint(
         name="keyless",
         provider="openai",
         upstream_model="gpt-fake-1",
         base_url=fake_openai.base_url if with_base_url else "",
-        api_key_env="LLMOPS_TEST_UNSET_KEY",
+        api_key_env="LLMOPS_TEST_UNSET_API_KEY",
     )
     response = await http.post(
         "/v1/chat/completions", json={"model": "keyless", "messages": HELLO}, headers=auth(api_key)
     )
     assert response.status_code == 502
-    assert "LLMOPS_TEST_UNSET_KEY" in response.json()["error"]["message"]
+    assert "LLMOPS_TEST_UNSET_API_KEY" in response.json()["error"]["message"]
     assert fake_openai.requests == []
 
     [metric] = await flushed_metrics()
@@ -289,7 +299,8 @@ async def test_a_local_server_named_without_a_key_variable_is_called_without_a_k
     await add_endpoint(name="local-vllm", provider="openai", upstream_model="llama", base_url=fake_openai.base_url)
     completion = await sdk.chat.completions.create(model="local-vllm", messages=HELLO)
     assert completion.choices[0].message.content == "Hello from the fake OpenAI."
-    assert fake_openai.last.headers["authorization"] == "Bearer unused"
+    # The SDK wants some key: a placeholder, never the gateway's OpenAI key (see test_security.py).
+    assert fake_openai.last.headers["authorization"] == "Bearer none"
 
 
 def test_the_fake_is_a_faithful_openai(fake_openai: FakeOpenAI):
@@ -323,3 +334,75 @@ async def test_a_server_that_reports_no_usage_is_billed_on_estimates(sdk, model,
     assert (streamed_usage.prompt_tokens, streamed_usage.completion_tokens) == (3, 8)
     metrics = await flushed_metrics()
     assert all(m.cost_usd > 0 for m in metrics)
+
+
+# -- embeddings ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def embedding_model(fake_embeddings, monkeypatch, transactional_db) -> EndpointConfig:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    fake_embeddings.expected_key = KEY
+    row = await add_endpoint(
+        name="fake-embed",
+        provider="openai",
+        upstream_model="text-embedding-fake",
+        base_url=fake_embeddings.base_url,
+        api_key_env=KEY_ENV,
+    )
+    return EndpointConfig.from_model(row)
+
+
+@pytest.mark.parametrize("ignores_encoding_format", [False, True])
+async def test_embed_returns_one_vector_per_text_in_order(embedding_model, fake_embeddings, ignores_encoding_format):
+    fake_embeddings.ignores_encoding_format = ignores_encoding_format
+    provider = OpenAIProvider()
+    assert isinstance(provider, EmbeddingProvider)
+    texts = ["the cat sat", "a dog ran far", "cat"]
+    embeddings = await provider.embed(embedding_model, texts)
+    assert len(embeddings.vectors) == 3
+    for text, vector in zip(texts, embeddings.vectors, strict=True):
+        assert vector == pytest.approx(word_vector(text, fake_embeddings.dimensions).tolist())
+    assert embeddings.usage.input_tokens == 8  # the fake counts words
+    [request] = fake_embeddings.requests
+    assert request.path == "/v1/embeddings"
+    assert request.body["model"] == "text-embedding-fake"
+    assert request.body["input"] == texts
+    assert request.headers["authorization"] == f"Bearer {KEY}"
+
+
+async def test_embed_of_no_texts_calls_no_upstream(embedding_model, fake_embeddings):
+    embeddings = await OpenAIProvider().embed(embedding_model, [])
+    assert embeddings.vectors == [] and fake_embeddings.requests == []
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "status", "error_type"),
+    [(429, 429, "rate_limit_exceeded"), (500, 502, "upstream_error"), (400, 400, "upstream_invalid_request")],
+)
+async def test_embed_failures_map_like_chat_after_one_request(
+    embedding_model, fake_embeddings, upstream_status, status, error_type
+):
+    fake_embeddings.fail(upstream_status, times=3, retry_after="1")
+    with pytest.raises(UpstreamError) as caught:
+        await OpenAIProvider().embed(embedding_model, ["hello"])
+    assert (caught.value.status, caught.value.error_type) == (status, error_type)
+    assert len(fake_embeddings.requests) == 1
+
+
+async def test_embed_on_a_server_of_its_own_sends_no_openai_key(fake_embeddings, monkeypatch, transactional_db):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    row = await add_endpoint(name="own-embed", provider="openai", base_url=fake_embeddings.base_url)
+    await OpenAIProvider().embed(EndpointConfig.from_model(row), ["hello"])
+    assert "sk-test-secret" not in str(fake_embeddings.last.headers)
+
+
+async def test_embed_refuses_a_gateway_secret_as_its_key(fake_embeddings, monkeypatch, transactional_db):
+    monkeypatch.setenv("SECRET_KEY", "django-secret-for-this-test")
+    row = await add_endpoint(name="bad-embed", provider="openai", base_url=fake_embeddings.base_url)
+    await ModelEndpoint.objects.filter(pk=row.pk).aupdate(api_key_env="SECRET_KEY")
+    row = await ModelEndpoint.objects.aget(pk=row.pk)
+    with pytest.raises(UpstreamError) as caught:
+        await OpenAIProvider().embed(EndpointConfig.from_model(row), ["hello"])
+    assert "bad-embed" in caught.value.message and "django-secret" not in caught.value.message
+    assert fake_embeddings.requests == []

@@ -1,0 +1,9 @@
+"""A pytest plugin loaded before Django is set up (pyproject's `-p`): the test process runs
+with DEBUG off and usually no SECRET_KEY, so it asks for the development key by name, as
+`make run` does. Subprocesses the tests start inherit it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LLMOPS_ALLOW_INSECURE_SECRET_KEY", "true")
