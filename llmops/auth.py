@@ -67,7 +67,7 @@ def api_key_for_staff(user: Any) -> ApiKeyInfo:
         key = ApiKey.objects.create(
             name=f"playground:{user.get_username()}", owner=user, prefix=prefix, key_hash=digest
         )
-    return ApiKeyInfo(id=key.id, name=key.name, prefix=key.prefix)
+    return ApiKeyInfo.from_model(key)
 
 
 class ApiKeyPrincipal:
@@ -85,10 +85,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         token = bearer_token(request._request)
         if token is None:
             return None
-        row = ApiKey.objects.filter(key_hash=hash_key(token), is_active=True).only("id", "name", "prefix").first()
-        if row is None:
-            raise exceptions.AuthenticationFailed("Incorrect or revoked API key.")
-        info = ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix)
+        row = ApiKey.objects.filter(key_hash=hash_key(token), is_active=True).only(*ApiKeyInfo.model_fields).first()
+        info = None if row is None else ApiKeyInfo.from_model(row)
+        if info is None or info.expired:
+            raise exceptions.AuthenticationFailed("Incorrect, revoked or expired API key.")
         return ApiKeyPrincipal(info), info
 
     def authenticate_header(self, request: Any) -> str:

@@ -1,31 +1,21 @@
-"""Configuration reads for the hot path: model endpoints, prompts, API keys and cache
-policies, cached in process and reloaded when they change.
-
-Every committed change to them bumps one version number in the database (ConfigVersion).
-This process drops its snapshot at once; every other process (other daphne workers, and
-a running server when `manage.py create_api_key` ran beside it) reads the version at most
-once every LLMOPS_CONFIG_TTL_S seconds and reloads when it moved. So a request costs no
-database query unless its process's check is due."""
+"""The gateway's own configuration as the hot path reads it: model endpoints, prompts and
+API keys, in one snapshot (llmops.config) reloaded when they change. Other apps keep
+snapshots of their own models (cache policies in caching.policies)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import F
-from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
 
-from caching.models import CachePolicy
-from caching.policies import PolicyConfig, policy_match
-from llmops.models import ApiKey, ConfigVersion, ModelEndpoint, PromptTemplate
+from llmops.config import ConfigSnapshot, config_changed, config_reset, config_watch
+from llmops.models import ApiKey, ModelEndpoint, PromptTemplate
+
+__all__ = ["config_changed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +34,7 @@ class EndpointConfig:
     max_concurrency: int
     simulation: dict[str, Any]
     enabled: bool
+    fallbacks: tuple[str, ...] = ()
 
     @classmethod
     def from_model(cls, row: ModelEndpoint) -> EndpointConfig:
@@ -62,6 +53,7 @@ class EndpointConfig:
             max_concurrency=row.max_concurrency,
             simulation=dict(row.simulation or {}),
             enabled=row.enabled,
+            fallbacks=tuple(row.fallback_names),
         )
 
 
@@ -81,6 +73,40 @@ class ApiKeyInfo:
     id: int
     name: str
     prefix: str
+    rpm: int | None = None  # requests per minute; None: no limit
+    tpm: int | None = None  # input + output tokens per minute
+    budget_usd: Decimal | None = None  # spend allowed per budget_period
+    budget_period: str = "month"  # "day" or "month", UTC
+    expires_at: datetime | None = None
+
+    # The columns from_model reads.
+    model_fields: ClassVar[tuple[str, ...]] = (
+        "id",
+        "name",
+        "prefix",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "budget_usd",
+        "budget_period",
+        "expires_at",
+    )
+
+    @classmethod
+    def from_model(cls, row: ApiKey) -> ApiKeyInfo:
+        return cls(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            rpm=row.requests_per_minute,
+            tpm=row.tokens_per_minute,
+            budget_usd=None if row.budget_usd is None else Decimal(row.budget_usd),
+            budget_period=row.budget_period,
+            expires_at=row.expires_at,
+        )
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
 
 @dataclass(slots=True)
@@ -89,71 +115,38 @@ class _Snapshot:
     prompts: dict[tuple[str, int], PromptConfig]
     latest_prompts: dict[str, PromptConfig]
     keys: dict[str, ApiKeyInfo]
-    policies: list[PolicyConfig]
-    version: int
-    checked_at: float
+    keys_by_id: dict[int, ApiKeyInfo] = field(init=False)
 
-
-_snapshot: _Snapshot | None = None
+    def __post_init__(self) -> None:
+        # For the re-check of a key that a long-lived socket or request already holds.
+        self.keys_by_id = {info.id: info for info in self.keys.values()}
 
 
 def hash_key(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def _refresh(known: int | None) -> _Snapshot | None:
-    """The configuration as committed now, or None when its version is still `known`."""
-    try:
-        # The version is read first: a change committed meanwhile is then loaded under the
-        # older number, and the next check loads it again, never the other way round.
-        version = ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).values_list("version", flat=True).first()
-        if known is not None and version == known:
-            return None
-        endpoints = {row.name: EndpointConfig.from_model(row) for row in ModelEndpoint.objects.all()}
-        prompts: dict[tuple[str, int], PromptConfig] = {}
-        latest: dict[str, PromptConfig] = {}
-        for row in PromptTemplate.objects.order_by("name", "version"):
-            prompt = PromptConfig(name=row.name, version=row.version, messages=tuple(row.messages))
-            prompts[(row.name, row.version)] = prompt
-            if row.is_active:
-                latest[row.name] = prompt
-        keys = {
-            row.key_hash: ApiKeyInfo(id=row.id, name=row.name, prefix=row.prefix)
-            for row in ApiKey.objects.filter(is_active=True).only("id", "name", "prefix", "key_hash")
-        }
-        policies = [PolicyConfig.from_model(row) for row in CachePolicy.objects.all()]
-    finally:
-        # API requests run without Django's request signals, so nothing else would hand
-        # this connection back (to the pool, on PostgreSQL) once the request's thread ends.
-        if not connection.in_atomic_block:
-            connection.close()
-    return _Snapshot(endpoints, prompts, latest, keys, policies, version or 0, time.monotonic())
+def _load() -> _Snapshot:
+    endpoints = {row.name: EndpointConfig.from_model(row) for row in ModelEndpoint.objects.all()}
+    prompts: dict[tuple[str, int], PromptConfig] = {}
+    latest: dict[str, PromptConfig] = {}
+    for row in PromptTemplate.objects.order_by("name", "version"):
+        prompt = PromptConfig(name=row.name, version=row.version, messages=tuple(row.messages))
+        prompts[(row.name, row.version)] = prompt
+        if row.is_active:
+            latest[row.name] = prompt
+    keys = {
+        row.key_hash: ApiKeyInfo.from_model(row)
+        for row in ApiKey.objects.filter(is_active=True).only(*ApiKeyInfo.model_fields, "key_hash")
+    }
+    return _Snapshot(endpoints, prompts, latest, keys)
 
 
-_reload_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+_snapshot = ConfigSnapshot(_load)
 
 
 async def _current() -> _Snapshot:
-    global _snapshot
-    snap = _snapshot
-    if snap is not None and time.monotonic() - snap.checked_at < settings.LLMOPS_CONFIG_TTL_S:
-        return snap
-    loop = asyncio.get_running_loop()
-    lock = _reload_locks.get(loop)
-    if lock is None:
-        lock = _reload_locks[loop] = asyncio.Lock()
-    # One check at a time: the requests that arrive meanwhile wait for its result rather
-    # than each taking a database connection to load the same rows.
-    async with lock:
-        snap = _snapshot
-        if snap is not None and time.monotonic() - snap.checked_at < settings.LLMOPS_CONFIG_TTL_S:
-            return snap
-        fresh = await sync_to_async(_refresh)(snap.version if snap else None)
-        if fresh is None:
-            snap.checked_at = time.monotonic()
-            return snap
-        _snapshot = fresh
-        return fresh
+    return await _snapshot.get()
 
 
 async def endpoint_get(name: str) -> EndpointConfig | None:
@@ -171,34 +164,23 @@ async def prompt_get(name: str, version: int | None) -> PromptConfig | None:
     return snap.prompts.get((name, version))
 
 
-async def cache_policy_get(model: str) -> PolicyConfig | None:
-    return policy_match((await _current()).policies, model)
-
-
 async def api_key_get(raw_key: str) -> ApiKeyInfo | None:
-    return (await _current()).keys.get(hash_key(raw_key))
+    # Expiry is checked at each lookup: the snapshot outlives the moment a key expires.
+    info = (await _current()).keys.get(hash_key(raw_key))
+    return None if info is None or info.expired else info
+
+
+async def api_key_by_id(key_id: int) -> ApiKeyInfo | None:
+    """The key as configured now, or None once it is revoked or expired: for a socket or a
+    request that authenticated earlier."""
+    info = (await _current()).keys_by_id.get(key_id)
+    return None if info is None or info.expired else info
 
 
 def reset() -> None:
-    """Drop this process's snapshot: the next read loads the configuration afresh."""
-    global _snapshot
-    _snapshot = None
-
-
-def config_changed() -> None:
-    """Drop this process's snapshot and move the shared version, so every process reloads."""
-    reset()
-    if not ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).update(version=F("version") + 1):
-        ConfigVersion.objects.get_or_create(pk=ConfigVersion.SINGLETON, defaults={"version": 1})
-
-
-def _on_change(**_: Any) -> None:
-    # After the commit: bumping the version inside the admin's transaction would let a
-    # request reload the old rows under the new number, and keep them.
-    transaction.on_commit(config_changed)
+    """Drop this process's snapshots: the next read loads the configuration afresh."""
+    config_reset()
 
 
 def connect_invalidation() -> None:
-    for model in (ModelEndpoint, PromptTemplate, ApiKey, CachePolicy):
-        post_save.connect(_on_change, sender=model, dispatch_uid=f"catalog-save-{model.__name__}")
-        post_delete.connect(_on_change, sender=model, dispatch_uid=f"catalog-delete-{model.__name__}")
+    config_watch(ModelEndpoint, PromptTemplate, ApiKey)

@@ -26,7 +26,7 @@ from llmops.api.chat import chat_request_data, inference_request, usd
 from llmops.auth import api_key_for_staff
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import GatewayError
-from llmops.pipeline import InferenceRequest, InferenceStream
+from llmops.pipeline import Inference, InferenceRequest
 from llmops.providers.base import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.error(chat_id, "unknown_type", "type must be chat, cancel or auth.")
 
     async def start_chat(self, chat_id: Any, message: dict[str, Any]) -> None:
+        assert self.api_key is not None
+        # The key as configured now: one revoked or expired since the socket opened ends it.
+        current = await catalog.api_key_by_id(self.api_key.id)
+        if current is None:
+            await self.error(chat_id, "invalid_api_key", "Incorrect, revoked or expired API key.")
+            await self.close(code=UNAUTHENTICATED)
+            return
+        self.api_key = current
         if not isinstance(chat_id, (str, int)) or isinstance(chat_id, bool) or str(chat_id) == "":
             await self.error(None, "missing_id", "A chat needs an id (a string or a number) to tell its events apart.")
             return
@@ -130,7 +138,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except GatewayError as exc:
             await self.error(chat_id, exc.code or exc.error_type, exc.message)
             return
-        assert self.api_key is not None
         request = inference_request(
             data,
             api_key=self.api_key,
@@ -142,9 +149,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         task.add_done_callback(lambda _: self.chats.pop(key, None))
 
     async def answer(self, chat_id: Any, request: InferenceRequest) -> None:
-        stream = InferenceStream(request)
+        stream = Inference(request, stream=True)
         try:
-            await stream.start()
+            await stream.open()
+            await stream.first()
             async for text in stream:
                 await self.send_event({"type": "delta", "id": chat_id, "text": text})
             result = stream.result
@@ -155,6 +163,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "type": "done",
                     "id": chat_id,
                     "model": result.model,
+                    "attempts": len(result.attempts),
                     "usage": {
                         "prompt_tokens": usage.input_tokens,
                         "completion_tokens": usage.output_tokens,
