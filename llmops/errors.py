@@ -7,6 +7,7 @@ from typing import Any
 
 from django.http import JsonResponse
 from rest_framework import exceptions as drf_exceptions
+from rest_framework import serializers
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,19 @@ class NotFound(GatewayError):
 
 def error_body(message: str, error_type: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField(help_text="invalid_request_error, authentication_error, not_found_error, ...")
+    param = serializers.CharField(allow_null=True, help_text="The request field at fault, if one is.")
+    code = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The error body, for the OpenAPI document: what `error_body` returns."""
+
+    error = ErrorDetailSerializer()
 
 
 def error_response(error: GatewayError) -> JsonResponse:

@@ -1,9 +1,9 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from caching.api import CacheStatsView
-from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView
+from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView, api_path_not_found
 from llmops.health import healthz
 from llmops.pages import playground
 
@@ -18,4 +18,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("admin/", admin.site.urls),
+    # Last: anything else under the API's prefixes is a JSON 404, whatever the method.
+    re_path(r"^(?:v1|api)/", api_path_not_found, name="api-not-found"),
 ]

@@ -2,17 +2,62 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llmops.providers.simulated import validate_overrides
+from llmops.providers.simulated import LIMITS, validate_overrides
 
 ROLES = ("system", "developer", "user", "assistant")
+
+# DRF's CharField refuses null characters, and when blank is not allowed, text that is
+# blank once trimmed. These say so in the OpenAPI document too (drf-spectacular turns a
+# RegexValidator into `pattern`), so that a body built from the schema is accepted.
+# The whitespace is spelled out as what str.strip() removes (DRF trims with it): the
+# schema's regex dialect, ECMA-262, has another idea of \s. Both patterns are linear: no
+# nested repetition to backtrack through on a long value.
+WHITESPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NO_NULL_CHARACTER = RegexValidator(r"\A[^\x00]+\Z", "Null characters are not allowed.")
+NOT_BLANK = RegexValidator(
+    rf"\A[{WHITESPACE}]*[^{WHITESPACE}\x00][^\x00]*\Z", "This field may not be blank or contain null characters."
+)
+
+TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}]})
+class MessageContentField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}], "nullable": True}
+)
+class StopField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            name: {"type": "number", "minimum": low, "maximum": high} for name, (low, high) in LIMITS.items()
+        },
+        "additionalProperties": False,
+    }
+)
+class SimulateField(serializers.JSONField):
+    pass
 
 
 class MessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=ROLES)
-    content = serializers.JSONField(help_text="A string, or a list of text parts.")
-    name = serializers.CharField(required=False, max_length=64)
+    content = MessageContentField(help_text="A string, or a list of text parts.")
+    name = serializers.CharField(required=False, max_length=64, validators=[NOT_BLANK])
 
     def validate_content(self, value: Any) -> str:
         if isinstance(value, str):
@@ -47,7 +92,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     """OpenAI's chat completion request, plus the gateway's own fields (`prompt`,
     `variables`, `simulate`), which the OpenAI SDK sends through `extra_body`."""
 
-    model = serializers.CharField(max_length=200)
+    model = serializers.CharField(max_length=200, validators=[NOT_BLANK])
     messages = MessageSerializer(many=True, required=False)
     stream = serializers.BooleanField(required=False, default=False)
     stream_options = StreamOptionsSerializer(required=False, allow_null=True)
@@ -56,15 +101,17 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     n = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1)
-    stop = serializers.JSONField(required=False, allow_null=True)
+    stop = StopField(required=False, allow_null=True)
     seed = serializers.IntegerField(required=False, allow_null=True)
     presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
     frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
-    prompt = serializers.CharField(required=False, max_length=120, help_text="A prompt template: name or name@version.")
+    user = serializers.CharField(required=False, allow_blank=True, max_length=256, validators=[NO_NULL_CHARACTER])
+    prompt = serializers.CharField(
+        required=False, max_length=120, validators=[NOT_BLANK], help_text="A prompt template: name or name@version."
+    )
     variables = serializers.DictField(required=False, help_text="Values for the prompt template's variables.")
     cache = CacheOptionsSerializer(required=False, help_text="Per-request answer cache control.")
-    simulate = serializers.JSONField(
+    simulate = SimulateField(
         required=False, help_text="Simulated models only: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate."
     )
 

@@ -4,6 +4,7 @@ pipeline, shape the answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -12,27 +13,35 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect, JsonResponse, StreamingHttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.views import APIView
 
 from llmops import catalog
 from llmops.api.chat import chat_request_data, completion_body, gateway_body, inference_request, usage_body, usd
+from llmops.api.openapi import (
+    CACHE_MODE_HEADER,
+    CHAT_HEADERS,
+    ERROR_HEADERS,
+    EVENT_STREAM,
+    ChatCompletionSerializer,
+    ModelListSerializer,
+    ModelSerializer,
+    error_responses,
+)
 from llmops.api.serializers import ChatCompletionRequestSerializer
 from llmops.auth import ApiKeyAuthentication, authorize
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response
-from llmops.pipeline import InferenceRequest, InferenceStream, infer, request_rejected
+from llmops.pipeline import Inference, InferenceRequest, infer, request_rejected
 from llmops.providers.base import UpstreamError
 
 logger = logging.getLogger(__name__)
 
-ERROR_RESPONSES = {
-    400: OpenApiResponse(OpenApiTypes.OBJECT, description="Bad input, in OpenAI's error shape."),
-    401: OpenApiResponse(OpenApiTypes.OBJECT, description="Missing or wrong API key."),
-    404: OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown or disabled model."),
-}
+# Every error answer a view can give, in OpenAI's error shape: the document lists them all.
+ERROR_RESPONSES = error_responses(400, 401, 404, 405, 413, 429, 500, 502, 503, 504)
 
 
 API_METHODS = ("get", "post")
@@ -50,9 +59,18 @@ class GatewayAPIView(APIView):
         method = (request.method or "").lower()
         handler = getattr(self, method, None) if method in API_METHODS else None
         if not inspect.iscoroutinefunction(handler):
-            return error_response(GatewayError(f"{request.method} is not allowed here.", status=405))
+            allowed = ", ".join(m.upper() for m in API_METHODS if inspect.iscoroutinefunction(getattr(self, m, None)))
+            return error_response(
+                GatewayError(
+                    f"{request.method} is not allowed here (use {allowed}).",
+                    status=405,
+                    code="method_not_allowed",
+                    headers={"Allow": allowed},
+                )
+            )
         try:
-            api_key = await authorize(request)
+            # The API handler already checked the key of a POST before reading its body.
+            api_key = getattr(request, "llmops_api_key", None) or await authorize(request)
             return await handler(request, api_key, *args, **kwargs)
         except GatewayError as exc:
             return error_response(exc)
@@ -87,12 +105,26 @@ def read_json_object(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-def gateway_headers(response: HttpResponse, *, request_id: str, model: str, provider: str) -> None:
+def gateway_headers(
+    response: HttpResponse,
+    *,
+    request_id: str,
+    model: str,
+    provider: str,
+    attempts: int | None = None,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Which model answered (a fallback when the one asked for failed) and how many upstream
+    attempts it took (0: a cache hit), with the key's rate-limit headers."""
     response["x-llmops-request-id"] = request_id
     response["x-llmops-model"] = model
     response["x-llmops-provider"] = provider
+    if attempts is not None:
+        response["x-llmops-attempts"] = str(attempts)
     if provider == "simulated":
         response["x-llmops-simulated"] = "true"
+    for name, value in (extra or {}).items():
+        response[name] = value
 
 
 def cache_mode(request: HttpRequest, data: dict[str, Any]) -> str:
@@ -111,11 +143,19 @@ class ChatCompletionsView(GatewayAPIView):
     @extend_schema(
         operation_id="chat_completions_create",
         summary="Create a chat completion (OpenAI-compatible, streams with stream=true)",
+        description=(
+            "OpenAI's chat completion, through the gateway's routing, answer cache, retries and "
+            "fallbacks. Fields the gateway cannot honour yet (tools, JSON modes, logprobs, audio) "
+            "are refused with 400 rather than ignored."
+        ),
         request=ChatCompletionRequestSerializer,
+        parameters=[CACHE_MODE_HEADER, *CHAT_HEADERS, *ERROR_HEADERS],
         responses={
-            200: OpenApiResponse(
-                OpenApiTypes.OBJECT, description="chat.completion, or an SSE stream of chat.completion.chunk"
+            (200, "application/json"): OpenApiResponse(
+                ChatCompletionSerializer,
+                description="A chat.completion; with stream=true, an SSE stream of chat.completion.chunk.",
             ),
+            (200, "text/event-stream"): EVENT_STREAM,
             **ERROR_RESPONSES,
         },
     )
@@ -140,7 +180,14 @@ class ChatCompletionsView(GatewayAPIView):
             return await stream_response(inference, include_usage=options.get("include_usage", False))
         result = await infer(inference)
         response = HttpResponse(json.dumps(completion_body(result)), content_type="application/json")
-        gateway_headers(response, request_id=result.request_id, model=result.model, provider=result.provider)
+        gateway_headers(
+            response,
+            request_id=result.request_id,
+            model=result.model,
+            provider=result.provider,
+            attempts=len(result.attempts),
+            extra=result.headers,
+        )
         response["x-llmops-cache"] = result.cache
         response["x-llmops-cost-usd"] = usd(result.cost_usd)
         return response
@@ -148,17 +195,24 @@ class ChatCompletionsView(GatewayAPIView):
 
 async def stream_response(inference: InferenceRequest, *, include_usage: bool) -> HttpResponse:
     """Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`."""
-    stream = InferenceStream(inference)
+    stream = Inference(inference, stream=True)
     await stream.open()  # bad input and refusals get their own status
     # A first token within the grace period comes with the headers, so that an upstream
     # failing at once still gets its own status (429, 502...). A slower one gets the headers
     # at once and keep-alive comments meanwhile, so proxies with idle timeouts keep the
     # connection; a failure after that ends the stream with an error event.
     first = asyncio.ensure_future(stream.first())
-    await asyncio.wait({first}, timeout=settings.LLMOPS_SSE_KEEPALIVE_S)
+    try:
+        await asyncio.wait({first}, timeout=settings.LLMOPS_SSE_KEEPALIVE_S)
+    except asyncio.CancelledError:
+        # The client left while the first token was awaited: stop the attempt, give back
+        # its slot and reservation, and record the request as cancelled.
+        await _close_stream(first, stream)
+        raise
     if first.done():
         first.result()
     endpoint = stream.endpoint
+    attempts: int | None = len(stream.attempts) if first.done() else None
     chunk_id = f"chatcmpl-{inference.request_id}"
     created = int(time.time())
     head = json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": endpoint.name})[
@@ -197,13 +251,19 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
             logger.exception("Stream %s failed", inference.request_id)
             yield f"data: {json.dumps(error_body('The gateway failed while streaming.', 'server_error'))}\n\n"
         finally:
-            first.cancel()
-            await stream.aclose()
+            await _close_stream(first, stream)
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    gateway_headers(response, request_id=inference.request_id, model=endpoint.name, provider=endpoint.provider)
+    gateway_headers(
+        response,
+        request_id=inference.request_id,
+        model=endpoint.name,
+        provider=endpoint.provider,
+        attempts=attempts,
+        extra=stream.headers,
+    )
     response["x-llmops-cache"] = stream.cache_status
     # The handler calls this once the response is over, however it ended: a client that left
     # before the first chunk was sent must still free the upstream call.
@@ -211,8 +271,10 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     return response
 
 
-async def _close_stream(first: asyncio.Future[None], stream: InferenceStream) -> None:
+async def _close_stream(first: asyncio.Future[None], stream: Inference) -> None:
     first.cancel()
+    with contextlib.suppress(BaseException):
+        await first  # its own cleanup runs before the stream is closed
     await stream.aclose()
 
 
@@ -232,7 +294,13 @@ def model_body(endpoint: EndpointConfig) -> dict[str, Any]:
 
 
 class ModelListView(GatewayAPIView):
-    @extend_schema(operation_id="models_list", summary="List the enabled models", responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(
+        operation_id="models_list",
+        summary="List the enabled models",
+        description="The catalog's enabled models, in OpenAI's list shape, with their prices.",
+        parameters=ERROR_HEADERS,
+        responses={200: ModelListSerializer, **error_responses(401, 405, 500)},
+    )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         endpoints = await catalog.endpoint_list_enabled()
         return JsonResponse({"object": "list", "data": [model_body(e) for e in endpoints]})
@@ -242,8 +310,9 @@ class ModelDetailView(GatewayAPIView):
     @extend_schema(
         operation_id="models_retrieve",
         summary="Describe one enabled model",
-        parameters=[OpenApiParameter("model", str, OpenApiParameter.PATH)],
-        responses={200: OpenApiTypes.OBJECT, 404: ERROR_RESPONSES[404]},
+        description="One enabled model of the catalog, with its prices.",
+        parameters=[OpenApiParameter("model", str, OpenApiParameter.PATH), *ERROR_HEADERS],
+        responses={200: ModelSerializer, **error_responses(401, 404, 405, 500)},
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, model: str) -> HttpResponse:
         endpoint = await catalog.endpoint_get(model)
@@ -252,3 +321,18 @@ class ModelDetailView(GatewayAPIView):
                 f"The model {model!r} does not exist or is not enabled.", param="model", code="model_not_found"
             )
         return JsonResponse(model_body(endpoint))
+
+
+@csrf_exempt
+async def api_path_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """Any method on a path under /v1/ or /api/ that names nothing: a JSON 404, not Django's
+    HTML page. A known path missing its slash is redirected, as APPEND_SLASH would."""
+    path = request.path_info
+    if request.method in ("GET", "HEAD") and not path.endswith("/"):
+        try:
+            match = resolve(path + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.url_name != "api-not-found":
+            return HttpResponsePermanentRedirect(request.get_full_path(force_append_slash=True))
+    return error_response(NotFound(f"There is nothing at {path}.", code="unknown_path"))
