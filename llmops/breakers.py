@@ -18,6 +18,7 @@ the error is counted and logged at most once a minute."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -187,9 +188,21 @@ class ModelBreaker:
             self._open(time.time() + settings.LLMOPS_BREAKER_COOLDOWN_S)
 
     def abandoned(self, permit: Permit) -> None:
-        """The call ended without telling (the client left): a probe may be tried again."""
+        """The call ended without telling (the client left): a probe may be tried again, by
+        this process or, once its claim in Redis is dropped, by any other."""
         if permit.probe:
             self.probing = False
+            url = SharedStateHealth.url()
+            if url:
+                task = asyncio.get_running_loop().create_task(self._drop_probe_claim(url))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+
+    async def _drop_probe_claim(self, url: str) -> None:
+        try:
+            await redis_for(url).delete(PREFIX + "probe:" + self.model)
+        except Exception as exc:
+            SharedStateHealth.failed(exc)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -238,10 +251,10 @@ class ModelBreaker:
         except Exception as exc:
             SharedStateHealth.failed(exc)
             return
-        if raw is None:
-            if self.opened_until and not self.probing:
-                self._close()  # another process's probe closed it
-        else:
+        # No state in Redis while this process holds the breaker open: another process's
+        # probe closed it, or this process opened it while Redis was down. Either way this
+        # process keeps its own view until its cool-down ends, then probes for itself.
+        if raw is not None:
             until = float(raw) / 1000
             if until > self.opened_until:
                 self._open(until)
@@ -282,6 +295,7 @@ class ModelBreaker:
 
 
 _breakers: dict[str, ModelBreaker] = {}
+_background: set[asyncio.Task[None]] = set()  # claims being dropped: kept until done
 
 
 def breaker_for(model: str) -> ModelBreaker:

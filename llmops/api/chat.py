@@ -77,6 +77,8 @@ def gateway_body(result: InferenceResult) -> dict[str, Any]:
     """What the gateway did, in the answer's own `llmops` field."""
     return {
         "request_id": result.request_id,
+        "model": result.model,
+        "attempts": len(result.attempts),
         "provider": result.provider,
         "cost_usd": usd(result.cost_usd),
         "cache": result.cache,

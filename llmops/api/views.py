@@ -215,15 +215,12 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     attempts: int | None = len(stream.attempts) if first.done() else None
     chunk_id = f"chatcmpl-{inference.request_id}"
     created = int(time.time())
-    head = json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": endpoint.name})[
-        :-1
-    ]
-    # Every token chunk is this prefix + the JSON string of the text + this suffix.
-    token_prefix = f'data: {head}, "choices": [{{"index": 0, "delta": {{"content": '
-    token_suffix = '}, "finish_reason": null}]}\n\n'
 
-    def event(payload: dict[str, Any]) -> str:
-        return f"data: {head}, {json.dumps(payload)[1:]}\n\n"
+    def chunk_head() -> str:
+        # Built once the first piece came: after a fallback the chunks name the model that
+        # answered (the headers may have left before it, naming the one asked for).
+        model = stream.endpoint.name
+        return json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model})[:-1]
 
     async def events():
         try:
@@ -231,6 +228,14 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
                 yield ": keep-alive\n\n"
                 await asyncio.wait({first}, timeout=settings.LLMOPS_SSE_KEEPALIVE_S)
             first.result()
+            head = chunk_head()
+            # Every token chunk is this prefix + the JSON string of the text + this suffix.
+            token_prefix = f'data: {head}, "choices": [{{"index": 0, "delta": {{"content": '
+            token_suffix = '}, "finish_reason": null}]}\n\n'
+
+            def event(payload: dict[str, Any]) -> str:
+                return f"data: {head}, {json.dumps(payload)[1:]}\n\n"
+
             yield event(
                 {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
             )

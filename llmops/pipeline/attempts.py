@@ -175,7 +175,13 @@ async def _attempt(
 ) -> Opened:
     breaker = permit.breaker
     try:
-        slot = await upstream_slot(endpoint)
+        # Waiting for a free slot of a busy model counts against the deadline too.
+        async with asyncio.timeout_at(deadline):
+            slot = await upstream_slot(endpoint)
+    except TimeoutError:
+        breaker.abandoned(permit)
+        attempts.append(AttemptRecord(endpoint.name, "deadline", 0.0, 504))
+        raise deadline_error() from None
     except BaseException:
         breaker.abandoned(permit)
         raise

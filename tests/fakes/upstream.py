@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: Any  # the decoded JSON, or the raw text when it was not JSON
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
 
 
 @dataclass(slots=True)
@@ -90,7 +93,9 @@ class FakeUpstream:
     Script it per test: `fail(...)` queues error answers (each used once, in order, before
     the normal answer), `delay_s` holds every response head back (to trigger timeouts),
     `event_delay_s` spaces stream events (the first goes at once), `break_stream(...)` fails
-    the next stream after some text."""
+    the next stream after some text. With `notice_hangups`, a request held back by
+    `delay_s` whose client closes the connection meanwhile is given up at once and kept in
+    `hangups` (how a test sees that the gateway closed an upstream call it no longer needs)."""
 
     name = "fake"
 
@@ -98,6 +103,8 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.delay_s = 0.0
         self.event_delay_s = 0.0
+        self.notice_hangups = False
+        self.hangups: list[RecordedRequest] = []
         self._failures: deque[Failure] = deque()
         self._stream_break: StreamBreak | None = None
         self._lock = threading.Lock()
@@ -191,7 +198,11 @@ class FakeUpstream:
             failure = self._failures.popleft() if self._failures else None
         try:
             if self.delay_s:
-                self.pause(self.delay_s)
+                if self.notice_hangups:
+                    if self._wait_or_hangup(handler, request, self.delay_s):
+                        return
+                else:
+                    self.pause(self.delay_s)
                 if self._stopping.is_set():
                     return
             if failure is not None:
@@ -204,6 +215,28 @@ class FakeUpstream:
             self.route(handler, request)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout it was asked to hit, or a closed stream)
+
+    def _wait_or_hangup(self, handler: BaseHTTPRequestHandler, request: RecordedRequest, seconds: float) -> bool:
+        """Wait `seconds`, or less if the client closes the connection meanwhile: True then."""
+        sock = handler.connection
+        end = time.monotonic() + seconds
+        while not self._stopping.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            readable, _, _ = select.select([sock], [], [], min(left, 0.01))
+            if not readable:
+                continue
+            try:
+                data = sock.recv(1, socket.MSG_PEEK)
+            except OSError:
+                data = b""
+            if not data:  # end of file: the client closed its side
+                with self._lock:
+                    self.hangups.append(request)
+                return True
+            self.pause(0.01)  # bytes of a next request: not a hang-up
+        return False
 
     def take_stream_break(self) -> StreamBreak | None:
         with self._lock:
