@@ -23,7 +23,10 @@ baseline first, then gateway. For each it prints:
   the gateway's metric writer thread is included) over the phase and a settle time long
   enough for buffered metrics to be written, divided by the requests;
 - the gateway figure, the baseline figure, overhead = gateway - baseline, and the ratio
-  gateway / baseline.
+  gateway / baseline;
+- after the table, for each concurrent scenario, the longest garbage-collector pause in the
+  gateway process during it (the gateway runs with LLMOPS_GC_STATS=1 and reports it on
+  /healthz under "gc"; the target is under 20 ms).
 
 Read "overhead" as the price of putting the gateway in front of an upstream; read the
 gateway's "server CPU ms/req" against DESIGN.md's aim of under 1 ms (the baseline row shows
@@ -173,6 +176,18 @@ def scenario_rows(gateway: LoadResult, baseline: LoadResult, *, stream: bool) ->
     return rows
 
 
+def gc_pause_line(gateway: Daphne, label: str, since: float) -> str:
+    """The longest garbage-collector pause in the gateway since `since` (its /healthz "gc")."""
+    state = gateway.wait_ready(f"/healthz?gc_since={since:.3f}").get("gc") or {}
+    longest = state.get("longest_pause_ms_since")
+    verdict = "n/a" if longest is None else ("met" if longest < 20 else "NOT met")
+    return (
+        f"largest GC pause in the gateway during {label}: {fmt(longest)} ms (target under 20 ms: {verdict}; "
+        f"CPU of the longest full collection {fmt(state.get('longest_full_collection_cpu_ms_since'))} ms); "
+        f"collections gen0/gen1/gen2 since start {'/'.join(map(str, state.get('collections') or [])) or 'n/a'}"
+    )
+
+
 def metric_rows(database: str) -> int | None:
     try:
         with sqlite3.connect(database) as connection:
@@ -195,7 +210,11 @@ async def run(args: argparse.Namespace) -> int:
     settle = args.flush_interval + 0.3
     failures = 0
     with workspace() as workdir:
-        env = gateway_env(workdir, {"LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval)})
+        env = gateway_env(
+            workdir,
+            # LLMOPS_GC_STATS: the gateway's /healthz reports its garbage-collector pauses.
+            {"LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval), "LLMOPS_GC_STATS": "1"},
+        )
         set_up = time.perf_counter()
         key = prepare_gateway(env)
         gateway = Daphne("llmops.asgi:application", env, workdir, "gateway")
@@ -223,6 +242,7 @@ async def run(args: argparse.Namespace) -> int:
             gateway_requests = 0
             rows: list[list[str]] = []
             warmed: set[bool] = set()
+            gc_lines: list[str] = []
             for label, stream, requests, concurrency in scenarios:
                 if stream not in warmed:
                     warmed.add(stream)
@@ -232,7 +252,10 @@ async def run(args: argparse.Namespace) -> int:
                     await asyncio.sleep(settle)
                 common = dict(stream=stream, requests=requests, concurrency=concurrency, tokens=args.output_tokens)
                 base_result = await measure(baseline, None, settle=settle, **common)
+                gc_since = time.time()
                 gate_result = await measure(gateway, key, settle=settle, **common)
+                if concurrency > 1:
+                    gc_lines.append(gc_pause_line(gateway, label, gc_since))
                 gateway_requests += requests
                 for name, result in (("baseline", base_result), ("gateway", gate_result)):
                     if result.errors:
@@ -245,6 +268,7 @@ async def run(args: argparse.Namespace) -> int:
             print()
             print("overhead = gateway - baseline; ratio = gateway / baseline (same client, same daphne, same run).")
             print("DESIGN.md aims for under 1 ms of gateway CPU per request (server CPU row).")
+            print("\n".join(gc_lines))
             health = gateway.wait_ready("/healthz")
             written = metric_rows(str(workdir / "gateway.sqlite3"))
             print(

@@ -42,3 +42,8 @@ application = ProtocolTypeRouter({"http": http_application, "websocket": websock
 # collector's sight so full collections under load stay short.
 gc.collect()
 gc.freeze()
+
+from llmops.gcstats import install_from_env  # noqa: E402
+
+# Opt-in (LLMOPS_GC_STATS=1): the collector's pauses from here on, shown on /healthz.
+install_from_env()

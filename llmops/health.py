@@ -15,6 +15,7 @@ from django.http import HttpRequest, JsonResponse
 from caching.store import HotLayerHealth
 from llmops import catalog
 from llmops.breakers import SharedStateHealth, breaker_states, known_breakers
+from llmops.gcstats import gc_snapshot
 from llmops.limits import limits_health
 from llmops.upstream import InFlight
 
@@ -96,4 +97,15 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
     }
+    # Only with LLMOPS_GC_STATS=1; ?gc_since=<unix time> adds the longest pause since then.
+    gc_state = gc_snapshot(_gc_since(request))
+    if gc_state is not None:
+        body["gc"] = gc_state
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _gc_since(request: HttpRequest) -> float | None:
+    try:
+        return float(request.GET["gc_since"])
+    except (KeyError, ValueError):
+        return None

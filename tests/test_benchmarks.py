@@ -32,8 +32,10 @@ pytestmark = [
         ["benchmarks.streaming", "--ttft-requests", "5", "--baseline-ttft-requests", "3", "--ttft-ms", "20",
          "--levels", "4,8", "--stream-tokens", "8", "--tokens-per-s", "20", "--ramp-s", "0.1", "--warmup", "2",
          "--chats-per-socket", "2"],
+        ["benchmarks.failover", "--requests", "60", "--concurrency", "8", "--warmup", "5", "--breaker-window-s", "2",
+         "--cooldown-s", "0.5", "--lead-in-s", "1"],
     ],
-    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming"],
+    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming", "failover"],
 )  # fmt: skip
 def test_the_benchmark_runs_and_prints_its_ratios(command):
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
