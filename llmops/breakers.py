@@ -1,11 +1,15 @@
 """A circuit breaker per catalog model.
 
 Closed, it lets every call through and counts outcomes in a window of
-LLMOPS_BREAKER_WINDOW_S seconds. When at least LLMOPS_BREAKER_FAILURES calls failed in the
-window, and they are at least LLMOPS_BREAKER_FAILURE_RATE of its calls (0 makes it a plain
-count), it opens for LLMOPS_BREAKER_COOLDOWN_S: calls skip the model at once and go to its
-fallback. After the cool-down one call is let through as a probe (half-open): its success
-closes the breaker, its failure opens it again. Only failures that say the model is
+LLMOPS_BREAKER_WINDOW_S seconds. It opens for LLMOPS_BREAKER_COOLDOWN_S when the window
+holds at least LLMOPS_BREAKER_MIN_CALLS calls of which at least LLMOPS_BREAKER_FAILURES
+failed and they are at least LLMOPS_BREAKER_FAILURE_RATE of them (0 makes it a plain
+count), or at once after LLMOPS_BREAKER_CONSECUTIVE_FAILURES failures in a row (a model
+that died while it was busy would otherwise need as many failures as the window holds
+successes). While open, calls skip the model at once and go to its fallback. After the
+cool-down one call is let through as a probe (half-open): its success closes the breaker,
+its failure opens it again; a call let through before it opened that fails later does not
+push the cool-down further. Only failures that say the model is
 unwell count: 429, 5xx, timeouts and connection errors; a 400-class answer is the
 request's fault.
 
@@ -35,14 +39,14 @@ PREFIX = "llmops:breaker:"
 LOG_EVERY_S = 60.0
 
 # KEYS: window hash, state key. ARGV: now_ms, window_ms, failures, rate, successes,
-# cooldown_ms. Returns the time (ms) until which the breaker is open, or 0.
+# cooldown_ms, min_calls. Returns the time (ms) until which the breaker is open, or 0.
 FAILURE_SCRIPT = """
 local f = redis.call('HINCRBY', KEYS[1], 'f', 1)
 local s = redis.call('HINCRBY', KEYS[1], 's', tonumber(ARGV[5]))
 if f == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 local current = redis.call('GET', KEYS[2])
 if current then return tonumber(current) end
-if f >= tonumber(ARGV[3]) and f >= tonumber(ARGV[4]) * (f + s) then
+if f >= tonumber(ARGV[3]) and f + s >= tonumber(ARGV[7]) and f >= tonumber(ARGV[4]) * (f + s) then
   local opened_until = tonumber(ARGV[1]) + tonumber(ARGV[6])
   redis.call('SET', KEYS[2], opened_until, 'PX', tonumber(ARGV[6]) * 20)
   redis.call('DEL', KEYS[1])
@@ -129,6 +133,7 @@ class ModelBreaker:
         self.unreported_successes = 0
         self.synced_at = 0.0
         self.opened_count = 0
+        self.consecutive = 0  # failures since the last success, in this process
 
     # -- the attempt loop's calls ---------------------------------------------------------
 
@@ -151,6 +156,7 @@ class ModelBreaker:
 
     async def succeeded(self, permit: Permit) -> None:
         self.window.add(False)
+        self.consecutive = 0
         self.unreported_successes += 1
         if permit.probe:
             self.probing = False
@@ -164,13 +170,16 @@ class ModelBreaker:
 
     async def failed(self, permit: Permit) -> None:
         self.window.add(True)
+        self.consecutive += 1
         if permit.probe:
             self.probing = False
-            self._open(time.time() + settings.LLMOPS_BREAKER_COOLDOWN_S)
+            self._open(time.time() + settings.LLMOPS_BREAKER_COOLDOWN_S, again=True)
             url = SharedStateHealth.url()
             if url:
                 await self._share_open(url)
             return
+        if self.opened_until:
+            return  # a call let through before it opened: neither extends the cool-down
         url = SharedStateHealth.url()
         if url:
             try:
@@ -180,10 +189,15 @@ class ModelBreaker:
             else:
                 if opened_until:
                     self._open(opened_until)
+                elif self.consecutive >= settings.LLMOPS_BREAKER_CONSECUTIVE_FAILURES:
+                    self._open(time.time() + settings.LLMOPS_BREAKER_COOLDOWN_S)
+                    await self._share_open(url)
                 return
         ok, failed = self.window.counts()
-        if failed >= settings.LLMOPS_BREAKER_FAILURES and failed >= settings.LLMOPS_BREAKER_FAILURE_RATE * (
-            ok + failed
+        if self.consecutive >= settings.LLMOPS_BREAKER_CONSECUTIVE_FAILURES or (
+            failed >= settings.LLMOPS_BREAKER_FAILURES
+            and ok + failed >= settings.LLMOPS_BREAKER_MIN_CALLS
+            and failed >= settings.LLMOPS_BREAKER_FAILURE_RATE * (ok + failed)
         ):
             self._open(time.time() + settings.LLMOPS_BREAKER_COOLDOWN_S)
 
@@ -225,8 +239,9 @@ class ModelBreaker:
             "times_opened": self.opened_count,
         }
 
-    def _open(self, until: float) -> None:
-        if not self.opened_until or until > self.opened_until:
+    def _open(self, until: float, *, again: bool = False) -> None:
+        """Open until then; an open breaker is only pushed further by a failed probe."""
+        if not self.opened_until or (again and until > self.opened_until):
             if not self.opened_until:
                 self.opened_count += 1
                 logger.warning("Circuit breaker for %s opened until %.0f", self.model, until)
@@ -257,7 +272,7 @@ class ModelBreaker:
         if raw is not None:
             until = float(raw) / 1000
             if until > self.opened_until:
-                self._open(until)
+                self._open(until, again=True)
 
     async def _report_failure(self, url: str) -> float:
         client = redis_for(url)
@@ -272,6 +287,7 @@ class ModelBreaker:
             settings.LLMOPS_BREAKER_FAILURE_RATE,
             successes,
             int(settings.LLMOPS_BREAKER_COOLDOWN_S * 1000),
+            settings.LLMOPS_BREAKER_MIN_CALLS,
         )
         return float(result) / 1000 if result else 0.0
 

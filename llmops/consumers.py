@@ -163,7 +163,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "type": "done",
                     "id": chat_id,
                     "model": result.model,
-                    "attempts": len(result.attempts),
+                    "attempts": result.upstream_calls,
                     "usage": {
                         "prompt_tokens": usage.input_tokens,
                         "completion_tokens": usage.output_tokens,

@@ -261,9 +261,13 @@ LLMOPS_RETRY_MAX_BACKOFF_S = env_float("LLMOPS_RETRY_MAX_BACKOFF_S", 2.0, minimu
 LLMOPS_RETRY_AFTER_MAX_S = env_float("LLMOPS_RETRY_AFTER_MAX_S", 5.0, minimum=0.0)
 LLMOPS_REQUEST_DEADLINE_S = env_float("LLMOPS_REQUEST_DEADLINE_S", 300.0, minimum=0.1)
 # Circuit breakers per catalog model: open after this many failures within the window that
-# are also at least this share of its calls; closed again by one probe after the cool-down.
+# are also at least this share of its calls (once it holds LLMOPS_BREAKER_MIN_CALLS calls);
+# closed again by one probe after the cool-down.
 LLMOPS_BREAKER_FAILURES = env_int("LLMOPS_BREAKER_FAILURES", 5, minimum=1)
 LLMOPS_BREAKER_FAILURE_RATE = env_float("LLMOPS_BREAKER_FAILURE_RATE", 0.5, minimum=0.0)
+LLMOPS_BREAKER_MIN_CALLS = env_int("LLMOPS_BREAKER_MIN_CALLS", 20, minimum=1)
+# However few calls the window holds, this many failures in a row open it (a model that died).
+LLMOPS_BREAKER_CONSECUTIVE_FAILURES = env_int("LLMOPS_BREAKER_CONSECUTIVE_FAILURES", 20, minimum=1)
 LLMOPS_BREAKER_WINDOW_S = env_float("LLMOPS_BREAKER_WINDOW_S", 30.0, minimum=1.0)
 LLMOPS_BREAKER_COOLDOWN_S = env_float("LLMOPS_BREAKER_COOLDOWN_S", 15.0, minimum=0.05)
 LLMOPS_BREAKER_SYNC_S = env_float("LLMOPS_BREAKER_SYNC_S", 0.5, minimum=0.0)

@@ -78,7 +78,7 @@ def gateway_body(result: InferenceResult) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
         "model": result.model,
-        "attempts": len(result.attempts),
+        "attempts": result.upstream_calls,
         "provider": result.provider,
         "cost_usd": usd(result.cost_usd),
         "cache": result.cache,

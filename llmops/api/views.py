@@ -35,7 +35,7 @@ from llmops.api.serializers import ChatCompletionRequestSerializer
 from llmops.auth import ApiKeyAuthentication, authorize
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response
-from llmops.pipeline import Inference, InferenceRequest, infer, request_rejected
+from llmops.pipeline import Inference, InferenceRequest, infer, request_rejected, upstream_calls
 from llmops.providers.base import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class ChatCompletionsView(GatewayAPIView):
             request_id=result.request_id,
             model=result.model,
             provider=result.provider,
-            attempts=len(result.attempts),
+            attempts=result.upstream_calls,
             extra=result.headers,
         )
         response["x-llmops-cache"] = result.cache
@@ -212,7 +212,7 @@ async def stream_response(inference: InferenceRequest, *, include_usage: bool) -
     if first.done():
         first.result()
     endpoint = stream.endpoint
-    attempts: int | None = len(stream.attempts) if first.done() else None
+    attempts: int | None = upstream_calls(stream.attempts) if first.done() else None
     chunk_id = f"chatcmpl-{inference.request_id}"
     created = int(time.time())
 

@@ -2,7 +2,7 @@
 (see run.py for the order of the steps)."""
 
 from llmops.pipeline.run import Inference, filled_usage, infer, request_rejected
-from llmops.pipeline.types import InferenceRequest, InferenceResult, new_request_id
+from llmops.pipeline.types import InferenceRequest, InferenceResult, new_request_id, upstream_calls
 
 __all__ = [
     "Inference",
@@ -12,4 +12,5 @@ __all__ = [
     "infer",
     "new_request_id",
     "request_rejected",
+    "upstream_calls",
 ]

@@ -51,3 +51,12 @@ class InferenceResult:
     attempts: list[AttemptRecord] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the answer
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def upstream_calls(self) -> int:
+        """The calls made to models (a model skipped for its open breaker was not called)."""
+        return upstream_calls(self.attempts)
+
+
+def upstream_calls(attempts: list[AttemptRecord]) -> int:
+    return sum(1 for attempt in attempts if attempt.outcome != "breaker_open")

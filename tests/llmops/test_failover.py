@@ -71,6 +71,8 @@ def gateway(upstream_under_test, settings):
     settings.LLMOPS_REQUEST_DEADLINE_S = 5.0
     settings.LLMOPS_BREAKER_FAILURES = 1000
     settings.LLMOPS_BREAKER_FAILURE_RATE = 0.5
+    settings.LLMOPS_BREAKER_MIN_CALLS = 1
+    settings.LLMOPS_BREAKER_CONSECUTIVE_FAILURES = 1000
     settings.LLMOPS_BREAKER_COOLDOWN_S = 0.3
     settings.LLMOPS_BREAKER_SYNC_S = 0.0
     saved = SharedStateHealth.errors, SharedStateHealth.last_logged, SharedStateHealth.down_until
@@ -462,6 +464,57 @@ async def test_a_few_failures_among_many_successes_leave_the_breaker_closed(
     assert breaker_for(PRIMARY).state == "closed"  # 3 of 10: under the 50% rate
     assert (await chat(http, api_key)).headers["x-llmops-model"] == PRIMARY
     assert len(primary.requests) == 11
+
+
+async def test_a_window_with_too_few_calls_does_not_open_the_breaker(http, api_key, primary, backup, breaker_settings):
+    breaker_settings.LLMOPS_BREAKER_MIN_CALLS = 10
+    primary.fail(500, times=4)
+    for _ in range(4):
+        assert (await chat(http, api_key)).status_code == 200  # each answered by the fallback
+    assert breaker_for(PRIMARY).state == "closed"  # 4 of 4 failed, but 4 calls prove little
+    assert (await chat(http, api_key)).headers["x-llmops-model"] == PRIMARY
+
+
+async def test_failures_in_a_row_open_a_busy_models_breaker_whatever_its_rate(
+    http, api_key, primary, backup, breaker_settings
+):
+    breaker_settings.LLMOPS_BREAKER_FAILURES = 1000  # the rate rule alone would never open it
+    breaker_settings.LLMOPS_BREAKER_CONSECUTIVE_FAILURES = 4
+    breaker_settings.LLMOPS_BREAKER_COOLDOWN_S = 30
+    for _ in range(20):
+        await chat(http, api_key)
+    primary.fail(500, times=50)
+    for _ in range(6):
+        assert (await chat(http, api_key)).headers["x-llmops-model"] == BACKUP
+    assert len(primary.requests) == 20 + 4  # opened by the fourth failure in a row
+
+
+async def test_a_late_failure_of_a_call_made_before_the_breaker_opened_does_not_extend_its_cool_down(
+    breaker_settings,
+):
+    breaker_settings.LLMOPS_BREAKER_COOLDOWN_S = 0.3
+    breaker = breaker_for("late-model")
+    early = await breaker.allow()  # let through while closed, answers after the breaker opened
+    for _ in range(3):
+        await breaker.failed(await breaker.allow())
+    opened_until = breaker.opened_until
+    assert opened_until
+    await asyncio.sleep(0.1)
+    await breaker.failed(early)
+    assert breaker.opened_until == opened_until
+
+
+async def test_a_model_skipped_for_its_open_breaker_is_not_counted_as_an_attempt(
+    http, api_key, primary, backup, breaker_settings
+):
+    breaker_settings.LLMOPS_BREAKER_COOLDOWN_S = 30
+    await open_breaker(http, api_key, primary)
+    response = await chat(http, api_key)
+    assert response.headers["x-llmops-model"] == BACKUP
+    assert response.headers["x-llmops-attempts"] == "1"  # one call made: the fallback's
+    assert response.json()["llmops"]["attempts"] == 1
+    *_, metric = await flushed_metrics()
+    assert outcomes(metric) == [(PRIMARY, "breaker_open"), (BACKUP, "ok")]  # the skip is kept in the metric
 
 
 async def test_an_open_breaker_with_no_fallback_answers_503_with_retry_after(http, api_key, primary, breaker_settings):
