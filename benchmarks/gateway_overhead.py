@@ -53,6 +53,7 @@ from benchmarks._harness import (
     LoadResult,
     fmt,
     gateway_env,
+    gateway_script,
     percentile,
     prepare_gateway,
     raise_open_files,
@@ -85,6 +86,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1.0,
         help="LLMOPS_METRICS_FLUSH_INTERVAL_S for the gateway (default 1.0, the gateway's default)",
     )
+    parser.add_argument(
+        "--key-limits",
+        action="store_true",
+        help="give the benchmark's key requests and tokens per minute and a budget (never reached), so every "
+        "request pays for the limits step",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        default="",
+        help="serve the gateway with REDIS_URL=URL (answer cache, breakers and key limits in Redis); "
+        "e.g. redis://127.0.0.1:6379/14",
+    )
     args = parser.parse_args(argv)
     for name in ("sequential", "requests", "concurrency", "stream_sequential", "stream_requests", "output_tokens"):
         if getattr(args, name) < 1:
@@ -92,6 +106,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.warmup < 0 or args.flush_interval < 0:
         parser.error("--warmup and --flush-interval must not be negative")
     return args
+
+
+# Limits far above what the benchmark sends: every request is checked and reserved, none refused.
+KEY_LIMITS = """
+from llmops.models import ApiKey
+ApiKey.objects.filter(name="benchmark").update(
+    requests_per_minute=10_000_000, tokens_per_minute=1_000_000_000, budget_usd=1_000_000
+)
+"""
 
 
 def body_builder(port: int, key: str | None, *, stream: bool, output_tokens: int):
@@ -213,10 +236,18 @@ async def run(args: argparse.Namespace) -> int:
         env = gateway_env(
             workdir,
             # LLMOPS_GC_STATS: the gateway's /healthz reports its garbage-collector pauses.
-            {"LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval), "LLMOPS_GC_STATS": "1"},
+            {
+                "LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval),
+                "LLMOPS_GC_STATS": "1",
+                **({"REDIS_URL": args.redis} if args.redis else {}),
+            },
         )
         set_up = time.perf_counter()
         key = prepare_gateway(env)
+        if args.key_limits:
+            gateway_script(env, KEY_LIMITS)
+        if args.redis:
+            gateway_script(env, "from django.core.cache import caches; caches['answers'].clear()")
         gateway = Daphne("llmops.asgi:application", env, workdir, "gateway")
         baseline = Daphne("benchmarks.echo_asgi:application", env, workdir, "baseline")
         try:
@@ -268,6 +299,10 @@ async def run(args: argparse.Namespace) -> int:
             print()
             print("overhead = gateway - baseline; ratio = gateway / baseline (same client, same daphne, same run).")
             print("DESIGN.md aims for under 1 ms of gateway CPU per request (server CPU row).")
+            print(
+                f"gateway profile: {'Redis ' + args.redis if args.redis else 'embedded (local memory)'}; "
+                f"key limits: {'RPM, TPM and a budget set' if args.key_limits else 'none'}"
+            )
             print("\n".join(gc_lines))
             health = gateway.wait_ready("/healthz")
             written = metric_rows(str(workdir / "gateway.sqlite3"))
