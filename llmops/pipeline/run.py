@@ -1,7 +1,7 @@
 """The one runner: every request, whole or streamed, from REST, the WebSocket or a batch,
 goes through `Inference`:
 
-    open():   authorize -> resolve -> admit -> route -> cache step
+    open():   authorize -> resolve -> admit (rate limits, budget) -> route -> cache step
     first():  the attempt loop (llmops.pipeline.attempts), up to the first piece
     iterate:  the rest of the answer
     finish:   give back what was taken (slot, reservation, cache slot), cost, one outcome
@@ -109,6 +109,7 @@ class Inference:
         self.cache_status = "miss"
         self.requested: EndpointConfig | None = None
         self._resolved: steps.Resolved | None = None
+        self._candidates: list[EndpointConfig] = []
         self._admission: Admission | None = None
         self._slot: CacheSlot | None = None
         self._hit: CacheHit | None = None
@@ -139,6 +140,7 @@ class Inference:
             self._resolved = resolved = await steps.resolve(self.request)
             self.requested = resolved.endpoint
             self._admission = await steps.admit(key, resolved)
+            self._candidates = await steps.route(resolved.endpoint)
             found = await cache_step(resolved.cache)
             if isinstance(found, CacheHit):
                 self._hit = found
@@ -157,14 +159,13 @@ class Inference:
         assert resolved is not None, "open() first"
         try:
             if self._upstream is None:
-                candidates = await steps.route(resolved.endpoint)
                 deadline = (
                     asyncio.get_running_loop().time()
                     + settings.LLMOPS_REQUEST_DEADLINE_S
                     - (time.perf_counter() - self.request.started)
                 )
                 self._opened = await attempt_loop(
-                    candidates, resolved.call, stream=self.stream, deadline=deadline, attempts=self.attempts
+                    self._candidates, resolved.call, stream=self.stream, deadline=deadline, attempts=self.attempts
                 )
                 self._upstream = self._opened.rest
                 self._first = self._opened.first
