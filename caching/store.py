@@ -20,6 +20,8 @@ from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import F
+from django.dispatch import receiver
+from django.test.signals import setting_changed
 
 from caching.models import CacheEntry
 from llmops.buffered import BufferedWriter
@@ -102,8 +104,23 @@ class Breaker:
 HotLayerHealth = Breaker("The answer cache's hot layer")
 
 
+_backend: Any = None
+
+
 def _answers() -> Any:
-    return caches["answers"]
+    # Once per process: `caches[...]` builds a new backend object for every async context,
+    # that is for every request, and each one is garbage for the collector afterwards.
+    global _backend
+    if _backend is None:
+        _backend = caches["answers"]
+    return _backend
+
+
+@receiver(setting_changed)
+def _caches_changed(*, setting: str, **_: Any) -> None:
+    global _backend
+    if setting == "CACHES":
+        _backend = None
 
 
 async def _call(method: str, *args: Any) -> Any:
