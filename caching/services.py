@@ -22,7 +22,8 @@ from django.utils import timezone
 from caching.keys import answer_keys
 from caching.models import CacheEntry
 from caching.policies import PolicyConfig
-from caching.store import Breaker, CachedAnswer, entry_record, hit_record, hot_get, hot_set
+from caching.store import CachedAnswer, entry_record, hit_record, hot_get, hot_set
+from llmops.fail_open import FailOpen
 from llmops.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ _groups: OrderedDict[GroupId, _Group] = OrderedDict()
 _group_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[GroupId, asyncio.Lock]] = (
     weakref.WeakKeyDictionary()
 )
-SemanticHealth = Breaker("The semantic cache")
+SemanticHealth = FailOpen("The semantic cache failed", "requests go on without it", logger)
 
 
 def _group_id(plan: CachePlan, vector: Any) -> GroupId:

@@ -7,7 +7,6 @@ and the hot layer is skipped for LLMOPS_CACHE_RETRY_AFTER_S seconds, which are m
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,6 @@ from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
@@ -25,12 +23,12 @@ from django.test.signals import setting_changed
 
 from caching.models import CacheEntry
 from llmops.buffered import BufferedWriter
+from llmops.fail_open import FailOpen
 from llmops.usage import Usage
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "llmops:answer:"
-LOG_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -61,47 +59,7 @@ class CachedAnswer:
         return cls(key, data["text"], data["finish_reason"], Usage(*data["usage"]), Decimal(data["cost_usd"]))
 
 
-class Breaker:
-    """A part the cache can do without (the hot layer, an embedder): its errors are counted
-    and logged at most once a minute, and after one it is skipped for a while; then a
-    single request tries it again while the others keep skipping it."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.errors = 0
-        self.bypassed = 0
-        self.down_until = 0.0
-        self.last_logged = 0.0
-
-    def usable(self) -> bool:
-        now = time.monotonic()
-        if now < self.down_until:
-            self.bypassed += 1
-            return False
-        if self.down_until:
-            # Recovering: this request probes; the others skip until it has succeeded.
-            self.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
-        return True
-
-    def succeeded(self) -> None:
-        self.down_until = 0.0
-
-    def failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self.errors += 1
-        self.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
-        if now - self.last_logged >= LOG_EVERY_S:
-            self.last_logged = now
-            logger.warning(
-                "%s failed (%s: %s); requests go on without it. %d errors so far.",
-                self.what,
-                type(exc).__name__,
-                exc,
-                self.errors,
-            )
-
-
-HotLayerHealth = Breaker("The answer cache's hot layer")
+HotLayerHealth = FailOpen("The answer cache's hot layer failed", "requests go on without it", logger)
 
 
 _backend: Any = None

@@ -13,7 +13,7 @@ from django.utils.cache import add_never_cache_headers
 
 from llmops.auth import key_material
 from llmops.breakers import breaker_for
-from llmops.keys import api_key_update
+from llmops.keys import EDITABLE_FIELDS, api_key_update
 from llmops.models import ApiKey, BudgetPeriod, ModelEndpoint, PromptTemplate
 
 
@@ -87,16 +87,7 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = (
-            "name",
-            "owner",
-            "is_active",
-            "expires_at",
-            "requests_per_minute",
-            "tokens_per_minute",
-            "budget_usd",
-            "budget_period",
-        )
+        fields = EDITABLE_FIELDS
 
     def clean_budget_period(self) -> str:
         return self.cleaned_data.get("budget_period") or self.instance.budget_period or BudgetPeriod.MONTH

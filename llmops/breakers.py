@@ -30,13 +30,13 @@ from typing import Any
 
 from django.conf import settings
 
+from llmops.fail_open import FailOpen
 from llmops.shared_redis import redis_for
 
 logger = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 PREFIX = "llmops:breaker:"
-LOG_EVERY_S = 60.0
 
 # KEYS: window hash, state key. ARGV: now_ms, window_ms, failures, rate, successes,
 # cooldown_ms, min_calls. Returns the time (ms) until which the breaker is open, or 0.
@@ -56,33 +56,16 @@ return 0
 """
 
 
-class SharedStateHealth:
-    """Redis errors met by the breakers (each one means the breakers went on in process)."""
+# Redis errors met by the breakers (each one means the breakers went on in process).
+SharedStateHealth = FailOpen("Circuit breakers could not reach Redis", "they go on in this process", logger)
 
-    errors = 0
-    last_logged = 0.0
-    down_until = 0.0
 
-    @classmethod
-    def url(cls) -> str:
-        """REDIS_URL, or "" while Redis is set aside after an error (a hung Redis must not
-        add its timeout to request after request)."""
-        if not settings.REDIS_URL or time.monotonic() < cls.down_until:
-            return ""
-        return settings.REDIS_URL
-
-    @classmethod
-    def failed(cls, exc: BaseException) -> None:
-        cls.errors += 1
-        now = time.monotonic()
-        cls.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
-        if now - cls.last_logged >= LOG_EVERY_S:
-            cls.last_logged = now
-            logger.warning(
-                "Circuit breakers could not reach Redis (%s); they go on in this process. %d errors so far.",
-                type(exc).__name__,
-                cls.errors,
-            )
+def _shared_url() -> str:
+    """REDIS_URL, or "" while Redis is set aside after an error (a hung Redis must not add
+    its timeout to request after request). No probing here: the breakers' calls are few."""
+    if not settings.REDIS_URL or time.monotonic() < SharedStateHealth.down_until:
+        return ""
+    return settings.REDIS_URL
 
 
 @dataclass(slots=True)
@@ -139,7 +122,7 @@ class ModelBreaker:
 
     async def allow(self) -> Permit | None:
         """A permit to call the model, or None while the breaker is open."""
-        url = SharedStateHealth.url()
+        url = _shared_url()
         if url and time.monotonic() - self.synced_at >= settings.LLMOPS_BREAKER_SYNC_S:
             await self._sync(url)
         if not self.opened_until:
@@ -161,7 +144,7 @@ class ModelBreaker:
         if permit.probe:
             self.probing = False
             self._close()
-            url = SharedStateHealth.url()
+            url = _shared_url()
             if url:
                 try:
                     await redis_for(url).delete(*self._keys(), PREFIX + "probe:" + self.model)
@@ -174,13 +157,13 @@ class ModelBreaker:
         if permit.probe:
             self.probing = False
             self._open(time.time() + settings.LLMOPS_BREAKER_COOLDOWN_S, again=True)
-            url = SharedStateHealth.url()
+            url = _shared_url()
             if url:
                 await self._share_open(url)
             return
         if self.opened_until:
             return  # a call let through before it opened: neither extends the cool-down
-        url = SharedStateHealth.url()
+        url = _shared_url()
         if url:
             try:
                 opened_until = await self._report_failure(url)
@@ -206,7 +189,7 @@ class ModelBreaker:
         this process or, once its claim in Redis is dropped, by any other."""
         if permit.probe:
             self.probing = False
-            url = SharedStateHealth.url()
+            url = _shared_url()
             if url:
                 task = asyncio.get_running_loop().create_task(self._drop_probe_claim(url))
                 _background.add(task)

@@ -13,23 +13,22 @@ from typing import Any
 from llmops.models import ApiKey
 
 # The hash and prefix identify the key itself: never edited, a new key is made instead.
-EDITABLE_FIELDS = frozenset(
-    {
-        "name",
-        "owner",
-        "is_active",
-        "expires_at",
-        "requests_per_minute",
-        "tokens_per_minute",
-        "budget_usd",
-        "budget_period",
-    }
+# In the order the admin shows them.
+EDITABLE_FIELDS = (
+    "name",
+    "owner",
+    "is_active",
+    "expires_at",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "budget_usd",
+    "budget_period",
 )
 
 
 def api_key_update(*, key: ApiKey, **fields: Any) -> ApiKey:
     """Set `fields` on the key and save them; raises ValidationError on a bad value."""
-    unknown = set(fields) - EDITABLE_FIELDS
+    unknown = set(fields).difference(EDITABLE_FIELDS)
     if unknown:
         raise TypeError(f"Not an editable API key field: {', '.join(sorted(unknown))}")
     if not fields:

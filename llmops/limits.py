@@ -58,13 +58,13 @@ from redis.exceptions import NoScriptError
 
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import GatewayError
+from llmops.fail_open import FailOpen
 from llmops.shared_redis import redis_for
 
 logger = logging.getLogger(__name__)
 
 WINDOW_US = 60_000_000  # the minute of RPM and TPM, in microseconds
 FLUSH_DELAY_S = 0.05
-LOG_EVERY_S = 60.0
 NANO = Decimal(1_000_000_000)
 NO_LIMIT = -1
 
@@ -141,46 +141,19 @@ class _NoHeaders(dict[str, str]):
 NO_HEADERS: dict[str, str] = _NoHeaders()
 
 
-class LimitsHealth:
+class _LimitsHealth(FailOpen):
     """Redis errors met by the limiter, and the admissions it let through unchecked."""
 
-    errors = 0
-    failed_open = 0
-    down_until = 0.0
-    last_logged = 0.0
+    def __init__(self) -> None:
+        super().__init__("Key limits could not reach Redis", "requests are admitted unchecked", logger)
+        self.failed_open = 0
 
-    @classmethod
-    def usable(cls) -> bool:
-        now = time.monotonic()
-        if now < cls.down_until:
-            return False
-        if cls.down_until:
-            # Recovering: this admission probes; the others skip until it has succeeded.
-            cls.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
-        return True
+    def reset(self) -> None:
+        super().reset()
+        self.failed_open = 0
 
-    @classmethod
-    def succeeded(cls) -> None:
-        cls.down_until = 0.0
 
-    @classmethod
-    def failed(cls, exc: BaseException) -> None:
-        cls.errors += 1
-        now = time.monotonic()
-        cls.down_until = now + settings.LLMOPS_CACHE_RETRY_AFTER_S
-        if now - cls.last_logged >= LOG_EVERY_S:
-            cls.last_logged = now
-            # The exception's type only: a Redis error may quote the URL, password included.
-            logger.warning(
-                "Key limits could not reach Redis (%s); requests are admitted unchecked. %d errors so far.",
-                type(exc).__name__,
-                cls.errors,
-            )
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.errors = cls.failed_open = 0
-        cls.down_until = cls.last_logged = 0.0
+LimitsHealth = _LimitsHealth()
 
 
 def limits_health() -> dict[str, Any]:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+from collections.abc import Callable
 
 import httpx2
 import openai
@@ -134,3 +137,42 @@ async def flushed_metrics(**filters) -> list[QueryMetric]:
 
 async def add_endpoint(**fields) -> ModelEndpoint:
     return await ModelEndpoint.objects.acreate(**fields)
+
+
+def stream_scope(api_key: str) -> dict:
+    """The ASGI scope of a POST to /v1/chat/completions with this key."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {api_key}".encode()), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+
+
+async def sse_client_that_leaves(asgi_app, key: str, body: dict, *, leave_when: Callable[[list[dict]], bool]):
+    """A raw ASGI client (httpx's ASGITransport buffers whole bodies): it reads the
+    response as it is sent and disconnects once `leave_when(messages so far)` holds."""
+    pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    left = asyncio.Event()
+    sent: list[dict] = []
+
+    async def receive():
+        if pending:
+            return pending.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if leave_when(sent):
+            left.set()
+
+    await asyncio.wait_for(asgi_app(stream_scope(key), receive, send), timeout=5)
+    return sent

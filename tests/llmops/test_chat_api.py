@@ -7,7 +7,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.conftest import auth, flushed_metrics, sse_events
+from tests.conftest import auth, flushed_metrics, sse_client_that_leaves, sse_events, stream_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -122,22 +122,6 @@ async def test_a_bad_prompt_reference_is_a_400(sdk, extra, message):
     assert message in caught.value.body["message"]
 
 
-def stream_scope(api_key: str) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {api_key}".encode()), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
-
-
 async def test_a_client_that_leaves_before_the_first_chunk_frees_the_upstream_call(asgi_app, api_key, seeded):
     from llmops.upstream import InFlight
 
@@ -179,22 +163,10 @@ async def test_a_client_that_leaves_mid_stream_stops_the_upstream_call(asgi_app,
         "stream": True,
         "simulate": {"ttft_ms": 0, "tokens_per_s": 50, "output_tokens": 500},
     }
-    pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
-    left = asyncio.Event()
-    sent: list[dict] = []
-
-    async def receive():
-        if pending:
-            return pending.pop()
-        await left.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-        if sum(m["type"] == "http.response.body" for m in sent) == 4:
-            left.set()  # the user closed the tab after a few tokens
-
-    await asyncio.wait_for(asgi_app(stream_scope(api_key), receive, send), timeout=5)
+    # The user closes the tab after a few tokens.
+    sent = await sse_client_that_leaves(
+        asgi_app, api_key, body, leave_when=lambda sent: sum(m["type"] == "http.response.body" for m in sent) == 4
+    )
     assert sent[0]["status"] == 200
     assert InFlight.current == 0
     [metric] = await flushed_metrics()

@@ -29,7 +29,7 @@ from llmops.breakers import ModelBreaker, SharedStateHealth, breaker_for
 from llmops.limits import budget_spent, limits_reset
 from llmops.models import ApiKey, ModelEndpoint
 from llmops.upstream import InFlight
-from tests.conftest import add_endpoint, auth, flushed_metrics, sse_events
+from tests.conftest import add_endpoint, auth, flushed_metrics, sse_client_that_leaves, sse_events
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.upstream import running
 
@@ -161,41 +161,6 @@ async def healthz_breakers(http) -> dict[str, dict[str, Any]]:
     body = response.json()
     assert "breakers" in body, f"/healthz has no breakers key: {sorted(body)}"
     return body["breakers"]
-
-
-async def sse_client_that_leaves(asgi_app, key: str, body: dict, *, leave_when: Callable[[list[dict]], bool]):
-    """A raw ASGI client (httpx's ASGITransport buffers whole bodies): it reads the
-    response as it is sent and disconnects once `leave_when(messages so far)` holds."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": URL,
-        "raw_path": URL.encode(),
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
-    pending = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
-    left = asyncio.Event()
-    sent: list[dict] = []
-
-    async def receive():
-        if pending:
-            return pending.pop()
-        await left.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-        if leave_when(sent):
-            left.set()
-
-    await asyncio.wait_for(asgi_app(scope, receive, send), timeout=5)
-    return sent
 
 
 def keep_alive_once(fake: FakeOpenAI) -> Callable[[list[dict]], bool]:
