@@ -64,6 +64,7 @@ class ModelEndpointAdmin(admin.ModelAdmin):
             },
         ),
         ("Limits", {"fields": ("context_window", "max_concurrency")}),
+        ("Routing priors", {"fields": ("latency_prior_ms", "quality_prior"), "classes": ("collapse",)}),
         ("Simulation", {"fields": ("simulation",), "classes": ("collapse",)}),
     )
 

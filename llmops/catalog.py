@@ -35,6 +35,8 @@ class EndpointConfig:
     simulation: dict[str, Any]
     enabled: bool
     fallbacks: tuple[str, ...] = ()
+    latency_prior_ms: float | None = None
+    quality_prior: float | None = None
 
     @classmethod
     def from_model(cls, row: ModelEndpoint) -> EndpointConfig:
@@ -54,6 +56,8 @@ class EndpointConfig:
             simulation=dict(row.simulation or {}),
             enabled=row.enabled,
             fallbacks=tuple(row.fallback_names),
+            latency_prior_ms=None if row.latency_prior_ms is None else float(row.latency_prior_ms),
+            quality_prior=row.quality_prior,
         )
 
 

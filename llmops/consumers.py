@@ -22,7 +22,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from llmops import catalog
-from llmops.api.chat import chat_request_data, inference_request, usd
+from llmops.api.chat import chat_request_data, inference_request, route_body, usd
 from llmops.auth import api_key_for_staff
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import GatewayError
@@ -174,6 +174,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     "latency_ms": round(result.latency_ms, 3),
                     "ttft_ms": None if result.ttft_ms is None else round(result.ttft_ms, 3),
                     "finish_reason": result.finish_reason,
+                    **route_body(result),
                 }
             )
         except asyncio.CancelledError:

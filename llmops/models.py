@@ -87,6 +87,16 @@ class ModelEndpoint(models.Model):
         blank=True,
         help_text="Catalog models to try, in order, when this one fails or its breaker is open (comma-separated).",
     )
+    latency_prior_ms = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Expected p95 latency, for routing under limits until enough requests were measured.",
+    )
+    quality_prior = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Expected quality from 0 to 1, for routing under limits until an evaluation measured it.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -105,6 +115,8 @@ class ModelEndpoint(models.Model):
             raise ValidationError({"batch_discount": "Must be between 0 and 1."})
         if self.provider != Provider.SIMULATED and self.simulation:
             raise ValidationError({"simulation": "Only simulated models take simulation settings."})
+        if self.quality_prior is not None and not 0 <= self.quality_prior <= 1:
+            raise ValidationError({"quality_prior": "Must be between 0 and 1."})
         names = self.fallback_names
         if self.name in names:
             raise ValidationError({"fallbacks": "A model cannot fall back to itself."})

@@ -13,6 +13,7 @@ from typing import Any
 
 from caching.models import CachePolicy
 from llmops.models import ModelEndpoint, PromptTemplate
+from routing.models import Cascade, CascadeStep, Route, RouteRule
 
 PRICES_READ_ON = datetime.date(2026, 11, 24)
 
@@ -130,6 +131,71 @@ def _cloud_row(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# A cascade that shows routing at once: the local model answers, and when its answer is not
+# one of the labels or its tokens were unlikely (mean probability under the threshold that
+# `manage.py evaluate --fit` tunes), sim-large is asked.
+SENTIMENT_CASCADE: dict[str, Any] = {
+    "name": "sentiment",
+    "description": "The local model first; sim-large when its answer fails the label set or confidence check.",
+    "steps": [
+        {
+            "position": 0,
+            "model": "smollm2-135m",
+            "labels": "positive, negative, neutral",
+            "confidence": "mean",
+            "threshold": 0.5,
+        },
+        {"position": 1, "model": "sim-large"},
+    ],
+}
+ROUTES: list[dict[str, Any]] = [
+    {
+        "name": "sentiment",
+        "task_type": "classification",
+        "description": "Sentiment through the sentiment cascade (use the sentiment prompt).",
+        "strategy": "cascade",
+        "cascade": "sentiment",
+    },
+    {
+        "name": "support",
+        "description": "Short questions to sim-small, hard or long ones to sim-large.",
+        "strategy": "single",
+        "model_names": "sim-small",
+        "rules": [
+            {
+                "position": 0,
+                "name": "hard or long",
+                "complexities": "high",
+                "strategy": "single",
+                "model_names": "sim-large",
+            },
+            {"position": 1, "name": "long", "min_input_tokens": 2000, "strategy": "single", "model_names": "sim-large"},
+        ],
+    },
+]
+
+
+def routes_seed() -> list[str]:
+    created: list[str] = []
+    cascade, was_created = Cascade.objects.get_or_create(
+        name=SENTIMENT_CASCADE["name"], defaults={"description": SENTIMENT_CASCADE["description"]}
+    )
+    if was_created:
+        for step in SENTIMENT_CASCADE["steps"]:
+            CascadeStep.objects.create(cascade=cascade, **step)
+        created.append(f"cascade {cascade.name}")
+    for entry in ROUTES:
+        fields = {k: v for k, v in entry.items() if k not in ("name", "rules", "cascade")}
+        if entry.get("cascade"):
+            fields["cascade"] = Cascade.objects.get(name=entry["cascade"])
+        route, was_created = Route.objects.get_or_create(name=entry["name"], defaults=fields)
+        if was_created:
+            for rule in entry.get("rules", []):
+                RouteRule.objects.create(route=route, **rule)
+            created.append(f"route {route.name}")
+    return created
+
+
 def catalog_seed() -> list[str]:
     """Create the missing seed rows; return the names created."""
     created: list[str] = []
@@ -147,4 +213,4 @@ def catalog_seed() -> list[str]:
         )
         if was_created:
             created.append(f"prompt {prompt['name']}@{prompt['version']}")
-    return created
+    return created + routes_seed()

@@ -275,6 +275,13 @@ LLMOPS_BREAKER_SYNC_S = env_float("LLMOPS_BREAKER_SYNC_S", 0.5, minimum=0.0)
 LLMOPS_CACHE_JOIN_TIMEOUT_S = env_float("LLMOPS_CACHE_JOIN_TIMEOUT_S", 150.0, minimum=0.01)
 # The output a request is assumed to use, for its limits, when it sets no max_tokens.
 LLMOPS_ESTIMATED_OUTPUT_TOKENS = env_int("LLMOPS_ESTIMATED_OUTPUT_TOKENS", 256, minimum=1)
+# Routing under a request's limits reads what was measured over this window, from requests
+# answered by each option (a model, or a cascade), refreshed in the background this often;
+# an option with fewer samples than LLMOPS_ROUTING_MIN_SAMPLES is judged by the catalog's priors.
+LLMOPS_ROUTING_WINDOW_S = env_float("LLMOPS_ROUTING_WINDOW_S", 24 * 3600.0, minimum=1.0)
+LLMOPS_ROUTING_MIN_SAMPLES = env_int("LLMOPS_ROUTING_MIN_SAMPLES", 20, minimum=1)
+LLMOPS_ROUTING_STATS_TTL_S = env_float("LLMOPS_ROUTING_STATS_TTL_S", 30.0, minimum=0.0)
+LLMOPS_ROUTING_STATS_MAX_ROWS = env_int("LLMOPS_ROUTING_STATS_MAX_ROWS", 2000, minimum=1)
 LLMOPS_CONFIG_TTL_S = env_float("LLMOPS_CONFIG_TTL_S", 2.0, minimum=0.0)
 LLMOPS_METRICS_FLUSH_INTERVAL_S = env_float("LLMOPS_METRICS_FLUSH_INTERVAL_S", 1.0, minimum=0.0)
 LLMOPS_METRICS_BATCH_SIZE = env_int("LLMOPS_METRICS_BATCH_SIZE", 500, minimum=1)

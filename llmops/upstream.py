@@ -21,20 +21,24 @@ from monitoring.outcomes import AttemptRecord, RequestOutcome, request_observed
 
 
 class InFlight:
-    """Upstream calls this process holds open right now, and the most it ever held."""
+    """Upstream calls this process holds open right now, in all and per model (routing's
+    least-in-flight balancing reads it), and the most it ever held."""
 
     current = 0
     peak = 0
+    by_model: dict[str, int] = {}
 
     @classmethod
-    def enter(cls) -> None:
+    def enter(cls, model: str) -> None:
         cls.current += 1
+        cls.by_model[model] = cls.by_model.get(model, 0) + 1
         if cls.current > cls.peak:
             cls.peak = cls.current
 
     @classmethod
-    def leave(cls) -> None:
+    def leave(cls, model: str) -> None:
         cls.current -= 1
+        cls.by_model[model] -= 1
 
 
 _semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
@@ -59,17 +63,18 @@ def _semaphore(endpoint: EndpointConfig) -> asyncio.Semaphore | None:
 class UpstreamSlot:
     """One upstream call's hold on its model: taken by `upstream_slot`, given back once."""
 
-    __slots__ = ("_semaphore", "held")
+    __slots__ = ("_semaphore", "held", "model")
 
-    def __init__(self, semaphore: asyncio.Semaphore | None) -> None:
+    def __init__(self, semaphore: asyncio.Semaphore | None, model: str) -> None:
         self._semaphore = semaphore
+        self.model = model
         self.held = True
-        InFlight.enter()
+        InFlight.enter(model)
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            InFlight.leave()
+            InFlight.leave(self.model)
             if self._semaphore is not None:
                 self._semaphore.release()
 
@@ -79,7 +84,7 @@ async def upstream_slot(endpoint: EndpointConfig) -> UpstreamSlot:
     semaphore = _semaphore(endpoint)
     if semaphore is not None:
         await semaphore.acquire()  # cancelled while waiting: nothing was taken
-    return UpstreamSlot(semaphore)
+    return UpstreamSlot(semaphore, endpoint.name)
 
 
 async def upstream_embed(endpoint: EndpointConfig, texts: list[str], *, api_key_id: int | None) -> Embeddings:

@@ -17,6 +17,11 @@ class QueryMetric(models.Model):
     endpoint = models.CharField(max_length=40, default="chat.completions")
     model = models.CharField(max_length=200, blank=True, db_index=True, help_text="The model the request named")
     answered_by = models.CharField(max_length=200, blank=True, help_text="The model that finally answered")
+    route = models.CharField(max_length=100, blank=True, help_text="The route the request went through, if any")
+    option = models.CharField(
+        max_length=120, blank=True, help_text="What answered: a model, or cascade:<name> (routing's measurements)"
+    )
+    quality_score = models.FloatField(null=True, blank=True, help_text="The answer's score from a cascade's checks")
     attempts = models.JSONField(
         default=list, blank=True, help_text="Every upstream attempt: model, outcome, latency_ms (and status)"
     )
@@ -43,7 +48,11 @@ class QueryMetric(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["model", "created_at"]), models.Index(fields=["api_key", "created_at"])]
+        indexes = [
+            models.Index(fields=["model", "created_at"]),
+            models.Index(fields=["api_key", "created_at"]),
+            models.Index(fields=["option", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return self.request_id

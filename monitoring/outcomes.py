@@ -17,20 +17,31 @@ ZERO = Decimal(0)
 
 @dataclass(slots=True)
 class AttemptRecord:
-    """One upstream call of a request: which model, how it ended, how long it took."""
+    """One upstream call of a request: which model, how it ended, how long it took; for a
+    cascade step also its checks' score and its cost (a judge's call is an attempt too)."""
 
     model: str
     outcome: str  # ok, error, timeout, rate_limited, unreachable, breaker_open, cancelled
     latency_ms: float
     status: int | None = None
+    score: float | None = None
+    cost_usd: Decimal | None = None
+    role: str = ""  # "" for an answer; "judge" for a judge's grading call
 
     def dump(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "model": self.model,
             "outcome": self.outcome,
             "latency_ms": round(self.latency_ms, 3),
             "status": self.status,
         }
+        if self.score is not None:
+            found["score"] = round(self.score, 4)
+        if self.cost_usd is not None:
+            found["cost_usd"] = format(self.cost_usd, "f")
+        if self.role:
+            found["role"] = self.role
+        return found
 
 
 @dataclass(slots=True)
@@ -44,6 +55,9 @@ class RequestOutcome:
     http_status: int
     latency_ms: float
     answered_by: str = ""
+    route: str = ""
+    option: str = ""  # what answered, as routing measures it: a model, or cascade:<name>
+    quality_score: float | None = None
     provider: str = ""
     prompt: str = ""
     stream: bool = False
@@ -67,6 +81,9 @@ def request_observed(outcome: RequestOutcome) -> None:
         endpoint=outcome.endpoint,
         model=outcome.model,
         answered_by=outcome.answered_by,
+        route=outcome.route,
+        option=outcome.option,
+        quality_score=outcome.quality_score,
         attempts=[attempt.dump() for attempt in outcome.attempts],
         provider=outcome.provider,
         prompt=outcome.prompt,

@@ -22,6 +22,7 @@ from llmops.models import ModelEndpoint
 from llmops.seed import catalog_seed
 from monitoring import recorder
 from monitoring.models import QueryMetric
+from routing.stats import MEASURED
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,6 +45,7 @@ def _isolated(settings):
     """Each test starts with no cached configuration, no buffered metrics, an empty cache."""
     settings.LLMOPS_METRICS_FLUSH_INTERVAL_S = 0  # tests flush metrics themselves
     catalog.reset()
+    MEASURED.reset()
     breakers_reset()
     recorder.METRICS.buffer.clear()
     ENTRIES.buffer.clear()

@@ -18,6 +18,7 @@ from llmops.api.serializers import (
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import InvalidRequest, first_validation_error
 from llmops.pipeline import InferenceRequest, InferenceResult
+from routing.services import limits_parsed
 
 # DRF deep-copies a serializer's fields for every new instance, which measured as a
 # seventh of a request's CPU. Validation is synchronous and runs only on the event loop's
@@ -43,7 +44,10 @@ def chat_request_data(payload: dict[str, Any]) -> dict[str, Any]:
     refused = unsupported_field(payload)
     if refused:
         raise InvalidRequest(f"{refused} is not supported by this gateway yet.", param=refused, code="unsupported")
-    return validated(CHAT_REQUEST, payload)
+    data = validated(CHAT_REQUEST, payload)
+    if "limits" in data:
+        data["limits"] = limits_parsed(data["limits"])
+    return data
 
 
 def inference_request(
@@ -60,6 +64,10 @@ def inference_request(
         simulate=data.get("simulate"),
         cache_mode=cache_mode,
         endpoint_kind=endpoint_kind,
+        task_type=data.get("task_type", ""),
+        complexity=data.get("complexity", ""),
+        metadata=data.get("metadata") or {},
+        limits=data.get("limits"),
     )
 
 
@@ -87,7 +95,20 @@ def gateway_body(result: InferenceResult) -> dict[str, Any]:
         "ttft_ms": None if result.ttft_ms is None else round(result.ttft_ms, 3),
         "simulated": result.simulated,
         "cache_write_tokens": result.usage.cache_write_tokens,
+        **route_body(result),
     }
+
+
+def route_body(result: InferenceResult) -> dict[str, Any]:
+    """How routing chose, and for a cascade each step: its model, score, cost, and whether
+    its answer was kept."""
+    if not result.route:
+        return {}
+    found: dict[str, Any] = {"route": result.route, "route_reason": result.route_reason}
+    if result.cascade:
+        found["cascade"] = result.cascade
+        found["quality"] = result.quality
+    return found
 
 
 def completion_body(result: InferenceResult) -> dict[str, Any]:

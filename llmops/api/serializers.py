@@ -6,7 +6,7 @@ from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from llmops.providers.simulated import LIMITS, validate_overrides
+from llmops.providers.simulated import ANSWER_CHOICES_MAX, ANSWER_MAX_CHARS, LIMITS, validate_overrides
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -41,16 +41,45 @@ class StopField(serializers.JSONField):
     pass
 
 
+# Exactly what validate_overrides takes: any string (null characters too) for the text.
 @extend_schema_field(
     {
         "type": "object",
         "properties": {
-            name: {"type": "number", "minimum": low, "maximum": high} for name, (low, high) in LIMITS.items()
+            **{name: {"type": "number", "minimum": low, "maximum": high} for name, (low, high) in LIMITS.items()},
+            "answer": {"type": "string", "maxLength": ANSWER_MAX_CHARS},
+            "answer_choices": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": ANSWER_MAX_CHARS},
+                "maxItems": ANSWER_CHOICES_MAX,
+            },
         },
         "additionalProperties": False,
     }
 )
 class SimulateField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {"type": "object", "additionalProperties": {"type": "string", "maxLength": 512}, "maxProperties": 16}
+)
+class MetadataField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "properties": {
+            "max_latency_ms": {"type": "number", "minimum": 0},
+            "max_cost_per_1k": {"type": "number", "minimum": 0},
+            "min_quality": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "additionalProperties": False,
+    }
+)
+class LimitsField(serializers.JSONField):
     pass
 
 
@@ -112,8 +141,43 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     variables = serializers.DictField(required=False, help_text="Values for the prompt template's variables.")
     cache = CacheOptionsSerializer(required=False, help_text="Per-request answer cache control.")
     simulate = SimulateField(
-        required=False, help_text="Simulated models only: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate."
+        required=False,
+        help_text=(
+            "Simulated models only: latency_ms, ttft_ms, tokens_per_s, output_tokens, error_rate, token_prob "
+            "(each token's reported probability); answer, answer_accuracy, answer_choices (a stand-in told the "
+            "correct answer: it gives it answer_accuracy of the time, otherwise another choice)."
+        ),
     )
+
+    task_type = serializers.CharField(
+        required=False,
+        max_length=50,
+        validators=[NOT_BLANK],
+        help_text="What the request is for (classification, extraction, ...): with model=auto, picks the route "
+        "mapped to it; routes' rules can match it.",
+    )
+    complexity = serializers.CharField(
+        required=False,
+        max_length=20,
+        validators=[NOT_BLANK],
+        help_text="low, medium, high (routes' rules can match it).",
+    )
+    metadata = MetadataField(required=False, help_text="Up to 16 string pairs; routes' rules can match them.")
+    limits = LimitsField(
+        required=False,
+        help_text="Routing limits (any subset): max_latency_ms, max_cost_per_1k (USD per 1,000 requests), "
+        "min_quality (0 to 1). The route picks the cheapest option that meets them, or answers 422.",
+    )
+
+    def validate_metadata(self, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict) or len(value) > 16:
+            raise serializers.ValidationError("Must be an object of at most 16 string values.")
+        for key, item in value.items():
+            if not isinstance(item, str) or len(key) > 64 or len(item) > 512:
+                raise serializers.ValidationError(
+                    "Keys must be strings of up to 64 characters, values strings of up to 512."
+                )
+        return value
 
     def validate_stop(self, value: Any) -> Any:
         if value is None or isinstance(value, str):
@@ -122,7 +186,7 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
             return value
         raise serializers.ValidationError("Must be a string or a list of up to 4 strings.")
 
-    def validate_simulate(self, value: Any) -> dict[str, float]:
+    def validate_simulate(self, value: Any) -> dict[str, Any]:
         try:
             return validate_overrides(value)
         except ValueError as exc:

@@ -44,10 +44,22 @@ class Opened:
     usage_seen: StreamDelta | None = None
 
 
+@dataclass(slots=True)
+class WholePiece(StreamDelta):
+    """A whole answer's one piece, with its token log-probabilities when they were asked for."""
+
+    logprobs: list[float] | None = None
+
+
 async def _whole(endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
     """A whole answer as a stream of one piece, so both kinds run through one loop."""
     completion = await provider_for(endpoint.provider).complete(endpoint, call)
-    yield StreamDelta(text=completion.text, finish_reason=completion.finish_reason, usage=completion.usage)
+    yield WholePiece(
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        usage=completion.usage,
+        logprobs=completion.logprobs,
+    )
 
 
 def upstream_iterator(endpoint: EndpointConfig, call: ProviderCall, *, stream: bool) -> AsyncIterator[StreamDelta]:

@@ -1,8 +1,9 @@
 """The one runner: every request, whole or streamed, from REST, the WebSocket or a batch,
 goes through `Inference`:
 
-    open():   authorize -> resolve -> admit (rate limits, budget) -> route -> cache step
-    first():  the attempt loop (llmops.pipeline.attempts), up to the first piece
+    open():   authorize -> resolve -> route -> admit (rate limits, budget) -> cache step
+    first():  the attempt loop (llmops.pipeline.attempts) over the route's candidates, or
+              the cascade (llmops.pipeline.cascade), up to the first piece
     iterate:  the rest of the answer
     finish:   give back what was taken (slot, reservation, cache slot), cost, one outcome
               to monitoring.request_observed
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -22,22 +22,22 @@ from django.conf import settings
 from django.utils import timezone
 
 from caching.services import CacheHit, CacheSlot, cache_step
-from caching.store import CachedAnswer
 from llmops.breakers import Permit
 from llmops.catalog import EndpointConfig
 from llmops.errors import GatewayError
 from llmops.limits import Admission
 from llmops.pipeline import steps
 from llmops.pipeline.attempts import Opened, attempt_loop, close_quietly, next_piece
+from llmops.pipeline.cascade import Spent, cascade_open
+from llmops.pipeline.replay import replayed
 from llmops.pipeline.types import InferenceRequest, InferenceResult
 from llmops.pricing import ZERO, cost_usd
 from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
 from llmops.usage import Usage, estimate_tokens
 from monitoring.outcomes import AttemptRecord, RequestOutcome, request_observed
+from routing.services import RoutePlan
 
 logger = logging.getLogger(__name__)
-
-WORD = re.compile(r"\S+\s*|\s+")
 
 
 def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> Usage:
@@ -51,6 +51,12 @@ def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> U
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
     )
+
+
+def header_text(text: str, limit: int = 500) -> str:
+    """Text fit for an HTTP header: printable ASCII, one line, not too long."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _elapsed_ms(request: InferenceRequest) -> float:
@@ -84,16 +90,6 @@ def request_rejected(request: InferenceRequest, error: GatewayError) -> None:
     )
 
 
-async def _replay(answer: CachedAnswer, *, stream: bool) -> AsyncIterator[StreamDelta]:
-    """A stored answer as the provider would have sent it: a word at a time when streamed."""
-    if stream:
-        for piece in WORD.findall(answer.text) or [answer.text]:
-            yield StreamDelta(text=piece)
-        yield StreamDelta(finish_reason=answer.finish_reason, usage=answer.served_usage)
-    else:
-        yield StreamDelta(text=answer.text, finish_reason=answer.finish_reason, usage=answer.served_usage)
-
-
 class Inference:
     """One request through the pipeline. `await open()` runs the steps that refuse bad
     input (400, 401, 404, 429); `await first()` waits for the first piece of the answer
@@ -109,7 +105,8 @@ class Inference:
         self.cache_status = "miss"
         self.requested: EndpointConfig | None = None
         self._resolved: steps.Resolved | None = None
-        self._candidates: list[EndpointConfig] = []
+        self.plan: RoutePlan | None = None
+        self._spent = Spent()
         self._admission: Admission | None = None
         self._slot: CacheSlot | None = None
         self._hit: CacheHit | None = None
@@ -132,20 +129,27 @@ class Inference:
 
     @property
     def headers(self) -> dict[str, str]:
-        return self._admission.headers if self._admission is not None else {}
+        """The key's rate-limit headers, and the route's."""
+        found = dict(self._admission.headers) if self._admission is not None else {}
+        plan = self.plan
+        if plan is not None and plan.route:
+            found["x-llmops-route"] = plan.route
+            found["x-llmops-route-reason"] = header_text(plan.reason)
+        return found
 
     async def open(self) -> None:
         try:
             key = await steps.authorize(self.request)
             self._resolved = resolved = await steps.resolve(self.request)
-            self.requested = resolved.endpoint
-            self._admission = await steps.admit(key, resolved)
-            self._candidates = await steps.route(resolved.endpoint)
-            found = await cache_step(resolved.cache)
+            self.plan = plan = await steps.route(self.request, resolved)
+            self.requested = plan.first
+            self._admission = await steps.admit(key, resolved, plan)
+            found = await cache_step(await steps.cache_plan_for(self.request, resolved, plan))
             if isinstance(found, CacheHit):
                 self._hit = found
                 self.cache_status = found.status
-                self._upstream = _replay(found.answer, stream=self.stream)
+                answer = found.answer
+                self._upstream = replayed(answer.text, answer.finish_reason, answer.served_usage, stream=self.stream)
             else:
                 self._slot = found
                 self.cache_status = found.status
@@ -155,8 +159,8 @@ class Inference:
 
     async def first(self) -> None:
         """Wait for the first piece of the answer (the time to first token)."""
-        resolved = self._resolved
-        assert resolved is not None, "open() first"
+        resolved, plan = self._resolved, self.plan
+        assert resolved is not None and plan is not None, "open() first"
         try:
             if self._upstream is None:
                 deadline = (
@@ -164,9 +168,19 @@ class Inference:
                     + settings.LLMOPS_REQUEST_DEADLINE_S
                     - (time.perf_counter() - self.request.started)
                 )
-                self._opened = await attempt_loop(
-                    self._candidates, resolved.call, stream=self.stream, deadline=deadline, attempts=self.attempts
-                )
+                if plan.cascade_steps:
+                    self._opened = await cascade_open(
+                        plan.cascade_steps,
+                        resolved.call,
+                        stream=self.stream,
+                        deadline=deadline,
+                        attempts=self.attempts,
+                        spent=self._spent,
+                    )
+                else:
+                    self._opened = await attempt_loop(
+                        plan.candidates, resolved.call, stream=self.stream, deadline=deadline, attempts=self.attempts
+                    )
                 self._upstream = self._opened.rest
                 self._first = self._opened.first
                 if self._opened.usage_seen is not None:
@@ -237,18 +251,25 @@ class Inference:
         if upstream is not None and not ok:
             await close_quietly(upstream)
         usage, cost, saved = Usage(), ZERO, ZERO
+        spent = self._spent
         if self._hit is not None:
             usage = self._hit.answer.served_usage if ok or self._text else Usage()
             saved = self._hit.answer.cost_usd
         elif opened is not None:
             usage = self._billed_usage(ok)
             cost = cost_usd(opened.endpoint, usage)
+        if spent.cost or spent.usage.input_tokens:
+            # A cascade also paid for the answers it rejected and for its judges.
+            spent.add(usage, cost)
+            usage, cost = spent.usage, spent.cost
         headers = self.headers
         admission, self._admission = self._admission, None
         if admission is not None:
             await admission.settle(tokens=usage.input_tokens + usage.output_tokens, cost=cost)
         answered = opened is not None or self._hit is not None
         endpoint = opened.endpoint if opened is not None else self.requested
+        plan = self.plan
+        route = plan.route if plan is not None else ""
         if ok:
             assert endpoint is not None
             self.result = InferenceResult(
@@ -267,6 +288,11 @@ class Inference:
                 simulated=endpoint.provider == "simulated",
                 attempts=self.attempts,
                 headers=headers,
+                route=route,
+                route_reason=plan.reason if plan is not None else "",
+                option=plan.option if plan is not None else endpoint.name,
+                quality=spent.quality,
+                cascade=spent.steps,
             )
         cancelled = isinstance(error, asyncio.CancelledError)
         http_status, error_type, message = _error_fields(None if cancelled else error)
@@ -281,6 +307,9 @@ class Inference:
                 http_status=499 if cancelled else http_status,
                 latency_ms=_elapsed_ms(self.request),
                 answered_by=endpoint.name if endpoint is not None and answered else "",
+                route=route,
+                option=plan.option if plan is not None and answered else "",
+                quality_score=spent.quality,
                 provider=endpoint.provider if endpoint is not None else "",
                 prompt=self._resolved.prompt_label if self._resolved is not None else "",
                 stream=self.stream,

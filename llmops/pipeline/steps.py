@@ -1,14 +1,16 @@
 """The pipeline's steps before the provider call, each one call with one result:
 
 authorize   the key as configured now (revoked or expired: 401)
-resolve     the model and the messages (a prompt template rendered)
+resolve     the messages (a prompt template rendered)
+route       routing's choice: the candidates in order (a model and its fallbacks, or a
+            cascade) and why
 admit       the key's rate limits and budget, reserving this request's estimate
-route       the candidates in order: the model asked for, then its fallbacks
 cache plan  how this request uses the answer cache (the lookup is caching's cache_step)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -16,22 +18,22 @@ from django.conf import settings
 from caching.policies import policy_get
 from caching.services import CachePlan, cache_plan
 from llmops import catalog
-from llmops.catalog import ApiKeyInfo, EndpointConfig
-from llmops.errors import AuthenticationFailed, InvalidRequest, NotFound
+from llmops.catalog import ApiKeyInfo
+from llmops.errors import AuthenticationFailed, InvalidRequest
 from llmops.limits import Admission, limits_admit
 from llmops.pipeline.types import InferenceRequest
-from llmops.pricing import cost_usd
+from llmops.pricing import ZERO, cost_usd
 from llmops.prompts import prompt_render
 from llmops.providers.base import ProviderCall
 from llmops.usage import Usage, estimate_tokens
+from routing.services import Features, RoutePlan, route_choose
 
 
 @dataclass(slots=True)
 class Resolved:
-    endpoint: EndpointConfig
     call: ProviderCall
     prompt_label: str
-    cache: CachePlan | None
+    prompt_name: str = ""
 
 
 async def authorize(request: InferenceRequest) -> ApiKeyInfo:
@@ -44,40 +46,61 @@ async def authorize(request: InferenceRequest) -> ApiKeyInfo:
 
 
 async def resolve(request: InferenceRequest) -> Resolved:
-    endpoint = await catalog.endpoint_get(request.model)
-    if endpoint is None or not endpoint.enabled:
-        raise NotFound(
-            f"The model {request.model!r} does not exist or is not enabled.", param="model", code="model_not_found"
-        )
     messages = request.messages
-    prompt_label = ""
+    prompt_label = prompt_name = ""
     if request.prompt:
         prompt, messages = await prompt_render(
             reference=request.prompt, variables=request.variables, messages=request.messages
         )
-        prompt_label = prompt.label
+        prompt_label, prompt_name = prompt.label, prompt.name
     if not messages:
         raise InvalidRequest("messages must be a non-empty list (or name a prompt).", param="messages")
-    if request.simulate and endpoint.provider != "simulated":
+    call = ProviderCall(messages=messages, params=request.params, simulate=request.simulate)
+    return Resolved(call, prompt_label, prompt_name)
+
+
+async def route(request: InferenceRequest, resolved: Resolved) -> RoutePlan:
+    """Routing's choice for this request (a model named directly: it, then its fallbacks)."""
+    messages = resolved.call.messages
+    features = Features(
+        task_type=request.task_type,
+        complexity=request.complexity,
+        prompt=resolved.prompt_name,
+        input_tokens=estimated_usage(resolved.call).input_tokens,
+        last_user=next((m["content"] for m in reversed(messages) if m["role"] == "user"), ""),
+        metadata=request.metadata,
+    )
+    plan = await route_choose(request.model, features, request.limits)
+    if request.simulate and not plan.route and plan.first.provider != "simulated":
         raise InvalidRequest("simulate applies only to simulated models.", param="simulate")
-    policy = await policy_get(endpoint.name)
-    plan = cache_plan(
+    return plan
+
+
+async def cache_plan_for(request: InferenceRequest, resolved: Resolved, plan: RoutePlan) -> CachePlan | None:
+    """A route's answers are cached under the route and its configuration, whichever of its
+    models answered; a model's under the model and where it runs."""
+    if plan.route:
+        name, target = f"route:{plan.route}", f"route:{plan.route}#{plan.fingerprint}"
+    else:
+        endpoint = plan.first
+        name, target = endpoint.name, f"{endpoint.provider}:{endpoint.upstream_model}@{endpoint.base_url}"
+    policy = await policy_get(name)
+    resolved.call.prompt_cache = bool(policy and policy.prompt_caching)
+    params = request.params
+    if request.simulate:
+        params = {**params, "simulate": request.simulate}
+    if request.limits is not None:
+        params = {**params, "limits": dataclasses.asdict(request.limits)}
+    return cache_plan(
         policy=policy,
-        model=endpoint.name,
-        target=f"{endpoint.provider}:{endpoint.upstream_model}@{endpoint.base_url}",
-        messages=messages,
-        params={**request.params, "simulate": request.simulate} if request.simulate else request.params,
-        prompt=prompt_label,
+        model=name,
+        target=target,
+        messages=resolved.call.messages,
+        params=params,
+        prompt=resolved.prompt_label,
         api_key_id=request.api_key.id,
         mode=request.cache_mode,
     )
-    call = ProviderCall(
-        messages=messages,
-        params=request.params,
-        simulate=request.simulate,
-        prompt_cache=bool(policy and policy.prompt_caching),
-    )
-    return Resolved(endpoint, call, prompt_label, plan)
 
 
 def estimated_usage(call: ProviderCall) -> Usage:
@@ -87,21 +110,9 @@ def estimated_usage(call: ProviderCall) -> Usage:
     return Usage(input_tokens=estimate_tokens("".join(m["content"] for m in call.messages)), output_tokens=output)
 
 
-async def admit(key: ApiKeyInfo, resolved: Resolved) -> Admission:
-    """Rate limits and budget, after the prompt resolved (tokens per minute need its size)."""
+async def admit(key: ApiKeyInfo, resolved: Resolved, plan: RoutePlan) -> Admission:
+    """Rate limits and budget, once the route is known (the estimate needs its prices: for a
+    cascade, every step's, as it may ask them all)."""
     usage = estimated_usage(resolved.call)
-    return await limits_admit(
-        key, tokens=usage.input_tokens + usage.output_tokens, cost=cost_usd(resolved.endpoint, usage)
-    )
-
-
-async def route(endpoint: EndpointConfig) -> list[EndpointConfig]:
-    """The candidates in order: the model asked for, then its enabled fallbacks."""
-    if not endpoint.fallbacks:
-        return [endpoint]
-    candidates = [endpoint]
-    for name in endpoint.fallbacks:
-        fallback = await catalog.endpoint_get(name)
-        if fallback is not None and fallback.enabled and fallback not in candidates:
-            candidates.append(fallback)
-    return candidates
+    cost = sum((cost_usd(endpoint, usage) for endpoint in plan.endpoints), ZERO)
+    return await limits_admit(key, tokens=usage.input_tokens + usage.output_tokens, cost=cost)

@@ -12,6 +12,7 @@ from llmops.catalog import ApiKeyInfo
 from llmops.pricing import ZERO
 from llmops.usage import Usage
 from monitoring.outcomes import AttemptRecord
+from routing.services import Limits
 
 
 def new_request_id() -> str:
@@ -28,6 +29,11 @@ class InferenceRequest:
     variables: dict[str, Any] = field(default_factory=dict)
     simulate: dict[str, float] | None = None
     cache_mode: str = "use"  # or "bypass" (neither read nor write the cache), "refresh" (write only)
+    # What routing looks at besides the messages (the OpenAI SDK sends them in extra_body).
+    task_type: str = ""
+    complexity: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    limits: Limits | None = None
     request_id: str = field(default_factory=new_request_id)
     endpoint_kind: str = "chat.completions"
     started: float = field(default_factory=time.perf_counter)
@@ -50,6 +56,11 @@ class InferenceResult:
     simulated: bool = False
     attempts: list[AttemptRecord] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)  # rate-limit headers for the answer
+    route: str = ""
+    route_reason: str = ""
+    option: str = ""  # what answered as routing measures it: the model, or cascade:<name>
+    quality: float | None = None  # the kept answer's score from a cascade's checks
+    cascade: list[dict[str, Any]] = field(default_factory=list)  # each step: model, score, kept, cost
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property

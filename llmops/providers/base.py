@@ -31,6 +31,9 @@ class ProviderCall:
     # Ask the provider to cache the static prefix (system prompt, earlier turns) where it
     # can: Anthropic's cache_control. A cache policy turns it on.
     prompt_cache: bool = False
+    # Ask for the answer's token log-probabilities (Completion.logprobs), for quality
+    # checks that score confidence. Whole answers only: streams do not carry them.
+    logprobs: bool = False
 
 
 @dataclass(slots=True)
@@ -39,6 +42,9 @@ class Completion:
     finish_reason: str
     usage: Usage
     simulated: bool = False
+    # The natural-log probability of each generated token of the answer, in order, when the
+    # call asked for them and the provider reports them (Anthropic never does); else None.
+    logprobs: list[float] | None = None
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 
 from llmops.catalog import EndpointConfig
@@ -85,6 +86,71 @@ def _arguments(call: ProviderCall) -> dict[str, Any]:
     return args
 
 
+class TokenLogprobs:
+    """A logits processor that records the log-probability of each token the model samples.
+
+    llama-cpp's own `logprobs` needs logits_all=True (the logits of every position kept,
+    hundreds of MB); this needs only the current position. It is called with the raw
+    logits for the next position (first in the sampler chain: before repeat penalties and
+    temperature, so these are the model's own probabilities), and by then the token
+    sampled from the previous call's logits is input_ids[-1]. One per call: it holds state.
+    """
+
+    def __init__(self) -> None:
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self._pending: np.ndarray | None = None  # log-softmax of the logits not yet sampled from
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self._pending is not None:
+            token = int(input_ids[-1])
+            self.token_ids.append(token)
+            self.logprobs.append(float(self._pending[token]))
+        logits = scores.astype(np.float64)  # float64: exp of float32 logits loses the small ones
+        logits -= logits.max()
+        logits -= np.log(np.exp(logits).sum())
+        self._pending = logits
+        return scores
+
+    def answer_logprobs(self, llama: Any, text: str, finish_reason: str, completion_tokens: int) -> list[float]:
+        """One value per token of the answer (usage's completion_tokens).
+
+        The last sampled token is never fed back to the model, so it is never seen here.
+        When it is the end-of-turn token (the answer ended by itself) it is left out: it is
+        not part of the answer, nor counted in completion_tokens. When the answer was cut at
+        max_tokens it is an answer token: it is recovered from the text's tail, which the
+        model's tokenizer must turn back into exactly one token (or it is left out). A
+        token that completed a stop sequence is left out too (its text is cut off)."""
+        logprobs = list(self.logprobs)
+        if finish_reason == "length" and self._pending is not None and len(logprobs) == completion_tokens - 1:
+            seen = llama.detokenize(self.token_ids)
+            whole = text.encode()
+            if whole.startswith(seen) and len(whole) > len(seen):
+                tail = llama.tokenize(whole[len(seen) :], add_bos=False, special=False)
+                if len(tail) == 1:
+                    logprobs.append(float(self._pending[tail[0]]))
+        return logprobs
+
+
+def _complete_on_model_thread(
+    llama: Any, args: dict[str, Any], logprobs: bool
+) -> tuple[dict[str, Any], list[float] | None]:
+    if not logprobs:
+        return llama.create_chat_completion(**args), None
+    from llama_cpp import LogitsProcessorList
+
+    recorder = TokenLogprobs()
+    result = llama.create_chat_completion(**args, logits_processor=LogitsProcessorList([recorder]))
+    choice = result["choices"][0]
+    values = recorder.answer_logprobs(
+        llama,
+        choice["message"].get("content") or "",
+        choice.get("finish_reason") or "stop",
+        (result.get("usage") or {}).get("completion_tokens", 0),
+    )
+    return result, values
+
+
 async def _model(endpoint: EndpointConfig) -> _LoadedModel:
     path = model_path(endpoint)
     if path in _models:
@@ -101,7 +167,9 @@ class LocalProvider:
         args = _arguments(call)
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(model.executor, lambda: model.llama.create_chat_completion(**args))
+            result, logprobs = await loop.run_in_executor(
+                model.executor, _complete_on_model_thread, model.llama, args, call.logprobs
+            )
         except (ValueError, RuntimeError) as exc:
             raise UpstreamError(f"The local model failed: {exc}", status=400 if "context" in str(exc) else 502) from exc
         choice = result["choices"][0]
@@ -110,6 +178,7 @@ class LocalProvider:
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason") or "stop",
             usage=Usage(input_tokens=usage.get("prompt_tokens", 0), output_tokens=usage.get("completion_tokens", 0)),
+            logprobs=logprobs,
         )
 
     async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:

@@ -64,6 +64,11 @@ def _arguments(endpoint: EndpointConfig, call: ProviderCall) -> dict[str, Any]:
     return args
 
 
+def _token_logprobs(choice: Any) -> list[float] | None:
+    content = choice.logprobs.content if choice.logprobs is not None else None
+    return None if content is None else [token.logprob for token in content]
+
+
 def _usage(raw: Any) -> Usage:
     if raw is None:
         return Usage()
@@ -88,8 +93,12 @@ class OpenAIProvider:
     name = "openai"
 
     async def complete(self, endpoint: EndpointConfig, call: ProviderCall) -> Completion:
+        args = _arguments(endpoint, call)
+        if call.logprobs:
+            # Only when asked: a request without it stays exactly what it was.
+            args["logprobs"] = True
         try:
-            response = await _client(endpoint).chat.completions.create(**_arguments(endpoint, call))
+            response = await _client(endpoint).chat.completions.create(**args)
         except openai.OpenAIError as exc:
             raise _translate(exc) from exc
         choice = response.choices[0]
@@ -97,6 +106,7 @@ class OpenAIProvider:
             text=choice.message.content or "",
             finish_reason=choice.finish_reason or "stop",
             usage=_usage(response.usage),
+            logprobs=_token_logprobs(choice) if call.logprobs else None,
         )
 
     async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:

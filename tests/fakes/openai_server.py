@@ -5,6 +5,9 @@ OpenAI's exact wire format (what openai/_streaming.py parses):
 - with `stream: true`, `data: {chat.completion.chunk}` events (a role chunk, one chunk per
   text piece, a finish_reason chunk; every chunk has `"usage": null` and a last chunk with
   `choices: []` carries the usage when `stream_options.include_usage`), then `data: [DONE]`;
+- with `logprobs: true` (whole answers), `choices[0].logprobs.content`: one entry per token
+  (`token`, `logprob`, `bytes`, `top_logprobs`), the tokens being the text's pieces with
+  the logprobs a test scripted (`reply(token_logprobs=[...])`); `"logprobs": null` otherwise;
 - errors as `{"error": {"message", "type", "param", "code"}}` with `x-request-id`, and a
   mid-stream failure as a `data: {"error": ...}` event (the SDK raises APIError on it).
 
@@ -33,6 +36,11 @@ ERRORS: dict[int, tuple[str, str | None, str]] = {
     500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
+DEFAULT_LOGPROB = -0.25
+
+
+def _tokens(text: str) -> list[str]:
+    return text_pieces(text) if text else []
 
 
 @dataclass(slots=True)
@@ -43,6 +51,9 @@ class ChatAnswer:
     completion_tokens: int = 7
     cached_tokens: int = 0
     sends_usage: bool = True  # False: like compatible servers that report no usage at all
+    # One natural-log probability per piece of `text` (text_pieces), sent when a request asks
+    # for logprobs; None: every piece gets DEFAULT_LOGPROB.
+    token_logprobs: list[float] | None = None
 
 
 class FakeOpenAI(FakeUpstream):
@@ -60,8 +71,12 @@ class FakeOpenAI(FakeUpstream):
 
     def reply(self, **fields: Any) -> ChatAnswer:
         """Answer every following request with these fields (the rest default)."""
-        self.answer = ChatAnswer(**fields)
-        return self.answer
+        answer = ChatAnswer(**fields)
+        if answer.token_logprobs is not None and len(answer.token_logprobs) != len(_tokens(answer.text)):
+            # The tokens a real server reports spell out its answer: so do the fake's.
+            raise ValueError(f"token_logprobs needs one value per piece of the text: {_tokens(answer.text)}")
+        self.answer = answer
+        return answer
 
     def response_headers(self) -> dict[str, str]:
         return {"x-request-id": f"req_fake{next(self._ids)}", "openai-processing-ms": "1"}
@@ -107,6 +122,17 @@ class FakeOpenAI(FakeUpstream):
             },
         }
 
+    def _logprobs(self) -> dict[str, Any]:
+        pieces = _tokens(self.answer.text)
+        values = self.answer.token_logprobs
+        if values is None:
+            values = [DEFAULT_LOGPROB] * len(pieces)
+        content = [
+            {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+            for token, logprob in zip(pieces, values, strict=True)
+        ]
+        return {"content": content, "refusal": None}
+
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-fake{next(self._ids)}",
@@ -117,7 +143,7 @@ class FakeOpenAI(FakeUpstream):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": self.answer.text, "refusal": None, "annotations": []},
-                    "logprobs": None,
+                    "logprobs": self._logprobs() if body.get("logprobs") is True else None,
                     "finish_reason": self.answer.finish_reason,
                 }
             ],

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import openai
 import pytest
 
+from llmops.catalog import EndpointConfig
 from llmops.models import ModelEndpoint
+from llmops.providers.base import ProviderCall
+from llmops.providers.local import LocalProvider
 from tests.conftest import flushed_metrics
 
 pytestmark = [
@@ -17,6 +21,16 @@ pytestmark = [
 ]
 
 QUESTION = [{"role": "user", "content": "Name one colour of the rainbow."}]
+SENTIMENT = [
+    {
+        "role": "user",
+        "content": "Is this review positive or negative? 'I loved every minute of it.' Answer with one word.",
+    }
+]
+
+
+async def smollm2() -> EndpointConfig:
+    return EndpointConfig.from_model(await ModelEndpoint.objects.aget(name="smollm2-135m"))
 
 
 async def test_it_answers_with_the_bundled_model(sdk):
@@ -73,3 +87,33 @@ async def test_a_missing_model_file_is_a_clear_502(sdk):
         await sdk.chat.completions.create(model="gone", messages=QUESTION)
     assert caught.value.status_code == 502
     assert "/nonexistent/model.gguf does not exist" in caught.value.body["message"]
+
+
+async def test_it_reports_a_logprob_for_every_answer_token_when_asked():
+    params = {"max_tokens": 16, "temperature": 0}
+    completion = await LocalProvider().complete(
+        await smollm2(), ProviderCall(messages=SENTIMENT, params=params, logprobs=True)
+    )
+    assert completion.finish_reason == "stop"
+    # The end-of-turn token is left out, as completion_tokens leaves it out.
+    assert len(completion.logprobs) == completion.usage.output_tokens > 0
+    assert all(isinstance(value, float) and value <= 0 for value in completion.logprobs)
+    assert 0 < math.exp(sum(completion.logprobs) / len(completion.logprobs)) <= 1
+
+
+async def test_an_answer_cut_at_max_tokens_has_its_last_token_too():
+    call = ProviderCall(messages=QUESTION, params={"max_tokens": 3, "temperature": 0}, logprobs=True)
+    completion = await LocalProvider().complete(await smollm2(), call)
+    assert completion.finish_reason == "length"
+    assert len(completion.logprobs) == completion.usage.output_tokens == 3
+    assert all(value <= 0 for value in completion.logprobs)
+
+
+async def test_asking_for_logprobs_does_not_change_a_greedy_answer():
+    model = await smollm2()
+    params = {"max_tokens": 16, "temperature": 0}
+    plain = await LocalProvider().complete(model, ProviderCall(messages=SENTIMENT, params=params))
+    scored = await LocalProvider().complete(model, ProviderCall(messages=SENTIMENT, params=params, logprobs=True))
+    assert plain.logprobs is None
+    assert scored.text == plain.text
+    assert scored.usage == plain.usage

@@ -319,6 +319,51 @@ def test_the_fake_is_a_faithful_openai(fake_openai: FakeOpenAI):
     client.close()
 
 
+# -- token logprobs (for confidence checks) ----------------------------------------------
+
+
+async def test_it_reports_token_logprobs_when_asked(model, fake_openai):
+    fake_openai.reply(text="Positive, surely.", token_logprobs=[-0.05, -1.5])
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    completion = await OpenAIProvider().complete(config, ProviderCall(messages=HELLO, logprobs=True))
+    assert completion.text == "Positive, surely."
+    assert completion.logprobs == [-0.05, -1.5]
+    assert fake_openai.last.body["logprobs"] is True
+
+
+async def test_it_asks_for_no_logprobs_unless_told_to(model, fake_openai):
+    fake_openai.reply(text="Positive.", token_logprobs=[-0.05])
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    completion = await OpenAIProvider().complete(config, ProviderCall(messages=HELLO))
+    assert completion.logprobs is None
+    assert "logprobs" not in fake_openai.last.body
+    assert set(fake_openai.last.body) == {"model", "messages"}
+
+
+async def test_an_upstream_that_sends_no_logprobs_reports_none(model, fake_openai, monkeypatch):
+    # Some compatible servers ignore the flag and answer `"logprobs": null`.
+    monkeypatch.setattr(FakeOpenAI, "_logprobs", lambda self: None)
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    completion = await OpenAIProvider().complete(config, ProviderCall(messages=HELLO, logprobs=True))
+    assert completion.text == "Hello from the fake OpenAI."
+    assert completion.logprobs is None
+
+
+def test_the_fake_sends_logprobs_in_openais_shape(fake_openai: FakeOpenAI):
+    client = openai.OpenAI(base_url=fake_openai.base_url, api_key=KEY, max_retries=0)
+    fake_openai.reply(text="x é", token_logprobs=[-0.5, -0.25])
+    choice = client.chat.completions.create(model="m", messages=HELLO, logprobs=True).choices[0]
+    assert [(t.token, t.logprob, t.bytes, t.top_logprobs) for t in choice.logprobs.content] == [
+        ("x ", -0.5, [120, 32], []),
+        ("é", -0.25, [195, 169], []),
+    ]
+    assert choice.logprobs.refusal is None
+    assert client.chat.completions.create(model="m", messages=HELLO).choices[0].logprobs is None
+    client.close()
+    with pytest.raises(ValueError, match="one value per piece"):
+        fake_openai.reply(text="two words", token_logprobs=[-0.1])
+
+
 async def test_a_server_that_reports_no_usage_is_billed_on_estimates(sdk, model, fake_openai):
     fake_openai.reply(text="one two three four five six seven eight", sends_usage=False)
     whole = await sdk.chat.completions.create(model=model, messages=HELLO)

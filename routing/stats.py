@@ -1,0 +1,203 @@
+"""What each option (a model, or a cascade) measured: p95 latency, cost per 1,000 requests
+and quality, from QueryMetric over a window and the latest evaluation; with the catalog's
+priors where too few requests were measured. The hot path reads a snapshot that is
+refreshed in the background, so choosing under limits costs no query."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from llmops.catalog import EndpointConfig
+from llmops.pricing import cost_usd
+from llmops.usage import Usage
+from monitoring.models import QueryMetric
+from routing.config import CascadeConfig
+
+MEASURED_CACHE = ("miss", "bypass")  # a cache hit measures the cache, not the option
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    samples: int
+    p50_ms: float
+    p95_ms: float
+    cost_per_1k: float
+    mean_quality: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One option's figures and where each came from: "measured (n=…)", "evaluation",
+    "prior" (the catalog), or "unknown"."""
+
+    option: str
+    p95_ms: float | None
+    cost_per_1k: float | None
+    quality: float | None
+    samples: int
+    sources: dict[str, str]
+
+    def dump(self) -> dict[str, object]:
+        return {
+            "option": self.option,
+            "p95_ms": None if self.p95_ms is None else round(self.p95_ms, 1),
+            "cost_per_1k": None if self.cost_per_1k is None else round(self.cost_per_1k, 6),
+            "quality": None if self.quality is None else round(self.quality, 4),
+            "samples": self.samples,
+            "sources": self.sources,
+        }
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    index = max(0, math.ceil(share * len(values)) - 1)
+    return values[index]
+
+
+def measured_load(options: list[str], *, window_s: float, max_rows: int) -> dict[str, Measured]:
+    """Each option's most recent successful, uncached requests within the window."""
+    since = timezone.now() - timedelta(seconds=window_s)
+    found: dict[str, Measured] = {}
+    try:
+        for option in options:
+            rows = list(
+                QueryMetric.objects.filter(
+                    option=option, created_at__gte=since, status="ok", cache_status__in=MEASURED_CACHE
+                )
+                .order_by("-created_at")
+                .values_list("latency_ms", "cost_usd", "quality_score")[:max_rows]
+            )
+            if not rows:
+                continue
+            latencies = sorted(float(row[0] or 0.0) for row in rows)
+            cost = sum((Decimal(row[1] or 0) for row in rows), Decimal(0))
+            qualities = [row[2] for row in rows if row[2] is not None]
+            found[option] = Measured(
+                samples=len(rows),
+                p50_ms=percentile(latencies, 0.5),
+                p95_ms=percentile(latencies, 0.95),
+                cost_per_1k=float(cost) * 1000 / len(rows),
+                mean_quality=sum(qualities) / len(qualities) if qualities else None,
+            )
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+    return found
+
+
+class MeasuredSnapshot:
+    """The measured figures of every option, at most LLMOPS_ROUTING_STATS_TTL_S old: a stale
+    snapshot is served while a fresh one loads in the background."""
+
+    def __init__(self) -> None:
+        self._value: dict[str, Measured] | None = None
+        self._options: frozenset[str] = frozenset()
+        self._loaded_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self, options: list[str]) -> dict[str, Measured]:
+        wanted = frozenset(options)
+        fresh = time.monotonic() - self._loaded_at < settings.LLMOPS_ROUTING_STATS_TTL_S
+        if self._value is not None and wanted <= self._options:
+            if not fresh and (self._task is None or self._task.done()):
+                self._task = asyncio.ensure_future(self._load(self._options | wanted))
+            return self._value
+        await self._load(self._options | wanted)
+        assert self._value is not None
+        return self._value
+
+    async def _load(self, options: frozenset[str]) -> None:
+        value = await sync_to_async(measured_load)(
+            sorted(options), window_s=settings.LLMOPS_ROUTING_WINDOW_S, max_rows=settings.LLMOPS_ROUTING_STATS_MAX_ROWS
+        )
+        self._value, self._options, self._loaded_at = value, options, time.monotonic()
+
+    def reset(self) -> None:
+        self._value, self._options, self._loaded_at = None, frozenset(), 0.0
+
+
+MEASURED = MeasuredSnapshot()
+
+
+def latency_prior_ms(endpoint: EndpointConfig) -> float | None:
+    """The catalog's expected latency: set by staff, or for a simulated model what its
+    settings make it take."""
+    if endpoint.latency_prior_ms is not None:
+        return endpoint.latency_prior_ms
+    if endpoint.provider == "simulated":
+        sim = endpoint.simulation
+        if sim.get("latency_ms"):
+            return float(sim["latency_ms"])
+        tokens, rate = float(sim.get("output_tokens", 16)), float(sim.get("tokens_per_s", 0) or 0)
+        return float(sim.get("ttft_ms", 0)) + (tokens / rate * 1000 if rate else 0.0)
+    return None
+
+
+def cost_prior_per_1k(endpoint: EndpointConfig, input_tokens: int) -> float:
+    usage = Usage(input_tokens=input_tokens, output_tokens=settings.LLMOPS_ESTIMATED_OUTPUT_TOKENS)
+    return float(cost_usd(endpoint, usage)) * 1000
+
+
+def figures_for(
+    option: str,
+    *,
+    endpoints: list[EndpointConfig],
+    cascade: CascadeConfig | None,
+    measured: dict[str, Measured],
+    evaluated: dict[str, float],
+    input_tokens: int,
+) -> Figures:
+    """An option's figures: measured where it has enough samples, else the catalog's priors
+    (a cascade's prior is the worst case: every step asked); quality from the latest
+    evaluation, else the model's prior."""
+    seen = measured.get(option)
+    enough = seen is not None and seen.samples >= settings.LLMOPS_ROUTING_MIN_SAMPLES
+    sources: dict[str, str] = {}
+    p95: float | None
+    cost: float | None
+    if enough:
+        assert seen is not None
+        p95, cost = seen.p95_ms, seen.cost_per_1k
+        sources["latency"] = sources["cost"] = f"measured (n={seen.samples})"
+    else:
+        priors = [latency_prior_ms(e) for e in endpoints]
+        p95 = sum(p for p in priors if p is not None) if priors and None not in priors else None
+        cost = sum(cost_prior_per_1k(e, input_tokens) for e in endpoints) if endpoints else None
+        few = f", {seen.samples} measured" if seen is not None else ""
+        sources["latency"] = f"prior{few}" if p95 is not None else f"unknown{few}"
+        sources["cost"] = f"prior{few}"
+    quality: float | None = evaluated.get(option)
+    if quality is not None:
+        sources["quality"] = "evaluation"
+    elif cascade is None and endpoints and endpoints[0].quality_prior is not None:
+        quality = endpoints[0].quality_prior
+        sources["quality"] = "prior"
+    else:
+        sources["quality"] = "unknown"
+    return Figures(option, p95, cost, quality, seen.samples if seen is not None else 0, sources)
+
+
+def pareto_optimal(figures: list[Figures]) -> set[str]:
+    """Options no other option beats on latency, cost and quality at once (lower latency,
+    lower cost, higher quality; at least as good on all three and better on one). An option
+    missing a figure is left out: it cannot be compared."""
+    known = [f for f in figures if f.p95_ms is not None and f.cost_per_1k is not None and f.quality is not None]
+
+    def dominates(a: Figures, b: Figures) -> bool:
+        assert a.p95_ms is not None and b.p95_ms is not None and a.cost_per_1k is not None
+        assert b.cost_per_1k is not None and a.quality is not None and b.quality is not None
+        no_worse = a.p95_ms <= b.p95_ms and a.cost_per_1k <= b.cost_per_1k and a.quality >= b.quality
+        better = a.p95_ms < b.p95_ms or a.cost_per_1k < b.cost_per_1k or a.quality > b.quality
+        return no_worse and better
+
+    return {b.option for b in known if not any(dominates(a, b) for a in known if a is not b)}
