@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from caching.selectors import cache_stats
 from llmops.api.openapi import ERROR_HEADERS, error_responses
-from llmops.auth import ApiKeyAuthentication, ApiKeyPrincipal
-
-
-class KeyOrStaff(BasePermission):
-    def has_permission(self, request: Request, view: Any) -> bool:
-        user = request.user
-        return isinstance(user, ApiKeyPrincipal) or bool(user and user.is_authenticated and user.is_staff)
+from llmops.auth import ApiKeyAuthentication, ApiKeyPrincipal, KeyOrStaff
 
 
 class CacheFiguresSerializer(serializers.Serializer):

@@ -8,6 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
+from rest_framework.permissions import BasePermission
 
 from llmops import catalog
 from llmops.catalog import ApiKeyInfo, hash_key
@@ -76,6 +77,14 @@ class ApiKeyPrincipal:
 
     def __init__(self, info: ApiKeyInfo) -> None:
         self.info = info
+
+
+class KeyOrStaff(BasePermission):
+    """An API key, or a signed-in staff member (for the pages and figures staff read)."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        user = request.user
+        return isinstance(user, ApiKeyPrincipal) or bool(user and user.is_authenticated and user.is_staff)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

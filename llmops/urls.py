@@ -6,6 +6,7 @@ from caching.api import CacheStatsView
 from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView, api_path_not_found
 from llmops.health import healthz
 from llmops.pages import playground
+from routing.api import ParetoView, RoutePreviewView
 
 urlpatterns = [
     path("", playground, name="playground"),
@@ -14,6 +15,8 @@ urlpatterns = [
     path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),
     path("healthz", healthz, name="healthz"),
     path("api/cache/stats", CacheStatsView.as_view(), name="cache-stats"),
+    path("api/routing/preview", RoutePreviewView.as_view(), name="routing-preview"),
+    path("api/routing/pareto", ParetoView.as_view(), name="routing-pareto"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

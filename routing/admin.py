@@ -1,11 +1,24 @@
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.utils.html import format_html, format_html_join
+from typing import Any
+from urllib.parse import urlencode
 
+from asgiref.sync import async_to_sync
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from llmops.errors import GatewayError, NotFound
 from routing.models import Cascade, CascadeStep, Evaluation, Route, RouteRule
+from routing.pareto_chart import pareto_svg
+from routing.selectors import pareto_options, window_parsed
+
+PARETO_WINDOWS = ("15m", "1h", "24h", "7d")
 
 
 class RouteRuleInline(admin.StackedInline):
@@ -58,7 +71,47 @@ class RouteAdmin(admin.ModelAdmin):
     def pareto_link(self, obj: Route) -> str:
         if not obj.pk:
             return "—"
-        return format_html('<a href="{}?route={}">cost, latency and quality</a>', "/admin/routing/pareto/", obj.name)
+        url = f"{reverse('admin:routing_route_pareto')}?{urlencode({'route': obj.name})}"
+        return format_html('<a href="{}">cost, latency and quality</a>', url)
+
+    def get_urls(self) -> list[URLPattern]:
+        pareto = path("pareto/", self.admin_site.admin_view(self.pareto_view), name="routing_route_pareto")
+        return [pareto, *super().get_urls()]
+
+    def pareto_view(self, request: HttpRequest) -> HttpResponse:
+        """Every option of a route with its p95 latency, cost per 1,000 requests and quality,
+        as a chart and a table; the same figures as GET /api/routing/pareto."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        routes = list(Route.objects.filter(enabled=True).order_by("name").values_list("name", flat=True))
+        route_name = request.GET.get("route") or (routes[0] if routes else "")
+        window = request.GET.get("window") or "24h"
+        context: dict[str, Any] = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Cost, latency and quality",
+            "routes": routes,
+            "route_name": route_name,
+            "windows": PARETO_WINDOWS if window in PARETO_WINDOWS else (*PARETO_WINDOWS, window),
+            "window": window,
+        }
+        status = 200
+        try:
+            if not route_name:
+                raise NotFound("No route is enabled: add or enable one first.", param="route")
+            window_s = window_parsed(window)
+            # The selector is async, for the gateway's async views; the admin's views are sync.
+            found = async_to_sync(pareto_options)(route_name=route_name, window_s=window_s)
+        except GatewayError as error:
+            context["error"], status = error.message, error.status
+        else:
+            context.update(
+                rows=[_pareto_row(option) for option in found["options"]],
+                min_samples=found["min_samples"],
+                # pareto_svg escapes every text it draws.
+                chart=mark_safe(pareto_svg(found["options"])),
+            )
+        return TemplateResponse(request, "admin/routing/pareto.html", context, status=status)
 
 
 class CascadeStepInline(admin.StackedInline):
@@ -134,6 +187,19 @@ class EvaluationAdmin(admin.ModelAdmin):
             ),
         )
         return format_html("<table>{}{}</table>", header, body)
+
+
+def _pareto_row(option: dict[str, Any]) -> dict[str, Any]:
+    sources = option.get("sources") or {}
+    return {
+        **option,
+        "p95": _fmt(option.get("p95_ms"), "{:.1f}"),
+        "cost": _fmt(option.get("cost_per_1k"), "{:.6f}"),
+        "quality_shown": _fmt(option.get("quality"), "{:.4f}"),
+        "sources_shown": "; ".join(
+            f"{name}: {sources[name]}" for name in ("latency", "cost", "quality") if name in sources
+        ),
+    }
 
 
 def _fmt(value: object, spec: str) -> str:

@@ -85,25 +85,25 @@ class Target(models.Model):
             if self.cascade_id is None:
                 return {"cascade": "The cascade strategy needs a cascade."}
             if self.model_names.strip():
-                return {"models": "A cascade target takes its models from the cascade; leave this empty."}
+                return {"model_names": "A cascade target takes its models from the cascade; leave this empty."}
             return {}
         if self.cascade_id is not None:
             return {"cascade": "Only the cascade strategy takes a cascade."}
         try:
             weighted = weighted_models_parsed(self.model_names)
         except ValueError as exc:
-            return {"models": str(exc)}
+            return {"model_names": str(exc)}
         names = [name for name, _ in weighted]
         if not names:
-            return {"models": "Name at least one catalog model."}
+            return {"model_names": "Name at least one catalog model."}
         if len(set(names)) != len(names):
-            return {"models": "Each model may appear only once."}
+            return {"model_names": "Each model may appear only once."}
         if self.strategy == Strategy.SINGLE and len(names) != 1:
-            return {"models": "The single strategy takes exactly one model; pick a balancing strategy for more."}
+            return {"model_names": "The single strategy takes exactly one model; pick a balancing strategy for more."}
         if self.strategy != Strategy.WEIGHTED and any(":" in part for part in names_parsed(self.model_names)):
-            return {"models": "Weights (name:weight) apply only to the weighted strategy."}
+            return {"model_names": "Weights (name:weight) apply only to the weighted strategy."}
         problem = missing_or_disabled(names)
-        return {"models": problem} if problem else {}
+        return {"model_names": problem} if problem else {}
 
     def target_label(self) -> str:
         if self.strategy == Strategy.CASCADE:

@@ -127,6 +127,7 @@ class RoutePlan:
     cascade: CascadeConfig | None = None
     cascade_steps: list[CascadeStepPlan] = field(default_factory=list)
     considered: list[dict[str, Any]] = field(default_factory=list)  # under limits: every option judged
+    features: Features | None = None
 
     @property
     def first(self) -> EndpointConfig:
@@ -383,6 +384,12 @@ async def route_named(model: str, task_type: str) -> RouteConfig | None:
 
 async def route_choose(model: str, features: Features, limits: Limits | None) -> RoutePlan:
     """The candidates for a request, in order, and why."""
+    plan = await _chosen(model, features, limits)
+    plan.features = features
+    return plan
+
+
+async def _chosen(model: str, features: Features, limits: Limits | None) -> RoutePlan:
     route = await route_named(model, features.task_type)
     if route is None:
         endpoint = await _enabled(model)

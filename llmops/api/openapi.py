@@ -169,6 +169,8 @@ CHAT_HEADERS = [
     header("x-llmops-attempts", "How many provider calls (retries and fallbacks included) it took.", statuses=[200]),
     header("x-llmops-cost-usd", "What the answer cost, in US dollars (whole answers only).", statuses=[200]),
     header("x-llmops-simulated", "`true` when a simulated model answered.", statuses=[200]),
+    header("x-llmops-route", "The route the request went through (model=route:<name> or auto).", statuses=[200]),
+    header("x-llmops-route-reason", "Why routing chose what it chose: the rule, or the limits.", statuses=[200]),
     header("Retry-After", "Seconds to wait before trying again.", statuses=[429, 503]),
     *(
         header(
@@ -191,9 +193,13 @@ ERRORS = {
     "support yet. `param` names the field.",
     401: "Missing, wrong or revoked API key (`Authorization: Bearer <key>`).",
     403: "Signed in, but not staff.",
-    404: "No enabled model by that name (`code`: model_not_found).",
+    404: "No enabled model or route by that name (`code`: model_not_found, route_not_found).",
+    409: "The route's target names a model that is missing or disabled in the catalog "
+    "(`code`: route_target_unavailable).",
     405: "A method this path does not accept; `Allow` lists those it does.",
     413: "The body is larger than LLMOPS_MAX_BODY_BYTES (`code`: request_too_large).",
+    422: "No option of the route meets the request's limits; the message names the closest and by how much it "
+    "misses each (`code`: limits_unmet).",
     429: "Too many requests or tokens for the API key's limits (`type`: rate_limit_exceeded, with Retry-After), "
     "its budget is spent (`code`: insufficient_quota), or the upstream provider is rate limiting.",
     500: "The gateway failed (`type`: server_error).",

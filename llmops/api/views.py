@@ -41,7 +41,7 @@ from llmops.providers.base import UpstreamError
 logger = logging.getLogger(__name__)
 
 # Every error answer a view can give, in OpenAI's error shape: the document lists them all.
-ERROR_RESPONSES = error_responses(400, 401, 404, 405, 413, 429, 500, 502, 503, 504)
+ERROR_RESPONSES = error_responses(400, 401, 404, 405, 409, 413, 422, 429, 500, 502, 503, 504)
 
 
 API_METHODS = ("get", "post")

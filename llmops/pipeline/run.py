@@ -331,6 +331,14 @@ class Inference:
                 slot.abandon()
 
 
+async def route_preview(request: InferenceRequest) -> RoutePlan:
+    """What routing would do with a request, without calling any model: a dry run, neither
+    admitted against the key's limits nor recorded."""
+    await steps.authorize(request)
+    resolved = await steps.resolve(request)
+    return await steps.route(request, resolved)
+
+
 async def infer(request: InferenceRequest) -> InferenceResult:
     """Answer a request whole."""
     inference = Inference(request, stream=False)

@@ -1,0 +1,169 @@
+"""GET /api/routing/preview: what routing would do with a request, calling no model.
+GET /api/routing/pareto: every option of a route with what it measured, the frontier marked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from llmops.api.chat import chat_request_data, inference_request
+from llmops.api.openapi import ERROR_HEADERS, error_responses
+from llmops.api.views import GatewayAPIView, read_json_object
+from llmops.auth import ApiKeyAuthentication, KeyOrStaff
+from llmops.catalog import ApiKeyInfo, EndpointConfig
+from llmops.errors import InvalidRequest
+from llmops.pipeline import route_preview
+from routing.checks import CheckSpec
+from routing.selectors import pareto_options, window_parsed
+from routing.services import RoutePlan
+
+PREVIEW_QUERY = ("model", "content", "task_type", "complexity", "prompt")
+PREVIEW_JSON_QUERY = ("metadata", "limits", "variables")
+
+
+def _endpoint(endpoint: EndpointConfig) -> dict[str, Any]:
+    return {"model": endpoint.name, "provider": endpoint.provider, "simulated": endpoint.provider == "simulated"}
+
+
+def _checks(checks: CheckSpec) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if checks.labels:
+        found["labels"] = list(checks.labels)
+    if checks.pattern is not None:
+        found["pattern"] = checks.pattern.pattern
+    if checks.json_schema is not None:
+        found["json_schema"] = checks.json_schema
+    if checks.confidence:
+        found["confidence"] = checks.confidence
+    if checks.judge_model:
+        found["judge_model"] = checks.judge_model
+    return found
+
+
+def preview_body(model: str, plan: RoutePlan) -> dict[str, Any]:
+    features = plan.features
+    return {
+        "object": "routing.preview",
+        "model": model,
+        "route": plan.route or None,
+        "rule": plan.rule or None,
+        "option": plan.option,
+        "reason": plan.reason,
+        "candidates": [_endpoint(e) for e in plan.candidates],
+        "cascade": None
+        if plan.cascade is None
+        else {
+            "name": plan.cascade.name,
+            "steps": [
+                {
+                    **_endpoint(step.candidates[0]),
+                    "fallbacks": [e.name for e in step.candidates[1:]],
+                    "checks": _checks(step.step.checks),
+                    "threshold": step.step.threshold,
+                }
+                for step in plan.cascade_steps
+            ],
+        },
+        "considered": plan.considered,
+        "features": None
+        if features is None
+        else {
+            "task_type": features.task_type or None,
+            "complexity": features.complexity or None,
+            "prompt": features.prompt or None,
+            "input_tokens": features.input_tokens,
+            "metadata": features.metadata,
+        },
+    }
+
+
+def preview_payload(request: HttpRequest) -> dict[str, Any]:
+    """A chat request from the query string (GET) or the body (POST)."""
+    if request.method == "POST":
+        return read_json_object(request)
+    query = request.GET
+    repeated = [name for name in query if len(query.getlist(name)) > 1]
+    if repeated:
+        raise InvalidRequest(f"{repeated[0]}: give it once.", param=repeated[0])
+    unknown = [name for name in query if name not in (*PREVIEW_QUERY, *PREVIEW_JSON_QUERY)]
+    if unknown:
+        raise InvalidRequest(
+            f"{unknown[0]} is not a preview parameter (use {', '.join((*PREVIEW_QUERY, *PREVIEW_JSON_QUERY))}).",
+            param=unknown[0],
+        )
+    payload: dict[str, Any] = {name: query[name] for name in PREVIEW_QUERY if name in query and name != "content"}
+    for name in PREVIEW_JSON_QUERY:
+        if name in query:
+            try:
+                payload[name] = json.loads(query[name])
+            except ValueError:
+                raise InvalidRequest(f"{name} must be JSON (an object).", param=name) from None
+    if "content" in query:
+        payload["messages"] = [{"role": "user", "content": query["content"]}]
+    return payload
+
+
+class RoutePreviewView(GatewayAPIView):
+    @extend_schema(
+        operation_id="routing_preview",
+        summary="Dry run: the candidates routing would try for a request, and why",
+        description=(
+            "GET with query parameters (model, content: the last user turn, task_type, complexity, prompt, and "
+            "metadata, limits, variables as JSON), or POST a chat completion body. No model is called, nothing is "
+            "counted against the key's limits."
+        ),
+        parameters=[
+            *(OpenApiParameter(name, str, OpenApiParameter.QUERY, required=name == "model") for name in PREVIEW_QUERY),
+            *(OpenApiParameter(name, str, OpenApiParameter.QUERY, description="JSON") for name in PREVIEW_JSON_QUERY),
+            *ERROR_HEADERS,
+        ],
+        responses={200: dict, **error_responses(400, 401, 404, 405, 409, 422, 500)},
+    )
+    async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
+        return await self._preview(request, api_key)
+
+    @extend_schema(exclude=True)
+    async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
+        return await self._preview(request, api_key)
+
+    async def _preview(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
+        data = chat_request_data(preview_payload(request))
+        inference = inference_request(data, api_key=api_key, cache_mode="bypass")
+        plan = await route_preview(inference)
+        return JsonResponse(preview_body(data["model"], plan))
+
+
+class ParetoView(APIView):
+    authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
+    permission_classes = [KeyOrStaff]
+
+    class InputSerializer(serializers.Serializer):
+        route = serializers.CharField(max_length=100)
+        window = serializers.CharField(required=False, help_text="15m, 24h (the default), 7d...")
+
+    @extend_schema(
+        operation_id="routing_pareto",
+        summary="A route's options with measured p95 latency, cost per 1,000 requests and quality",
+        description=(
+            "Each model and cascade the route can use, with figures measured over the window (gateway-wide; the "
+            "catalog's priors where fewer than LLMOPS_ROUTING_MIN_SAMPLES requests were measured) and quality from "
+            "the latest `manage.py evaluate`; `pareto` marks the options no other beats on all three."
+        ),
+        parameters=[InputSerializer, *ERROR_HEADERS],
+        responses={200: dict, **error_responses(400, 401, 403, 404, 405, 500)},
+    )
+    def get(self, request: Request) -> Response:
+        params = self.InputSerializer(data=request.query_params.dict())
+        params.is_valid(raise_exception=True)
+        window_s = window_parsed(params.validated_data.get("window"))
+        body = async_to_sync(pareto_options)(route_name=params.validated_data["route"], window_s=window_s)
+        return Response(body)

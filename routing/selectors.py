@@ -1,0 +1,55 @@
+"""Reads for staff and apps: every option of a route with what it measured, and which are
+on the cost-latency-quality Pareto frontier."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from llmops.errors import InvalidRequest, NotFound
+from routing.config import routing_snapshot
+from routing.services import options_judged
+from routing.stats import measured_load, pareto_optimal
+
+WINDOW = re.compile(r"\A(\d{1,6})([smhd])\Z")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_WINDOW_S = 90 * 86400
+
+
+def window_parsed(text: str | None) -> float:
+    """`15m`, `24h`, `7d` (or seconds as `900s`) -> seconds; the default is 24h."""
+    if not text:
+        return 24 * 3600.0
+    match = WINDOW.match(text.strip())
+    seconds = int(match.group(1)) * UNIT_S[match.group(2)] if match else 0
+    if not 0 < seconds <= MAX_WINDOW_S:
+        raise InvalidRequest("window must be like 15m, 24h or 7d (at most 90d).", param="window")
+    return float(seconds)
+
+
+async def pareto_options(*, route_name: str, window_s: float, input_tokens: int = 200) -> dict[str, Any]:
+    """The route's options with p95 latency, cost per 1,000 requests and quality over the
+    window (priors where too little was measured), the Pareto-optimal ones marked."""
+    route = (await routing_snapshot()).routes.get(route_name)
+    if route is None:
+        raise NotFound(f"The route {route_name!r} does not exist or is not enabled.", param="route")
+    measured = await sync_to_async(measured_load)(
+        route.options, window_s=window_s, max_rows=settings.LLMOPS_ROUTING_STATS_MAX_ROWS
+    )
+    judged = await options_judged(route, input_tokens=input_tokens, measured_window=measured)
+    figures = [f for f, _ in judged]
+    optimal = pareto_optimal(figures)
+    options = [
+        {**f.dump(), "kind": "cascade" if f.option.startswith("cascade:") else "model", "pareto": f.option in optimal}
+        for f in figures
+    ]
+    return {
+        "route": route.name,
+        "window_s": window_s,
+        "min_samples": settings.LLMOPS_ROUTING_MIN_SAMPLES,
+        "options": options,
+        "frontier": [o["option"] for o in options if o["pareto"]],
+    }
