@@ -144,6 +144,7 @@ SENTIMENT_CASCADE: dict[str, Any] = {
             "labels": "positive, negative, neutral",
             "confidence": "mean",
             "threshold": 0.5,
+            "max_tokens": 4,
         },
         {"position": 1, "model": "sim-large"},
     ],

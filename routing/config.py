@@ -19,6 +19,7 @@ class StepConfig:
     model: str
     checks: CheckSpec
     threshold: float
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +135,9 @@ def _load() -> RoutingSnapshot:
     cascades_by_id: dict[int, CascadeConfig] = {}
     steps: dict[int, list[StepConfig]] = {}
     for step in CascadeStep.objects.order_by("cascade_id", "position", "id"):
-        steps.setdefault(step.cascade_id, []).append(StepConfig(step.model, _checks(step), step.threshold))
+        steps.setdefault(step.cascade_id, []).append(
+            StepConfig(step.model, _checks(step), step.threshold, step.max_tokens)
+        )
     for cascade in Cascade.objects.all():
         cascades_by_id[cascade.id] = CascadeConfig(cascade.name, tuple(steps.get(cascade.id, ())))
     rules: dict[int, list[RuleConfig]] = {}

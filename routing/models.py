@@ -171,6 +171,11 @@ class CascadeStep(models.Model):
         "must be that number.",
     )
     threshold = models.FloatField(default=0.5, help_text="The lowest score (0 to 1) at which the answer is kept.")
+    max_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The most tokens this step may answer with (a label needs a few): bounds the cheap step's time.",
+    )
 
     class Meta:
         ordering = ["cascade", "position", "id"]
@@ -217,6 +222,8 @@ class CascadeStep(models.Model):
                 errors["judge_rubric"] = refusal
         if not 0 <= self.threshold <= 1:
             errors["threshold"] = "Must be between 0 and 1."
+        if self.max_tokens == 0:
+            errors["max_tokens"] = "Must be at least 1 (blank: the request's own limit)."
         if errors:
             raise ValidationError(errors)
 

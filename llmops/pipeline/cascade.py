@@ -54,6 +54,14 @@ def _usage_of(piece: StreamDelta | None, call: ProviderCall, text: str) -> Usage
     return Usage(input_tokens=estimate_tokens(prompt), output_tokens=estimate_tokens(text))
 
 
+def _step_params(plan: CascadeStepPlan, call: ProviderCall) -> dict[str, Any]:
+    cap = plan.step.max_tokens
+    asked = call.params.get("max_tokens")
+    if cap is None or (asked is not None and asked <= cap):
+        return call.params
+    return {**call.params, "max_tokens": cap}
+
+
 def _last_user(call: ProviderCall) -> str:
     return next((m["content"] for m in reversed(call.messages) if m["role"] == "user"), "")
 
@@ -111,7 +119,7 @@ async def cascade_open(
             opened = await attempt_loop(plan.candidates, call, stream=stream, deadline=deadline, attempts=attempts)
             spent.steps.append({"model": opened.endpoint.name, "score": None, "kept": True})
             return opened
-        step_call = dataclasses.replace(call, logprobs=bool(checks.confidence))
+        step_call = dataclasses.replace(call, logprobs=bool(checks.confidence), params=_step_params(plan, call))
         started = time.perf_counter()
         try:
             opened = await attempt_loop(plan.candidates, step_call, stream=False, deadline=deadline, attempts=attempts)

@@ -237,3 +237,12 @@ def test_attempt_records_dump_their_score_and_cost():
         "cost_usd": "0.0001",
         "role": "judge",
     }
+
+
+async def test_a_steps_max_tokens_caps_what_its_model_may_answer_with(http, api_key, cheap_upstream):
+    cheap_upstream.reply(text="positive")
+    await sentiment_route(labels=LABELS, max_tokens=3)
+    await http.post(URL, json=ask(max_tokens=100), headers=auth(api_key))
+    assert cheap_upstream.last.body["max_tokens"] == 3
+    await http.post(URL, json=ask("again", max_tokens=2), headers=auth(api_key))
+    assert cheap_upstream.last.body["max_tokens"] == 2
