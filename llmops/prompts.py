@@ -7,7 +7,7 @@ from typing import Any
 
 from llmops import catalog
 from llmops.catalog import PromptConfig
-from llmops.errors import InvalidRequest
+from llmops.errors import InvalidRequest, NotFound
 from llmops.models import PROMPT_VARIABLE
 
 
@@ -27,7 +27,7 @@ async def prompt_render(
     name, version = parse_reference(reference)
     prompt = await catalog.prompt_get(name, version)
     if prompt is None:
-        raise InvalidRequest(f"There is no prompt named {reference!r}.", param="prompt", code="prompt_not_found")
+        raise NotFound(f"There is no prompt named {reference!r}.", param="prompt", code="prompt_not_found")
 
     def fill(match: Any) -> str:
         key = match.group(1)

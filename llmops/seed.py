@@ -35,6 +35,8 @@ LOCAL_AND_SIMULATED: list[dict[str, Any]] = [
         "context_window": 128_000,
         "max_concurrency": 4096,
         "simulation": {"ttft_ms": 40, "tokens_per_s": 250, "output_tokens": 24, "error_rate": 0},
+        # Routing's prior until an evaluation measures it (a simulated model has no real quality).
+        "quality_prior": 0.7,
     },
     {
         "name": "sim-large",
@@ -47,6 +49,7 @@ LOCAL_AND_SIMULATED: list[dict[str, Any]] = [
         "context_window": 200_000,
         "max_concurrency": 4096,
         "simulation": {"ttft_ms": 350, "tokens_per_s": 60, "output_tokens": 64, "error_rate": 0},
+        "quality_prior": 0.9,
     },
 ]
 

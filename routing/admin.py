@@ -92,7 +92,7 @@ class RouteAdmin(admin.ModelAdmin):
             "title": "Cost, latency and quality",
             "routes": routes,
             "route_name": route_name,
-            "windows": PARETO_WINDOWS if window in PARETO_WINDOWS else (*PARETO_WINDOWS, window),
+            "windows": PARETO_WINDOWS,
             "window": window,
         }
         status = 200
@@ -100,6 +100,8 @@ class RouteAdmin(admin.ModelAdmin):
             if not route_name:
                 raise NotFound("No route is enabled: add or enable one first.", param="route")
             window_s = window_parsed(window)
+            if window not in PARETO_WINDOWS:  # any window the API takes, such as 30m
+                context["windows"] = (*PARETO_WINDOWS, window)
             # The selector is async, for the gateway's async views; the admin's views are sync.
             found = async_to_sync(pareto_options)(route_name=route_name, window_s=window_s)
         except GatewayError as error:
@@ -119,7 +121,7 @@ class CascadeStepInline(admin.StackedInline):
     extra = 0
     ordering = ("position", "id")
     fieldsets = (
-        (None, {"fields": (("position", "model", "threshold"),)}),
+        (None, {"fields": (("position", "model", "threshold", "max_tokens"),)}),
         (
             "Checks (all that are set must pass; the last step's answer is kept whatever it scores)",
             {"fields": ("labels", "pattern", "json_schema", "confidence", ("judge_model", "judge_rubric"))},

@@ -3,31 +3,29 @@ GET /api/routing/pareto: every option of a route with what it measured, the fron
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.core.validators import RegexValidator
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llmops.api.chat import chat_request_data, inference_request
+from llmops.api.chat import chat_request_data, inference_request, validated
 from llmops.api.openapi import ERROR_HEADERS, error_responses
+from llmops.api.serializers import NO_NULL_CHARACTER, NOT_BLANK
 from llmops.api.views import GatewayAPIView, read_json_object
 from llmops.auth import ApiKeyAuthentication, KeyOrStaff
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import InvalidRequest
 from llmops.pipeline import route_preview
 from routing.checks import CheckSpec
-from routing.selectors import pareto_options, window_parsed
-from routing.services import RoutePlan
-
-PREVIEW_QUERY = ("model", "content", "task_type", "complexity", "prompt")
-PREVIEW_JSON_QUERY = ("metadata", "limits", "variables")
+from routing.selectors import WINDOW_PATTERN, pareto_options, window_parsed
+from routing.services import LIMIT_NAMES, RoutePlan
 
 
 def _endpoint(endpoint: EndpointConfig) -> dict[str, Any]:
@@ -86,6 +84,24 @@ def preview_body(model: str, plan: RoutePlan) -> dict[str, Any]:
     }
 
 
+class PreviewQuerySerializer(serializers.Serializer):
+    """A preview's query string: the parts of a chat request routing looks at."""
+
+    model = serializers.CharField(max_length=200, validators=[NOT_BLANK], help_text="route:<name>, auto, or a model.")
+    content = serializers.CharField(
+        required=False, allow_blank=True, validators=[NO_NULL_CHARACTER], help_text="The last user turn."
+    )
+    task_type = serializers.CharField(required=False, max_length=50, validators=[NOT_BLANK])
+    complexity = serializers.CharField(required=False, max_length=20, validators=[NOT_BLANK])
+    prompt = serializers.CharField(required=False, max_length=120, validators=[NOT_BLANK])
+    max_latency_ms = serializers.FloatField(required=False, min_value=0, max_value=1e9)
+    max_cost_per_1k = serializers.FloatField(required=False, min_value=0, max_value=1e9)
+    min_quality = serializers.FloatField(required=False, min_value=0, max_value=1)
+
+
+PREVIEW_QUERY = PreviewQuerySerializer()
+
+
 def preview_payload(request: HttpRequest) -> dict[str, Any]:
     """A chat request from the query string (GET) or the body (POST)."""
     if request.method == "POST":
@@ -94,21 +110,20 @@ def preview_payload(request: HttpRequest) -> dict[str, Any]:
     repeated = [name for name in query if len(query.getlist(name)) > 1]
     if repeated:
         raise InvalidRequest(f"{repeated[0]}: give it once.", param=repeated[0])
-    unknown = [name for name in query if name not in (*PREVIEW_QUERY, *PREVIEW_JSON_QUERY)]
+    unknown = [name for name in query if name not in PREVIEW_QUERY.fields]
     if unknown:
         raise InvalidRequest(
-            f"{unknown[0]} is not a preview parameter (use {', '.join((*PREVIEW_QUERY, *PREVIEW_JSON_QUERY))}).",
+            f"{unknown[0]} is not a preview parameter (use {', '.join(PREVIEW_QUERY.fields)}; POST a chat body "
+            "for metadata and variables).",
             param=unknown[0],
         )
-    payload: dict[str, Any] = {name: query[name] for name in PREVIEW_QUERY if name in query and name != "content"}
-    for name in PREVIEW_JSON_QUERY:
-        if name in query:
-            try:
-                payload[name] = json.loads(query[name])
-            except ValueError:
-                raise InvalidRequest(f"{name} must be JSON (an object).", param=name) from None
-    if "content" in query:
-        payload["messages"] = [{"role": "user", "content": query["content"]}]
+    data = validated(PREVIEW_QUERY, query.dict())
+    payload: dict[str, Any] = {k: v for k, v in data.items() if k in ("model", "task_type", "complexity", "prompt")}
+    limits = {name: data[name] for name in LIMIT_NAMES if name in data}
+    if limits:
+        payload["limits"] = limits
+    if "content" in data:
+        payload["messages"] = [{"role": "user", "content": data["content"]}]
     return payload
 
 
@@ -117,15 +132,11 @@ class RoutePreviewView(GatewayAPIView):
         operation_id="routing_preview",
         summary="Dry run: the candidates routing would try for a request, and why",
         description=(
-            "GET with query parameters (model, content: the last user turn, task_type, complexity, prompt, and "
-            "metadata, limits, variables as JSON), or POST a chat completion body. No model is called, nothing is "
-            "counted against the key's limits."
+            "GET with the query parameters below (the limits as max_latency_ms, max_cost_per_1k, min_quality), "
+            "or POST a chat completion body (for metadata and prompt variables too). No model is called, nothing "
+            "is counted against the key's limits."
         ),
-        parameters=[
-            *(OpenApiParameter(name, str, OpenApiParameter.QUERY, required=name == "model") for name in PREVIEW_QUERY),
-            *(OpenApiParameter(name, str, OpenApiParameter.QUERY, description="JSON") for name in PREVIEW_JSON_QUERY),
-            *ERROR_HEADERS,
-        ],
+        parameters=[PreviewQuerySerializer, *ERROR_HEADERS],
         responses={200: dict, **error_responses(400, 401, 404, 405, 409, 422, 500)},
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
@@ -142,13 +153,20 @@ class RoutePreviewView(GatewayAPIView):
         return JsonResponse(preview_body(data["model"], plan))
 
 
+WINDOW_FORMAT = RegexValidator(WINDOW_PATTERN, "Like 15m, 24h or 7d.")
+
+
 class ParetoView(APIView):
     authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
     permission_classes = [KeyOrStaff]
 
     class InputSerializer(serializers.Serializer):
         route = serializers.CharField(max_length=100)
-        window = serializers.CharField(required=False, help_text="15m, 24h (the default), 7d...")
+        window = serializers.CharField(
+            required=False,
+            validators=[WINDOW_FORMAT],
+            help_text="15m, 24h (the default), 7d: a whole number of s, m, h or d.",
+        )
 
     @extend_schema(
         operation_id="routing_pareto",

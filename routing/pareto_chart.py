@@ -14,6 +14,7 @@ LEFT, RIGHT, TOP, BOTTOM = 86, 150, 20, 56  # the plot area's margins; the legen
 RADIUS = 7
 LOW_COLOUR, HIGH_COLOUR, UNKNOWN_COLOUR = (230, 97, 1), (94, 60, 153), "#9e9e9e"  # orange to purple
 LINE_HEIGHT = 18
+EMPTY_HEIGHT = 40
 # More than two decades between the smallest and largest value: a log axis, or the small
 # ones would sit on top of each other.
 LOG_SPAN = 100.0
@@ -94,7 +95,8 @@ def pareto_svg(options: Sequence[dict[str, Any]]) -> str:
     latency or a cost are not plotted but named under the chart; every text is escaped."""
     plotted = [o for o in options if o.get("p95_ms") is not None and o.get("cost_per_1k") is not None]
     unplotted = [o for o in options if o not in plotted]
-    height = HEIGHT + LINE_HEIGHT * len(unplotted)
+    chart_height = HEIGHT if plotted else EMPTY_HEIGHT
+    height = chart_height + LINE_HEIGHT * len(unplotted) + (4 if unplotted else 0)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="pareto-chart" viewBox="0 0 {WIDTH} {height}" '
         f'width="{WIDTH}" height="{height}" role="img" '
@@ -103,17 +105,17 @@ def pareto_svg(options: Sequence[dict[str, Any]]) -> str:
         "<style>.pareto-chart text{fill:var(--body-fg,#333)}.pareto-chart .grid{stroke:var(--hairline-color,#ddd)}"
         ".pareto-chart .axis{stroke:var(--body-quiet-color,#666)}</style>",
     ]
-    if not plotted:
+    if plotted:
+        out.extend(_plot(plotted))
+    else:
         message = "No option has both a latency and a cost to plot."
         if not options:
             message = "No options to plot: the route has no enabled model or cascade."
-        middle = f'x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle"'
-        out.append(f'<text class="empty" {middle}>{escape(message)}</text>')
-    else:
-        out.extend(_plot(plotted))
+        out.append(f'<text class="empty" x="{LEFT}" y="{EMPTY_HEIGHT / 2 + 4}">{escape(message)}</text>')
     for i, option in enumerate(unplotted):
         line = f"not plotted: {option['option']} ({_missing(option)})"
-        out.append(f'<text class="not-plotted" x="{LEFT}" y="{HEIGHT + LINE_HEIGHT * i}">{escape(line)}</text>')
+        y = chart_height + 14 + LINE_HEIGHT * i
+        out.append(f'<text class="not-plotted" x="{LEFT}" y="{y}">{escape(line)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 

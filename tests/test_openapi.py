@@ -91,7 +91,7 @@ async def test_other_unknown_paths_keep_the_html_404(http):
 
 async def test_the_schema_lists_every_answer_of_chat_completions(schema):
     responses = schema["paths"][CHAT]["post"]["responses"]
-    assert set(responses) == {"200", "400", "401", "404", "405", "413", "429", "500", "502", "503", "504"}
+    assert set(responses) == {"200", "400", "401", "404", "405", "409", "413", "422", "429", "500", "502", "503", "504"}
     assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}
     assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletion"}
     for status, response in responses.items():

@@ -193,7 +193,7 @@ ERRORS = {
     "support yet. `param` names the field.",
     401: "Missing, wrong or revoked API key (`Authorization: Bearer <key>`).",
     403: "Signed in, but not staff.",
-    404: "No enabled model or route by that name (`code`: model_not_found, route_not_found).",
+    404: "No enabled model, route or prompt by that name (`code`: model_not_found, route_not_found, prompt_not_found).",
     409: "The route's target names a model that is missing or disabled in the catalog "
     "(`code`: route_target_unavailable).",
     405: "A method this path does not accept; `Allow` lists those it does.",

@@ -111,7 +111,6 @@ async def test_a_prompt_template_fills_its_variables(sdk):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"prompt": "nope", "variables": {}}, "There is no prompt named 'nope'"),
         ({"prompt": "sentiment", "variables": {}}, "needs the variable 'text'"),
         ({"prompt": "sentiment@x", "variables": {"text": "a"}}, "must be a number"),
     ],
@@ -120,6 +119,13 @@ async def test_a_bad_prompt_reference_is_a_400(sdk, extra, message):
     with pytest.raises(openai.BadRequestError) as caught:
         await sdk.chat.completions.create(model="sim-small", messages=[], extra_body=extra)
     assert message in caught.value.body["message"]
+
+
+async def test_an_unknown_prompt_is_a_404_naming_it(sdk):
+    with pytest.raises(openai.NotFoundError) as caught:
+        await sdk.chat.completions.create(model="sim-small", messages=[], extra_body={"prompt": "nope"})
+    assert caught.value.body["code"] == "prompt_not_found"
+    assert "There is no prompt named 'nope'" in caught.value.body["message"]
 
 
 async def test_a_client_that_leaves_before_the_first_chunk_frees_the_upstream_call(asgi_app, api_key, seeded):
