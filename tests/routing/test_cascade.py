@@ -8,6 +8,7 @@ import math
 from decimal import Decimal
 
 import pytest
+from channels.testing import WebsocketCommunicator
 
 from monitoring.outcomes import AttemptRecord
 from tests.conftest import auth, flushed_metrics, sse_events
@@ -246,3 +247,44 @@ async def test_a_steps_max_tokens_caps_what_its_model_may_answer_with(http, api_
     assert cheap_upstream.last.body["max_tokens"] == 3
     await http.post(URL, json=ask("again", max_tokens=2), headers=auth(api_key))
     assert cheap_upstream.last.body["max_tokens"] == 2
+
+
+@pytest.mark.local_model
+async def test_the_seeded_sentiment_cascade_scores_the_local_models_answer_by_its_token_probabilities(http, api_key):
+    """The real SmolLM2 answers first; its answer's mean token probability is its score."""
+    body = {
+        "model": "route:sentiment",
+        "prompt": "sentiment",
+        "variables": {"text": "I loved every minute of it, a wonderful film."},
+        "temperature": 0,
+    }
+    response = await http.post(URL, json=body, headers=auth(api_key))
+    assert response.status_code == 200, response.text
+    first = response.json()["llmops"]["cascade"][0]
+    assert first["model"] == "smollm2-135m"
+    checks = first["checks"]
+    assert set(checks) == {"labels", "confidence"}
+    if checks["labels"] == 1:
+        assert 0 < checks["confidence"] <= 1
+        assert first["score"] == pytest.approx(checks["confidence"], abs=1e-4)
+    assert first["kept"] == (first["score"] >= first["threshold"])
+    assert response.headers["x-llmops-model"] == ("smollm2-135m" if first["kept"] else "sim-large")
+
+
+async def test_a_websocket_chat_through_a_cascade_streams_the_kept_answer_and_says_so(
+    asgi_app, api_key, cheap_upstream
+):
+    cheap_upstream.reply(text="maybe")
+    await sentiment_route(labels=LABELS)
+    socket = WebsocketCommunicator(asgi_app, "/ws/v1/chat", headers=[(b"authorization", f"Bearer {api_key}".encode())])
+    assert (await socket.connect())[0]
+    await socket.send_json_to({"type": "chat", "id": 1, **ask("hmm")})
+    events = []
+    while not events or events[-1]["type"] not in ("done", "error"):
+        events.append(await socket.receive_json_from(timeout=5))
+    await socket.disconnect()
+    done = events[-1]
+    assert done["type"] == "done", done
+    assert "".join(e["text"] for e in events if e["type"] == "delta") == "positive"
+    assert done["model"] == STRONG and done["route"] == "tone"
+    assert [step["model"] for step in done["cascade"]] == [CHEAP, STRONG]
