@@ -84,16 +84,31 @@ CLOUD: list[dict[str, Any]] = [
     },
 ]
 
+# Few-shot: SmolLM2-135M answers a bare label for about 4% of SST-2 with a plain instruction
+# and for all of it with these examples (see `manage.py evaluate` in the README).
+SENTIMENT_EXAMPLES = [
+    ("I loved this film, it was wonderful.", "positive"),
+    ("The food was cold and the service was rude.", "negative"),
+    ("The meeting is scheduled for Tuesday at noon.", "neutral"),
+    ("a boring, pointless waste of two hours", "negative"),
+    ("Great news, we won the match!", "positive"),
+    ("The train leaves from platform 4.", "neutral"),
+]
 PROMPTS: list[dict[str, Any]] = [
     {
         "name": "sentiment",
         "version": 1,
-        "description": "Classify the sentiment of a text as positive, negative or neutral.",
+        "description": "Classify the sentiment of a text as positive, negative or neutral (six examples first).",
         "messages": [
             {
                 "role": "system",
-                "content": "You classify sentiment. Answer with one word: positive, negative or neutral.",
+                "content": "You classify the sentiment of a text. Answer with one word: positive, negative or neutral.",
             },
+            *(
+                message
+                for text, label in SENTIMENT_EXAMPLES
+                for message in ({"role": "user", "content": f"Text: {text}"}, {"role": "assistant", "content": label})
+            ),
             {"role": "user", "content": "Text: {{text}}"},
         ],
     },
@@ -146,7 +161,8 @@ SENTIMENT_CASCADE: dict[str, Any] = {
             "model": "smollm2-135m",
             "labels": "positive, negative, neutral",
             "confidence": "mean",
-            "threshold": 0.5,
+            # Fitted by `manage.py evaluate --fit` on SST-2 (0.58435); on three-way tweets it fitted 0.72.
+            "threshold": 0.58,
             "max_tokens": 4,
         },
         {"position": 1, "model": "sim-large"},

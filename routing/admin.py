@@ -167,7 +167,7 @@ class EvaluationAdmin(admin.ModelAdmin):
     @admin.display(description="results")
     def table(self, obj: Evaluation) -> str:
         rows = [r for r in obj.results or [] if isinstance(r, dict)]
-        header = format_html(
+        header = mark_safe(  # a constant
             "<tr><th>option</th><th>accuracy</th><th>cost (USD)</th><th>per 1,000</th>"
             "<th>p50 ms</th><th>p95 ms</th><th>n</th></tr>"
         )
@@ -176,8 +176,8 @@ class EvaluationAdmin(admin.ModelAdmin):
             "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    r.get("option"),
-                    " (stand-in)" if r.get("stand_in") else "",
+                    r.get("label") or r.get("option"),
+                    " (stand-in)" if r.get("stand_in") and not r.get("label") else "",
                     _fmt(r.get("accuracy"), "{:.3f}"),
                     _fmt(r.get("cost_usd"), "{:.6f}"),
                     _fmt(r.get("cost_per_1k"), "{:.4f}"),

@@ -161,7 +161,11 @@ def _load() -> RoutingSnapshot:
         evaluated[evaluation.route_name] = {
             str(item["option"]): float(item["accuracy"])
             for item in evaluation.results or []
-            if isinstance(item, dict) and "option" in item and isinstance(item.get("accuracy"), (int, float))
+            # Measured rows only: not those computed offline, nor the cascade before its fit.
+            if isinstance(item, dict)
+            and item.get("kind", "model") in ("model", "cascade")
+            and "option" in item
+            and isinstance(item.get("accuracy"), (int, float))
         }
     return RoutingSnapshot(
         routes=routes,

@@ -34,8 +34,9 @@ pytestmark = [
          "--chats-per-socket", "2"],
         ["benchmarks.failover", "--requests", "60", "--concurrency", "8", "--warmup", "5", "--breaker-window-s", "2",
          "--cooldown-s", "0.5", "--lead-in-s", "1"],
+        ["benchmarks.routing", "--calls", "200", "--requests", "20", "--rounds", "2"],
     ],
-    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming", "failover"],
+    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming", "failover", "routing"],
 )  # fmt: skip
 def test_the_benchmark_runs_and_prints_its_ratios(command):
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -52,3 +53,16 @@ def test_the_semantic_threshold_benchmark_runs_on_a_subset():
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Recommended default similarity threshold" in done.stdout
+
+
+@pytest.mark.local_model
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared" / "data" / "sst2_dev.tsv").is_file(),
+    reason="measures on the sentiment sets in ../shared/data, which a clone of the project alone lacks",
+)
+def test_the_cascade_quality_benchmark_runs_on_a_few_rows():
+    command = ["benchmarks.cascade_quality", "--limit", "6", "--only", "local", "--only", "openai"]
+    done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("stand-in") >= 2
+    assert "openai: skipped, OPENAI_API_KEY is not set" in done.stdout or "sentiment-openai on" in done.stdout
