@@ -89,6 +89,8 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.cache
 	$(PY) -m benchmarks.streaming
 	$(PY) -m benchmarks.failover
+	$(PY) -m benchmarks.routing
+	$(PY) -m benchmarks.cascade_quality
 
 worker: $(VENV)/.installed
 	$(VENV)/bin/celery -A llmops worker --loglevel=INFO

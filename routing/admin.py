@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from asgiref.sync import async_to_sync
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -103,7 +102,7 @@ class RouteAdmin(admin.ModelAdmin):
             if window not in PARETO_WINDOWS:  # any window the API takes, such as 30m
                 context["windows"] = (*PARETO_WINDOWS, window)
             # The selector is async, for the gateway's async views; the admin's views are sync.
-            found = async_to_sync(pareto_options)(route_name=route_name, window_s=window_s)
+            found = pareto_options(route_name=route_name, window_s=window_s)
         except GatewayError as error:
             context["error"], status = error.message, error.status
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.core.validators import RegexValidator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
@@ -17,7 +16,7 @@ from rest_framework.views import APIView
 
 from llmops.api.chat import chat_request_data, inference_request, validated
 from llmops.api.openapi import ERROR_HEADERS, error_responses
-from llmops.api.serializers import NO_NULL_CHARACTER, NOT_BLANK
+from llmops.api.serializers import NO_NULL_CHARACTER, NOT_BLANK, PROMPT_REFERENCE, ChatCompletionRequestSerializer
 from llmops.api.views import GatewayAPIView, read_json_object
 from llmops.auth import ApiKeyAuthentication, KeyOrStaff
 from llmops.catalog import ApiKeyInfo, EndpointConfig
@@ -25,7 +24,8 @@ from llmops.errors import InvalidRequest
 from llmops.pipeline import route_preview
 from routing.checks import CheckSpec
 from routing.selectors import WINDOW_PATTERN, pareto_options, window_parsed
-from routing.services import LIMIT_NAMES, RoutePlan
+from routing.services import RoutePlan
+from routing.types import LIMIT_NAMES
 
 
 def _endpoint(endpoint: EndpointConfig) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class PreviewQuerySerializer(serializers.Serializer):
     )
     task_type = serializers.CharField(required=False, max_length=50, validators=[NOT_BLANK])
     complexity = serializers.CharField(required=False, max_length=20, validators=[NOT_BLANK])
-    prompt = serializers.CharField(required=False, max_length=120, validators=[NOT_BLANK])
+    prompt = serializers.CharField(required=False, max_length=120, validators=[PROMPT_REFERENCE])
     max_latency_ms = serializers.FloatField(required=False, min_value=0, max_value=1e9)
     max_cost_per_1k = serializers.FloatField(required=False, min_value=0, max_value=1e9)
     min_quality = serializers.FloatField(required=False, min_value=0, max_value=1)
@@ -122,8 +122,9 @@ def preview_payload(request: HttpRequest) -> dict[str, Any]:
     limits = {name: data[name] for name in LIMIT_NAMES if name in data}
     if limits:
         payload["limits"] = limits
-    if "content" in data:
-        payload["messages"] = [{"role": "user", "content": data["content"]}]
+    if "content" in data or "prompt" not in data:
+        # No last turn given: the rules that look at one see it empty.
+        payload["messages"] = [{"role": "user", "content": data.get("content", "")}]
     return payload
 
 
@@ -142,7 +143,14 @@ class RoutePreviewView(GatewayAPIView):
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         return await self._preview(request, api_key)
 
-    @extend_schema(exclude=True)
+    @extend_schema(
+        operation_id="routing_preview_body",
+        summary="Dry run for a whole chat completion body",
+        description="The same as GET, for a chat completion body (metadata and prompt variables included).",
+        request=ChatCompletionRequestSerializer,
+        parameters=ERROR_HEADERS,
+        responses={200: dict, **error_responses(400, 401, 404, 405, 409, 413, 422, 500)},
+    )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         return await self._preview(request, api_key)
 
@@ -161,7 +169,7 @@ class ParetoView(APIView):
     permission_classes = [KeyOrStaff]
 
     class InputSerializer(serializers.Serializer):
-        route = serializers.CharField(max_length=100)
+        route = serializers.CharField(max_length=100, validators=[NOT_BLANK])
         window = serializers.CharField(
             required=False,
             validators=[WINDOW_FORMAT],
@@ -183,5 +191,5 @@ class ParetoView(APIView):
         params = self.InputSerializer(data=request.query_params.dict())
         params.is_valid(raise_exception=True)
         window_s = window_parsed(params.validated_data.get("window"))
-        body = async_to_sync(pareto_options)(route_name=params.validated_data["route"], window_s=window_s)
+        body = pareto_options(route_name=params.validated_data["route"], window_s=window_s)
         return Response(body)

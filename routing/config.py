@@ -169,13 +169,19 @@ def _load() -> RoutingSnapshot:
         }
     return RoutingSnapshot(
         routes=routes,
-        by_task_type={route.task_type: route for route in routes.values() if route.task_type},
+        by_task_type={route.task_type.lower(): route for route in routes.values() if route.task_type},
         cascades={c.name: c for c in cascades_by_id.values()},
         evaluated=evaluated,
     )
 
 
 _snapshot = ConfigSnapshot(_load)
+
+
+def routing_config_read() -> RoutingSnapshot:
+    """The configuration read now, for sync callers (the admin, staff pages): the hot path
+    uses the snapshot instead."""
+    return _load()
 
 
 async def routing_snapshot() -> RoutingSnapshot:

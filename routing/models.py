@@ -255,6 +255,7 @@ class Route(Target):
         return self.name
 
     def clean(self) -> None:
+        self.task_type = self.task_type.lower()
         errors = self.target_errors()
         if errors:
             raise ValidationError(errors)
@@ -297,10 +298,9 @@ class RouteRule(Target):
                 re.compile(self.pattern)
             except re.error as exc:
                 errors["pattern"] = f"Not a valid regular expression: {exc}."
-        if not isinstance(self.metadata, dict) or not all(
-            isinstance(v, (str, int, float, bool)) for v in self.metadata.values()
-        ):
-            errors["metadata"] = 'Must be an object of plain values, e.g. {"tier": "free"}.'
+        if not isinstance(self.metadata, dict) or not all(isinstance(v, str) for v in self.metadata.values()):
+            # Requests send metadata as strings (as OpenAI's `metadata` is): a number here would never match.
+            errors["metadata"] = 'Must be an object of strings, e.g. {"tier": "free"}.'
         if (
             self.min_input_tokens is not None
             and self.max_input_tokens is not None

@@ -6,13 +6,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from llmops.catalog import EndpointConfig
 from llmops.errors import InvalidRequest, NotFound
-from routing.config import routing_snapshot
-from routing.services import options_judged
-from routing.stats import measured_load, pareto_optimal
+from llmops.models import ModelEndpoint
+from monitoring.selectors import measured_load
+from routing.config import routing_config_read
+from routing.services import options_figures
+from routing.stats import pareto_optimal
 
 # At most 9999 seconds, minutes or hours, or 999 days: whatever the pattern admits is served.
 WINDOW_PATTERN = r"\A(?:[1-9]\d{0,3}[smh]|[1-9]\d{0,2}d)\Z"
@@ -30,16 +32,18 @@ def window_parsed(text: str | None) -> float:
     return float(int(match.group(1)) * UNIT_S[match.group(2)])
 
 
-async def pareto_options(*, route_name: str, window_s: float, input_tokens: int = 200) -> dict[str, Any]:
+def pareto_options(*, route_name: str, window_s: float, input_tokens: int = 200) -> dict[str, Any]:
     """The route's options with p95 latency, cost per 1,000 requests and quality over the
-    window (priors where too little was measured), the Pareto-optimal ones marked."""
-    route = (await routing_snapshot()).routes.get(route_name)
+    window (priors where too little was measured), the Pareto-optimal ones marked. Sync, and
+    read from the database: sync views must not wait on the event loop's snapshots (a
+    request holding a snapshot's lock may be waiting for this very thread)."""
+    snapshot = routing_config_read()
+    route = snapshot.routes.get(route_name)
     if route is None:
         raise NotFound(f"The route {route_name!r} does not exist or is not enabled.", param="route")
-    measured = await sync_to_async(measured_load)(
-        route.options, window_s=window_s, max_rows=settings.LLMOPS_ROUTING_STATS_MAX_ROWS
-    )
-    judged = await options_judged(route, input_tokens=input_tokens, measured_window=measured)
+    enabled = {row.name: EndpointConfig.from_model(row) for row in ModelEndpoint.objects.filter(enabled=True)}
+    measured = measured_load(route.options, window_s=window_s, max_rows=settings.LLMOPS_ROUTING_STATS_MAX_ROWS)
+    judged = options_figures(route, snapshot, enabled=enabled, measured=measured, input_tokens=input_tokens)
     figures = [f for f, _ in judged]
     optimal = pareto_optimal(figures)
     options = [

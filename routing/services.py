@@ -16,95 +16,19 @@ from llmops import catalog
 from llmops.catalog import EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound
 from llmops.upstream import InFlight
-from routing.config import CascadeConfig, RouteConfig, RuleConfig, StepConfig, TargetConfig, routing_snapshot
+from monitoring.selectors import Measured
+from routing.config import (
+    CascadeConfig,
+    RouteConfig,
+    RoutingSnapshot,
+    RuleConfig,
+    StepConfig,
+    TargetConfig,
+    routing_snapshot,
+)
 from routing.models import AUTO_MODEL, ROUTE_PREFIX, Strategy
 from routing.stats import MEASURED, Figures, figures_for
-
-LIMIT_NAMES = ("max_latency_ms", "max_cost_per_1k", "min_quality")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_latency_ms: float | None = None
-    max_cost_per_1k: float | None = None
-    min_quality: float | None = None
-
-    def misses(self, figures: Figures) -> dict[str, str]:
-        """Each limit the option misses, and by how much."""
-        found: dict[str, str] = {}
-        if self.max_latency_ms is not None:
-            if figures.p95_ms is None:
-                found["max_latency_ms"] = "its p95 latency is unknown (no measurements, no prior)"
-            elif figures.p95_ms > self.max_latency_ms:
-                over = figures.p95_ms - self.max_latency_ms
-                found["max_latency_ms"] = f"p95 {figures.p95_ms:.0f} ms is {over:.0f} ms over {self.max_latency_ms:g}"
-        if self.max_cost_per_1k is not None:
-            if figures.cost_per_1k is None:
-                found["max_cost_per_1k"] = "its cost is unknown"
-            elif figures.cost_per_1k > self.max_cost_per_1k:
-                over = figures.cost_per_1k - self.max_cost_per_1k
-                found["max_cost_per_1k"] = (
-                    f"${figures.cost_per_1k:.4f} per 1k is ${over:.4f} over {self.max_cost_per_1k:g}"
-                )
-        if self.min_quality is not None:
-            if figures.quality is None:
-                found["min_quality"] = "its quality is unknown (run manage.py evaluate, or set a prior)"
-            elif figures.quality < self.min_quality:
-                under = self.min_quality - figures.quality
-                found["min_quality"] = f"quality {figures.quality:.3f} is {under:.3f} under {self.min_quality:g}"
-        return found
-
-    def shortfall(self, figures: Figures) -> float:
-        """How far an option is from meeting the limits, relative to each (for "closest")."""
-        total = 0.0
-        if self.max_latency_ms is not None:
-            total += _relative_over(figures.p95_ms, self.max_latency_ms)
-        if self.max_cost_per_1k is not None:
-            total += _relative_over(figures.cost_per_1k, self.max_cost_per_1k)
-        if self.min_quality is not None:
-            total += 10.0 if figures.quality is None else max(0.0, self.min_quality - figures.quality)
-        return total
-
-
-def _relative_over(value: float | None, limit: float) -> float:
-    if value is None:
-        return 10.0
-    return max(0.0, value - limit) / limit if limit > 0 else (0.0 if value <= 0 else 10.0)
-
-
-def limits_parsed(raw: Any) -> Limits:
-    """A request's `limits`, checked: raises InvalidRequest naming the field."""
-    if not isinstance(raw, dict):
-        raise InvalidRequest("limits must be an object.", param="limits")
-    for name in raw:
-        if name not in LIMIT_NAMES:
-            raise InvalidRequest(
-                f"limits.{name} is not a limit (use {', '.join(LIMIT_NAMES)}).", param=f"limits.{name}"
-            )
-    values: dict[str, float] = {}
-    for name, value in raw.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise InvalidRequest(f"limits.{name} must be a number.", param=f"limits.{name}")
-        if value < 0 or value == float("inf"):
-            raise InvalidRequest(f"limits.{name} must be a finite number, not negative.", param=f"limits.{name}")
-        if name == "min_quality" and value > 1:
-            raise InvalidRequest("limits.min_quality must be between 0 and 1.", param="limits.min_quality")
-        values[name] = float(value)
-    return Limits(**values)
-
-
-@dataclass(slots=True)
-class Features:
-    """What rules look at."""
-
-    task_type: str = ""
-    complexity: str = ""
-    prompt: str = ""  # the prompt template's name
-    input_tokens: int = 0
-    last_user: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
+from routing.types import Features, Limits
 
 
 @dataclass(slots=True)
@@ -136,8 +60,10 @@ class RoutePlan:
 
     @property
     def endpoints(self) -> list[EndpointConfig]:
+        """Every model the request may ask: a cascade's steps and judges (for its budget)."""
         if self.cascade_steps:
-            return [step.candidates[0] for step in self.cascade_steps]
+            steps = [step.candidates[0] for step in self.cascade_steps]
+            return steps + [step.judge for step in self.cascade_steps if step.judge is not None]
         return self.candidates[:1]
 
 
@@ -268,29 +194,31 @@ async def _target_plan(route: RouteConfig, rule: RuleConfig | None, target: Targ
     return RoutePlan(candidates, candidates[0].name, f"{where}: {why}{note}", **common)
 
 
-async def _option_endpoints(option: str, cascades: dict[str, CascadeConfig]) -> list[EndpointConfig] | None:
+def _option_endpoints(
+    option: str, cascades: dict[str, CascadeConfig], enabled: dict[str, EndpointConfig]
+) -> list[EndpointConfig] | None:
     if option.startswith("cascade:"):
         cascade = cascades.get(option.removeprefix("cascade:"))
         if cascade is None:
             return None
-        found = [await _enabled(step.model) for step in cascade.steps]
-        usable = [e for e in found if e is not None]
+        usable = [enabled[step.model] for step in cascade.steps if step.model in enabled]
         return usable or None
-    endpoint = await _enabled(option)
-    return [endpoint] if endpoint is not None else None
+    return [enabled[option]] if option in enabled else None
 
 
-async def options_judged(
-    route: RouteConfig, *, input_tokens: int, measured_window: dict[str, Any] | None = None
+def options_figures(
+    route: RouteConfig,
+    snapshot: RoutingSnapshot,
+    *,
+    enabled: dict[str, EndpointConfig],
+    measured: dict[str, Measured],
+    input_tokens: int,
 ) -> list[tuple[Figures, list[EndpointConfig]]]:
     """Every option of the route with its figures (measured, evaluated or prior)."""
-    snapshot = await routing_snapshot()
-    options = route.options
-    measured = measured_window if measured_window is not None else await MEASURED.get(options)
     evaluated = snapshot.evaluated.get(route.name, {})
     judged: list[tuple[Figures, list[EndpointConfig]]] = []
-    for option in options:
-        endpoints = await _option_endpoints(option, snapshot.cascades)
+    for option in route.options:
+        endpoints = _option_endpoints(option, snapshot.cascades, enabled)
         if endpoints is None:
             continue
         cascade = snapshot.cascades.get(option.removeprefix("cascade:")) if option.startswith("cascade:") else None
@@ -304,6 +232,15 @@ async def options_judged(
         )
         judged.append((figures, endpoints))
     return judged
+
+
+async def options_judged(route: RouteConfig, *, input_tokens: int) -> list[tuple[Figures, list[EndpointConfig]]]:
+    """The route's options judged by this process's snapshots (no query on the hot path)."""
+    enabled = {e.name: e for e in await catalog.endpoint_list_enabled()}
+    measured = await MEASURED.get(route.options)
+    return options_figures(
+        route, await routing_snapshot(), enabled=enabled, measured=measured, input_tokens=input_tokens
+    )
 
 
 def _explain(figures: Figures) -> str:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +38,15 @@ class Gateway:
         self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its log goes to a file, not a pipe: a pipe nobody reads fills up (Django logs a
+        # warning for every 4xx of its own views) and then blocks the server mid-request.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop(), with the server)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "llmops.asgi:application"],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -50,13 +54,18 @@ class Gateway:
                 httpx2.get(f"{self.url}/healthz", timeout=15)
                 return  # any answer, healthy or not, means the server is up
             except httpx2.ConnectError:
-                assert self.process.poll() is None, self.process.stderr.read().decode()
+                assert self.process.poll() is None, self.log_text()
                 time.sleep(0.1)
         raise AssertionError("daphne did not start")
+
+    def log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-5000:]
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+        self.log.close()
 
 
 def base_env(tmp_path: Path, database_url: str | None = None) -> dict[str, str]:

@@ -18,7 +18,7 @@ from llmops.api.serializers import (
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import InvalidRequest, first_validation_error
 from llmops.pipeline import InferenceRequest, InferenceResult
-from routing.services import limits_parsed
+from routing.types import limits_parsed
 
 # DRF deep-copies a serializer's fields for every new instance, which measured as a
 # seventh of a request's CPU. Validation is synchronous and runs only on the event loop's

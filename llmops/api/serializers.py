@@ -22,6 +22,9 @@ NOT_BLANK = RegexValidator(
     rf"\A[{WHITESPACE}]*[^{WHITESPACE}\x00][^\x00]*\Z", "This field may not be blank or contain null characters."
 )
 
+# A template's name is a slug; a version a whole number.
+PROMPT_REFERENCE = RegexValidator(r"\A[-a-zA-Z0-9_]+(?:@[0-9]+)?\Z", "Must be a prompt's name, or name@version.")
+
 TEXT_PART = {
     "type": "object",
     "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
@@ -136,7 +139,10 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
     user = serializers.CharField(required=False, allow_blank=True, max_length=256, validators=[NO_NULL_CHARACTER])
     prompt = serializers.CharField(
-        required=False, max_length=120, validators=[NOT_BLANK], help_text="A prompt template: name or name@version."
+        required=False,
+        max_length=120,
+        validators=[PROMPT_REFERENCE],
+        help_text="A prompt template: name or name@version.",
     )
     variables = serializers.DictField(required=False, help_text="Values for the prompt template's variables.")
     cache = CacheOptionsSerializer(required=False, help_text="Per-request answer cache control.")

@@ -224,5 +224,10 @@ async def _attempt(
             breaker.abandoned(permit)
         raise
     attempts.append(AttemptRecord(endpoint.name, "ok", (time.perf_counter() - started) * 1000, 200))
-    await breaker.succeeded(permit)
+    try:
+        await breaker.succeeded(permit)  # a probe's success is a Redis call: the client may leave meanwhile
+    except BaseException:
+        slot.release()
+        await close_quietly(upstream)
+        raise
     return Opened(endpoint, first, upstream, slot, breaker, usage_box[0] if usage_box else None)

@@ -81,20 +81,22 @@ async def _judged(
     judge_call = ProviderCall(
         messages=judge_messages(checks.judge_rubric, _last_user(call), text), params=dict(JUDGE_PARAMS)
     )
+    start = len(attempts)
     try:
         opened = await attempt_loop([plan.judge], judge_call, stream=False, deadline=deadline, attempts=attempts)
     except UpstreamError as error:
         if error.kind == "deadline":
             raise
-        attempts[-1].role = "judge"
         return 0.0, f"the judge could not be asked: {error.message}"
+    finally:
+        for record in attempts[start:]:
+            record.role = "judge"
     opened.slot.release()
     reply = opened.first.text if opened.first is not None else ""
     usage = _usage_of(opened.first, judge_call, reply)
     cost = cost_usd(opened.endpoint, usage)
     spent.add(usage, cost)
-    record = attempts[-1]
-    record.role, record.cost_usd = "judge", cost
+    attempts[-1].cost_usd = cost
     score = judge_score_parsed(reply)
     if score is None:
         return 0.0, f"the judge gave no score from 0 to 1 on its first line: {reply[:60]!r}"
@@ -124,7 +126,9 @@ async def cascade_open(
         try:
             opened = await attempt_loop(plan.candidates, step_call, stream=False, deadline=deadline, attempts=attempts)
         except UpstreamError as error:
-            if error.kind in ("invalid", "deadline") or final:
+            # A 400 from a checked step may be what the step added (token probabilities, its
+            # length cap): the next step is asked; the last one's error is the answer.
+            if error.kind == "deadline" or final:
                 raise
             last_error = error
             spent.steps.append({"model": plan.candidates[0].name, "score": None, "kept": False, "error": error.kind})
@@ -135,13 +139,17 @@ async def cascade_open(
         text = piece.text if piece is not None else ""
         usage = _usage_of(piece, step_call, text)
         cost = cost_usd(opened.endpoint, usage)
-        scores = local_checks(checks, text, piece.logprobs if isinstance(piece, WholePiece) else None)
-        if plan.judge is not None:
-            scores.scores["judge"], note = await _judged(
-                plan, call, text, deadline=deadline, attempts=attempts, spent=spent
-            )
-            if note:
-                scores.notes["judge"] = note
+        try:
+            scores = local_checks(checks, text, piece.logprobs if isinstance(piece, WholePiece) else None)
+            if plan.judge is not None:
+                scores.scores["judge"], note = await _judged(
+                    plan, call, text, deadline=deadline, attempts=attempts, spent=spent
+                )
+                if note:
+                    scores.notes["judge"] = note
+        except BaseException:
+            spent.add(usage, cost)  # the answer was generated, and paid for, whatever ended the request
+            raise
         kept = final or scores.score >= plan.step.threshold
         record.score, record.cost_usd = scores.score, cost
         spent.steps.append(
@@ -160,7 +168,8 @@ async def cascade_open(
             finish = piece.finish_reason if piece is not None and piece.finish_reason else "stop"
             pieces = replayed(text, finish, usage, stream=stream)
             first = await anext(pieces, None)
-            return Opened(opened.endpoint, first, pieces, _RELEASED, opened.breaker)
+            # Its usage is known now: a client leaving during the replay still paid for all of it.
+            return Opened(opened.endpoint, first, pieces, _RELEASED, opened.breaker, StreamDelta(usage=usage))
         spent.add(usage, cost)
     assert last_error is not None
     raise last_error

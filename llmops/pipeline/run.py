@@ -270,6 +270,12 @@ class Inference:
         endpoint = opened.endpoint if opened is not None else self.requested
         plan = self.plan
         route = plan.route if plan is not None else ""
+        # What answered, as routing measures it: a fallback's figures are its own, not the
+        # model's it stood in for; a cascade (and a cached answer) counts as the option chosen.
+        option = ""
+        if plan is not None and answered:
+            direct = opened is not None and not plan.cascade_steps
+            option = opened.endpoint.name if direct and opened is not None else plan.option
         if ok:
             assert endpoint is not None
             self.result = InferenceResult(
@@ -290,7 +296,7 @@ class Inference:
                 headers=headers,
                 route=route,
                 route_reason=plan.reason if plan is not None else "",
-                option=plan.option if plan is not None else endpoint.name,
+                option=option,
                 quality=spent.quality,
                 cascade=spent.steps,
             )
@@ -308,7 +314,7 @@ class Inference:
                 latency_ms=_elapsed_ms(self.request),
                 answered_by=endpoint.name if endpoint is not None and answered else "",
                 route=route,
-                option=plan.option if plan is not None and answered else "",
+                option=option,
                 quality_score=spent.quality,
                 provider=endpoint.provider if endpoint is not None else "",
                 prompt=self._resolved.prompt_label if self._resolved is not None else "",

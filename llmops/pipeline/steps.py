@@ -10,7 +10,6 @@ cache plan  how this request uses the answer cache (the lookup is caching's cach
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -26,7 +25,8 @@ from llmops.pricing import ZERO, cost_usd
 from llmops.prompts import prompt_render
 from llmops.providers.base import ProviderCall
 from llmops.usage import Usage, estimate_tokens
-from routing.services import Features, RoutePlan, route_choose
+from routing.services import RoutePlan, route_choose
+from routing.types import Features
 
 
 @dataclass(slots=True)
@@ -80,7 +80,12 @@ async def cache_plan_for(request: InferenceRequest, resolved: Resolved, plan: Ro
     """A route's answers are cached under the route and its configuration, whichever of its
     models answered; a model's under the model and where it runs."""
     if plan.route:
-        name, target = f"route:{plan.route}", f"route:{plan.route}#{plan.fingerprint}"
+        # The route's configuration, the rule that matched (another rule may send elsewhere),
+        # under limits the option chosen, and where its models run (repointing one starts afresh).
+        chosen = plan.option if plan.rule == "limits" else ""
+        runs = sorted({f"{e.provider}:{e.upstream_model}@{e.base_url}" for e in plan.candidates or plan.endpoints})
+        name = f"route:{plan.route}"
+        target = f"{name}#{plan.fingerprint}#{plan.rule}#{chosen}|{','.join(runs)}"
     else:
         endpoint = plan.first
         name, target = endpoint.name, f"{endpoint.provider}:{endpoint.upstream_model}@{endpoint.base_url}"
@@ -89,8 +94,6 @@ async def cache_plan_for(request: InferenceRequest, resolved: Resolved, plan: Ro
     params = request.params
     if request.simulate:
         params = {**params, "simulate": request.simulate}
-    if request.limits is not None:
-        params = {**params, "limits": dataclasses.asdict(request.limits)}
     return cache_plan(
         policy=policy,
         model=name,

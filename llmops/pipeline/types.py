@@ -12,7 +12,7 @@ from llmops.catalog import ApiKeyInfo
 from llmops.pricing import ZERO
 from llmops.usage import Usage
 from monitoring.outcomes import AttemptRecord
-from routing.services import Limits
+from routing.types import Limits
 
 
 def new_request_id() -> str:

@@ -28,11 +28,11 @@ from llmops.pipeline import InferenceRequest, InferenceResult, infer
 from llmops.prompts import parse_reference
 from llmops.providers.base import UpstreamError
 from llmops.providers.simulated import validate_overrides
+from monitoring.selectors import percentile
 from routing.checks import label_normalised
 from routing.evaluation.dataset import EvaluationError, Row
 from routing.evaluation.fit import Computed, FitRow, cascade_computed, threshold_fit
 from routing.models import ROUTE_PREFIX, CascadeStep, Evaluation, Route, Strategy, missing_or_disabled, names_parsed
-from routing.stats import percentile
 
 KEY_NAME = "evaluate"
 PARAMS_FIXED = {"temperature": 0}
@@ -525,7 +525,9 @@ def evaluation_run(
     errors = sum(row["errors"] for row in results if row["kind"] != "computed")
     if errors:
         summary.append(f"{errors} requests failed; each counts as a wrong answer.")
-    fitted = next((row["threshold"] for row in results if row["kind"] == "cascade" and "threshold" in row), None)
+    # A cascade row carries the threshold it ran at; only a fit chose it.
+    ran_at = next((row["threshold"] for row in results if row["kind"] == "cascade" and "threshold" in row), None)
+    fitted = ran_at if fit else None
     report = Report([*table_lines(results), "", *summary], results, fitted_threshold=fitted)
     if not store:
         if old is not None:

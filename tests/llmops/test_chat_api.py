@@ -116,7 +116,7 @@ async def test_a_prompt_template_fills_its_variables(sdk):
     ("extra", "message"),
     [
         ({"prompt": "sentiment", "variables": {}}, "needs the variable 'text'"),
-        ({"prompt": "sentiment@x", "variables": {"text": "a"}}, "must be a number"),
+        ({"prompt": "sentiment@x", "variables": {"text": "a"}}, "name@version"),
     ],
 )
 async def test_a_bad_prompt_reference_is_a_400(sdk, extra, message):

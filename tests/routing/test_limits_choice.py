@@ -152,6 +152,7 @@ async def test_the_sdk_sends_limits_in_extra_body(sdk, pick):
         ({"min_quality": 1.5}, "limits.min_quality"),
         ({"max_tokens": 5}, "limits.max_tokens"),
         ("quick", "limits"),
+        ({"max_latency_ms": 10**400}, "limits.max_latency_ms"),
     ],
 )
 async def test_malformed_limits_are_400s_naming_the_limit(http, api_key, pick, limits, param):
@@ -250,3 +251,9 @@ async def test_the_pareto_window_counts_only_requests_inside_it(http, api_key, p
 async def test_a_bad_window_is_a_400(http, api_key, pick, window):
     response = await http.get("/api/routing/pareto", params={"route": "pick", "window": window}, headers=auth(api_key))
     assert response.status_code == 400 and response.json()["error"]["param"] == "window"
+
+
+async def test_empty_limits_leave_the_route_to_its_rules(http, api_key, pick):
+    response = await http.post(URL, json=ask(limits={}), headers=auth(api_key))
+    assert response.status_code == 200
+    assert "weighted choice" in response.headers["x-llmops-route-reason"]

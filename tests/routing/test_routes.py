@@ -260,3 +260,27 @@ async def test_malformed_routing_fields_are_400s_naming_the_field(http, api_key,
     response = await http.post(URL, json={**ask("route:help"), field: value}, headers=auth(api_key))
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.usefixtures("answer_cache")
+async def test_an_answer_cached_through_one_rule_is_not_served_to_a_request_another_rule_sends_elsewhere(
+    http, api_key, support, strong_upstream
+):
+    cheap = await http.post(URL, json=ask("route:help", "same words"), headers=auth(api_key))
+    enterprise = await http.post(
+        URL, json=ask("route:help", "same words", metadata={"tier": "enterprise"}), headers=auth(api_key)
+    )
+    assert cheap.headers["x-llmops-model"] == CHEAP
+    assert (enterprise.headers["x-llmops-cache"], enterprise.headers["x-llmops-model"]) == ("miss", STRONG)
+    assert len(strong_upstream.requests) == 1
+
+
+async def test_a_fallback_that_answers_is_measured_as_itself(http, api_key, cheap_upstream):
+    await ModelEndpoint.objects.filter(name=CHEAP).aupdate(fallbacks=STRONG)
+    catalog.reset()
+    await route_create("fb", strategy="single", model_names=CHEAP)
+    cheap_upstream.fail(500, times=10)
+    response = await http.post(URL, json=ask("route:fb"), headers=auth(api_key))
+    assert response.headers["x-llmops-model"] == STRONG
+    (row,) = await flushed_metrics(request_id=response.headers["x-llmops-request-id"])
+    assert (row.option, row.answered_by) == (STRONG, STRONG)

@@ -92,6 +92,7 @@ def test_a_cascade_target_takes_no_models(cascade):
         ({"pattern": "(unclosed"}, "pattern"),
         ({"metadata": {"tier": ["a", "b"]}}, "metadata"),
         ({"metadata": ["tier"]}, "metadata"),
+        ({"metadata": {"premium": True}}, "metadata"),
         ({"min_input_tokens": 10, "max_input_tokens": 5}, "max_input_tokens"),
         ({"model_names": "gpt-4.1"}, "model_names"),  # disabled without an OpenAI key
     ],
