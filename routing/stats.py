@@ -6,17 +6,22 @@ refreshed in the background, so choosing under limits costs no query."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import weakref
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from llmops.catalog import EndpointConfig
 from llmops.pricing import cost_usd
 from llmops.usage import Usage
 from monitoring.selectors import Measured, measured_load
 from routing.config import CascadeConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,29 +49,48 @@ class Figures:
 
 class MeasuredSnapshot:
     """The measured figures of every option, at most LLMOPS_ROUTING_STATS_TTL_S old: a stale
-    snapshot is served while a fresh one loads in the background."""
+    snapshot is served while a fresh one loads in the background, and requests that find
+    none wait for one load between them (per event loop), not one each."""
 
     def __init__(self) -> None:
         self._value: dict[str, Measured] | None = None
         self._options: frozenset[str] = frozenset()
         self._loaded_at = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._loads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def get(self, options: list[str]) -> dict[str, Measured]:
         wanted = frozenset(options)
-        fresh = time.monotonic() - self._loaded_at < settings.LLMOPS_ROUTING_STATS_TTL_S
         if self._value is not None and wanted <= self._options:
-            if not fresh and (self._task is None or self._task.done()):
-                self._task = asyncio.ensure_future(self._load(self._options | wanted))
+            if time.monotonic() - self._loaded_at >= settings.LLMOPS_ROUTING_STATS_TTL_S:
+                self._load_started(wanted)
             return self._value
-        await self._load(self._options | wanted)
+        for _ in range(2):  # a load already under way may be for other options
+            await asyncio.shield(self._load_started(wanted))
+            if self._value is not None and wanted <= self._options:
+                break
         assert self._value is not None
         return self._value
 
+    def _load_started(self, wanted: frozenset[str]) -> asyncio.Task[None]:
+        loop = asyncio.get_running_loop()
+        task = self._loads.get(loop)
+        if task is None or task.done():
+            task = self._loads[loop] = loop.create_task(self._load(self._options | wanted))
+        return task
+
     async def _load(self, options: frozenset[str]) -> None:
-        value = await sync_to_async(measured_load)(
-            sorted(options), window_s=settings.LLMOPS_ROUTING_WINDOW_S, max_rows=settings.LLMOPS_ROUTING_STATS_MAX_ROWS
-        )
+        try:
+            value = await sync_to_async(measured_load)(
+                sorted(options),
+                window_s=settings.LLMOPS_ROUTING_WINDOW_S,
+                max_rows=settings.LLMOPS_ROUTING_STATS_MAX_ROWS,
+            )
+        except DatabaseError:
+            # Routing goes on without measurements (on the priors) rather than failing requests.
+            logger.warning("Routing could not read the measured figures; using what it had", exc_info=True)
+            value = self._value if self._value is not None else {}
         self._value, self._options, self._loaded_at = value, options, time.monotonic()
 
     def reset(self) -> None:

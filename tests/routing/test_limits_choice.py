@@ -3,6 +3,7 @@ the dry-run preview."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
 
@@ -14,6 +15,7 @@ from llmops import catalog
 from llmops.models import ModelEndpoint
 from monitoring.models import QueryMetric
 from routing.models import Evaluation
+from routing.stats import MEASURED
 from tests.conftest import auth, flushed_metrics
 from tests.routing.conftest import CHEAP, STRONG, cascade_create, route_create
 
@@ -257,3 +259,11 @@ async def test_empty_limits_leave_the_route_to_its_rules(http, api_key, pick):
     response = await http.post(URL, json=ask(limits={}), headers=auth(api_key))
     assert response.status_code == 200
     assert "weighted choice" in response.headers["x-llmops-route-reason"]
+
+
+async def test_requests_that_find_no_measurements_yet_share_one_load_of_them(pick):
+    MEASURED.reset()
+    found = await asyncio.gather(*(MEASURED.get([CHEAP, STRONG]) for _ in range(20)))
+    # One load: every request got the same figures object (each load builds a new one).
+    assert all(figures is found[0] for figures in found)
+    assert found[0][CHEAP].samples == 30
