@@ -1,7 +1,8 @@
 """The one inference pipeline. REST, streaming, WebSockets and batch items all come here
 (see run.py for the order of the steps)."""
 
-from llmops.pipeline.run import Inference, filled_usage, infer, request_rejected, route_preview
+from llmops.pipeline.attempts import filled_usage
+from llmops.pipeline.run import Inference, infer, request_rejected, route_preview
 from llmops.pipeline.types import InferenceRequest, InferenceResult, new_request_id, upstream_calls
 
 __all__ = [

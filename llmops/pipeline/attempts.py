@@ -29,6 +29,7 @@ from llmops.catalog import EndpointConfig
 from llmops.providers import provider_for
 from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
 from llmops.upstream import UpstreamSlot, upstream_slot
+from llmops.usage import Usage, estimate_tokens
 from monitoring.outcomes import AttemptRecord
 
 
@@ -59,6 +60,19 @@ async def _whole(endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[
         finish_reason=completion.finish_reason,
         usage=completion.usage,
         logprobs=completion.logprobs,
+    )
+
+
+def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> Usage:
+    """The provider's usage, with estimates only where it reported none (an
+    OpenAI-compatible server that sends no usage, a stream cut before its usage came)."""
+    if usage.input_tokens and (usage.output_tokens or not output_estimate):
+        return usage
+    return Usage(
+        input_tokens=usage.input_tokens or estimate_tokens("".join(m["content"] for m in call.messages)),
+        output_tokens=usage.output_tokens or output_estimate,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 

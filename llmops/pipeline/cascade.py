@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from llmops.pipeline.attempts import Opened, WholePiece, attempt_loop
+from llmops.pipeline.attempts import Opened, WholePiece, attempt_loop, filled_usage
 from llmops.pipeline.replay import replayed
 from llmops.pricing import ZERO, cost_usd
 from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
@@ -48,10 +48,8 @@ class Spent:
 
 
 def _usage_of(piece: StreamDelta | None, call: ProviderCall, text: str) -> Usage:
-    if piece is not None and piece.usage is not None and piece.usage.input_tokens:
-        return piece.usage
-    prompt = "".join(m["content"] for m in call.messages)
-    return Usage(input_tokens=estimate_tokens(prompt), output_tokens=estimate_tokens(text))
+    usage = piece.usage if piece is not None and piece.usage is not None else Usage()
+    return filled_usage(usage, call, output_estimate=estimate_tokens(text))
 
 
 def _step_params(plan: CascadeStepPlan, call: ProviderCall) -> dict[str, Any]:

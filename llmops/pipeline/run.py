@@ -27,30 +27,17 @@ from llmops.catalog import EndpointConfig
 from llmops.errors import GatewayError
 from llmops.limits import Admission
 from llmops.pipeline import steps
-from llmops.pipeline.attempts import Opened, attempt_loop, close_quietly, next_piece
+from llmops.pipeline.attempts import Opened, attempt_loop, close_quietly, filled_usage, next_piece
 from llmops.pipeline.cascade import Spent, cascade_open
 from llmops.pipeline.replay import replayed
 from llmops.pipeline.types import InferenceRequest, InferenceResult
 from llmops.pricing import ZERO, cost_usd
-from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
+from llmops.providers.base import StreamDelta, UpstreamError
 from llmops.usage import Usage, estimate_tokens
 from monitoring.outcomes import AttemptRecord, RequestOutcome, request_observed
 from routing.services import RoutePlan
 
 logger = logging.getLogger(__name__)
-
-
-def filled_usage(usage: Usage, call: ProviderCall, *, output_estimate: int) -> Usage:
-    """The provider's usage, with estimates only where it reported none (an
-    OpenAI-compatible server that sends no usage, a stream cut before its usage came)."""
-    if usage.input_tokens and (usage.output_tokens or not output_estimate):
-        return usage
-    return Usage(
-        input_tokens=usage.input_tokens or estimate_tokens("".join(m["content"] for m in call.messages)),
-        output_tokens=usage.output_tokens or output_estimate,
-        cached_tokens=usage.cached_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-    )
 
 
 def header_text(text: str, limit: int = 500) -> str:
