@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from llmops import catalog
+from monitoring.models import QueryMetric
 from routing.models import Cascade, CascadeStep, Route, RouteRule
 from tests.conftest import add_endpoint
 from tests.fakes.openai_server import FakeOpenAI
@@ -69,3 +73,27 @@ def route_create(name: str, *, rules: list[dict[str, Any]] = (), **fields: Any) 
         row.save()
     catalog.reset()
     return route
+
+
+def measured_rows(
+    option: str, latency_ms: float, *, cost: str, count: int = 30, spread: bool = False, quality: float | None = None
+) -> None:
+    """`count` successful uncached requests answered by `option` in the last minutes, at
+    `latency_ms` each, or spread from half of it to one and a half times it."""
+    now = timezone.now()
+    batch = secrets.token_hex(4)
+    QueryMetric.objects.bulk_create(
+        QueryMetric(
+            request_id=f"{option}-{batch}-{i}",
+            created_at=now - timedelta(seconds=i),
+            model=option,
+            option=option,
+            answered_by=option,
+            status="ok",
+            cache_status="miss",
+            latency_ms=latency_ms * (0.5 + i / count) if spread else latency_ms,
+            cost_usd=Decimal(cost),
+            quality_score=quality,
+        )
+        for i in range(count)
+    )

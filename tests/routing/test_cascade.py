@@ -3,6 +3,7 @@ OpenAI's wire protocol (token log-probabilities included)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from decimal import Decimal
@@ -10,8 +11,11 @@ from decimal import Decimal
 import pytest
 from channels.testing import WebsocketCommunicator
 
+from llmops import catalog
+from llmops.pipeline import Inference, InferenceRequest
+from llmops.upstream import InFlight
 from monitoring.outcomes import AttemptRecord
-from tests.conftest import auth, flushed_metrics, sse_events
+from tests.conftest import auth, flushed_metrics, sse_client_that_leaves, sse_events
 from tests.routing.conftest import CHEAP, JUDGE, STRONG, cascade_create, route_create
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("routed_models")]
@@ -288,3 +292,51 @@ async def test_a_websocket_chat_through_a_cascade_streams_the_kept_answer_and_sa
     assert "".join(e["text"] for e in events if e["type"] == "delta") == "positive"
     assert done["model"] == STRONG and done["route"] == "tone"
     assert [step["model"] for step in done["cascade"]] == [CHEAP, STRONG]
+
+
+# -- every way out gives back what the request took ------------------------------------------
+
+
+async def test_a_client_that_leaves_while_the_cheap_step_answers_frees_everything(
+    asgi_app, api_key, settings, cheap_upstream, strong_upstream
+):
+    settings.LLMOPS_SSE_KEEPALIVE_S = 0.05
+    await sentiment_route(labels=LABELS)
+    cheap_upstream.delay_s = 2.0
+    cheap_upstream.notice_hangups = True
+    # The headers and a first keep-alive went out; no token yet; the user closes the tab.
+    sent = await sse_client_that_leaves(
+        asgi_app, api_key, ask(stream=True), leave_when=lambda sent: any(m.get("body") for m in sent)
+    )
+    assert sent[0]["status"] == 200
+    assert InFlight.current == 0 and InFlight.by_model[CHEAP] == 0
+    assert strong_upstream.requests == []
+    (row,) = await flushed_metrics()
+    assert (row.status, row.http_status, row.route) == ("cancelled", 499, "tone")
+    assert [a["outcome"] for a in row.attempts] == ["cancelled"]
+
+
+async def test_a_request_cancelled_while_the_judge_grades_still_pays_for_the_answer_it_got(
+    api_key, cheap_upstream, judge_upstream, strong_upstream
+):
+    await sentiment_route(judge_model=JUDGE, judge_rubric="Score 1 if polite, else 0.", threshold=0.5)
+    cheap_upstream.reply(text="Hello", prompt_tokens=10, completion_tokens=2)
+    judge_upstream.delay_s = 2.0
+    judge_upstream.notice_hangups = True
+    key = await catalog.api_key_get(api_key)
+    inference = Inference(InferenceRequest(api_key=key, model="route:tone", messages=ask()["messages"]), stream=False)
+    await inference.open()
+    first = asyncio.ensure_future(inference.first())
+    while not judge_upstream.requests:
+        await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await inference.aclose()
+    assert InFlight.current == 0 and InFlight.by_model[JUDGE] == 0
+    assert strong_upstream.requests == []
+    (row,) = await flushed_metrics()
+    assert row.status == "cancelled"
+    # The cheap model's answer was generated and billed before the client left.
+    assert row.cost_usd == (10 * Decimal("0.10") + 2 * Decimal("0.40")) / 1_000_000
+    assert [(a["model"], a.get("role", "")) for a in row.attempts] == [(CHEAP, ""), (JUDGE, "judge")]

@@ -4,20 +4,16 @@ the dry-run preview."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.utils import timezone
 
 from llmops import catalog
 from llmops.models import ModelEndpoint
-from monitoring.models import QueryMetric
 from routing.models import Evaluation
 from routing.stats import MEASURED
 from tests.conftest import auth, flushed_metrics
-from tests.routing.conftest import CHEAP, STRONG, cascade_create, route_create
+from tests.routing.conftest import CHEAP, STRONG, cascade_create, measured_rows, route_create
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("routed_models")]
 
@@ -29,21 +25,8 @@ def ask(model: str = "route:pick", content: str = "Hello", **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
 
-@sync_to_async
-def measured(option: str, latency_ms: float, cost: str, *, count: int = 30) -> None:
-    now = timezone.now()
-    QueryMetric.objects.bulk_create(
-        QueryMetric(
-            request_id=f"{option}-{i}",
-            created_at=now - timedelta(seconds=i),
-            model=option,
-            option=option,
-            status="ok",
-            latency_ms=latency_ms * (0.5 + i / count),
-            cost_usd=Decimal(cost),
-        )
-        for i in range(count)
-    )
+async def measured(option: str, latency_ms: float, cost: str, *, count: int = 30) -> None:
+    await sync_to_async(measured_rows)(option, latency_ms, cost=cost, count=count, spread=True)
 
 
 @sync_to_async

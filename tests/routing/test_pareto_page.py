@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.urls import reverse
-from django.utils import timezone
 
 from llmops import catalog
-from monitoring.models import QueryMetric
 from routing.models import Evaluation
 from routing.pareto_chart import pareto_svg
+from tests.routing.conftest import measured_rows
 
 SVG = "{http://www.w3.org/2000/svg}"
 PAGE = "/admin/routing/route/pareto/"
@@ -134,22 +131,7 @@ def test_quality_is_coloured_and_unknown_quality_is_grey():
 
 
 def measured(option: str, latency_ms: float, cost: str) -> None:
-    now = timezone.now()
-    count = settings.LLMOPS_ROUTING_MIN_SAMPLES + 5
-    QueryMetric.objects.bulk_create(
-        QueryMetric(
-            request_id=f"{option}-{i}",
-            created_at=now - timedelta(seconds=i),
-            model=option,
-            option=option,
-            route="support",
-            status="ok",
-            cache_status="miss",
-            latency_ms=latency_ms * (0.5 + i / count),
-            cost_usd=Decimal(cost),
-        )
-        for i in range(count)
-    )
+    measured_rows(option, latency_ms, cost=cost, count=settings.LLMOPS_ROUTING_MIN_SAMPLES + 5, spread=True)
 
 
 @pytest.fixture

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.utils import timezone
 
 from caching.models import CachePolicy
 from llmops import catalog
 from llmops.models import ModelEndpoint
 from llmops.upstream import InFlight
-from monitoring.models import QueryMetric
 from routing.models import Route
 from tests.conftest import auth, flushed_metrics
-from tests.routing.conftest import CHEAP, STRONG, route_create
+from tests.routing.conftest import CHEAP, STRONG, measured_rows, route_create
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("routed_models")]
 
@@ -153,28 +149,12 @@ async def test_least_in_flight_sends_to_the_model_with_fewer_calls_open(http, ap
     assert InFlight.by_model[CHEAP] == 0 and InFlight.by_model[STRONG] == 0
 
 
-@sync_to_async
-def measured(option: str, latency_ms: float, *, count: int = 30, cost: str = "0.0001", quality=None) -> None:
-    now = timezone.now()
-    QueryMetric.objects.bulk_create(
-        QueryMetric(
-            request_id=f"{option}-{latency_ms}-{i}",
-            created_at=now - timedelta(seconds=i),
-            model=option,
-            option=option,
-            answered_by=option,
-            status="ok",
-            latency_ms=latency_ms,
-            cost_usd=Decimal(cost),
-            quality_score=quality,
-        )
-        for i in range(count)
-    )
+measured = sync_to_async(measured_rows)
 
 
 async def test_lowest_p95_sends_to_the_model_measured_fastest(http, api_key):
-    await measured(CHEAP, 900.0)
-    await measured(STRONG, 120.0)
+    await measured(CHEAP, 900.0, cost="0.0001")
+    await measured(STRONG, 120.0, cost="0.0001")
     await route_create("fastest", strategy="lowest_p95", model_names=f"{CHEAP}, {STRONG}")
     response = await http.post(URL, json=ask("route:fastest"), headers=auth(api_key))
     assert response.headers["x-llmops-model"] == STRONG
