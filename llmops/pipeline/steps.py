@@ -10,7 +10,7 @@ cache plan  how this request uses the answer cache (the lookup is caching's cach
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -34,6 +34,7 @@ class Resolved:
     call: ProviderCall
     prompt_label: str
     prompt_name: str = ""
+    estimate: Usage = field(default_factory=Usage)  # at most what it will use: routing and limits read it
 
 
 async def authorize(request: InferenceRequest) -> ApiKeyInfo:
@@ -56,7 +57,7 @@ async def resolve(request: InferenceRequest) -> Resolved:
     if not messages:
         raise InvalidRequest("messages must be a non-empty list (or name a prompt).", param="messages")
     call = ProviderCall(messages=messages, params=request.params, simulate=request.simulate)
-    return Resolved(call, prompt_label, prompt_name)
+    return Resolved(call, prompt_label, prompt_name, estimated_usage(call))
 
 
 async def route(request: InferenceRequest, resolved: Resolved) -> RoutePlan:
@@ -66,7 +67,7 @@ async def route(request: InferenceRequest, resolved: Resolved) -> RoutePlan:
         task_type=request.task_type,
         complexity=request.complexity,
         prompt=resolved.prompt_name,
-        input_tokens=estimated_usage(resolved.call).input_tokens,
+        input_tokens=resolved.estimate.input_tokens,
         last_user=next((m["content"] for m in reversed(messages) if m["role"] == "user"), ""),
         metadata=request.metadata,
     )
@@ -116,6 +117,6 @@ def estimated_usage(call: ProviderCall) -> Usage:
 async def admit(key: ApiKeyInfo, resolved: Resolved, plan: RoutePlan) -> Admission:
     """Rate limits and budget, once the route is known (the estimate needs its prices: for a
     cascade, every step's, as it may ask them all)."""
-    usage = estimated_usage(resolved.call)
+    usage = resolved.estimate
     cost = sum((cost_usd(endpoint, usage) for endpoint in plan.endpoints), ZERO)
     return await limits_admit(key, tokens=usage.input_tokens + usage.output_tokens, cost=cost)
