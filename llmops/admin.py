@@ -63,7 +63,7 @@ class ModelEndpointAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Limits", {"fields": ("context_window", "max_concurrency")}),
+        ("Limits", {"fields": ("context_window", "max_concurrency", "requests_per_minute", "tokens_per_minute")}),
         ("Routing priors", {"fields": ("latency_prior_ms", "quality_prior"), "classes": ("collapse",)}),
         ("Simulation", {"fields": ("simulation",), "classes": ("collapse",)}),
     )

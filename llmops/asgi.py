@@ -38,6 +38,12 @@ websocket_application = BrowserOriginValidator(
 
 application = ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})
 
+if settings.LLMOPS_BATCH_EXECUTOR == "in_process" and settings.LLMOPS_BATCH_START_WITH_SERVER:
+    from llmops.batches.executor import EXECUTOR
+
+    # Batches run in this process (no broker): resume what a restart left unfinished.
+    EXECUTOR.start()
+
 # Everything loaded at start-up lives for the whole process: move it out of the
 # collector's sight so full collections under load stay short.
 gc.collect()

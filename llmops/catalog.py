@@ -37,6 +37,8 @@ class EndpointConfig:
     fallbacks: tuple[str, ...] = ()
     latency_prior_ms: float | None = None
     quality_prior: float | None = None
+    rpm: int | None = None  # the provider's requests per minute for this model
+    tpm: int | None = None  # and tokens per minute
 
     @classmethod
     def from_model(cls, row: ModelEndpoint) -> EndpointConfig:
@@ -58,6 +60,8 @@ class EndpointConfig:
             fallbacks=tuple(row.fallback_names),
             latency_prior_ms=None if row.latency_prior_ms is None else float(row.latency_prior_ms),
             quality_prior=row.quality_prior,
+            rpm=row.requests_per_minute,
+            tpm=row.tokens_per_minute,
         )
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from typing import Any
+import tempfile
+from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -36,8 +37,25 @@ API_PREFIXES = ("/v1/", "/healthz")
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="llmops"'}
 
 
+# Uploads (POST /v1/files) may be as large as a batch file and its multipart envelope; they
+# are spooled to a temporary file rather than held in memory.
+UPLOAD_PATH = "/v1/files"
+UPLOAD_ENVELOPE_BYTES = 64 * 1024
+
+
 def too_large(limit: int) -> HttpResponse:
     return error_response(GatewayError(f"The body is larger than {limit} bytes.", status=413, code="request_too_large"))
+
+
+def file_too_large() -> HttpResponse:
+    limit = settings.LLMOPS_BATCH_MAX_FILE_BYTES
+    return error_response(
+        GatewayError(
+            f"The file is larger than {limit} bytes, the most a batch file may hold (LLMOPS_BATCH_MAX_FILE_BYTES).",
+            param="file",
+            code="file_too_large",
+        )
+    )
 
 
 async def scope_api_key(authorization: bytes | None) -> ApiKeyInfo | HttpResponse:
@@ -80,6 +98,32 @@ async def body_read(receive: Any, limit: int) -> io.BytesIO | None:
     return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
+async def upload_read(receive: Any, limit: int) -> IO[bytes] | None:
+    """An upload's body, spooled to a temporary file past FILE_UPLOAD_MAX_MEMORY_SIZE; None
+    (and the file closed) as soon as it passes `limit` bytes."""
+    spooled = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)  # noqa: SIM115
+    size = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    spooled.close()
+                    return None
+                spooled.write(chunk)
+            if not message.get("more_body", False):
+                break
+    except BaseException:
+        spooled.close()
+        raise
+    spooled.seek(0)
+    return spooled
+
+
 class ApiASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []
@@ -94,9 +138,13 @@ class ApiASGIHandler(ASGIHandler):
                 authorization = value
             elif name == b"content-length":
                 declared = value
-        limit = settings.LLMOPS_MAX_BODY_BYTES
+        upload = scope["method"] == "POST" and scope["path"] == UPLOAD_PATH
+        limit = (
+            settings.LLMOPS_BATCH_MAX_FILE_BYTES + UPLOAD_ENVELOPE_BYTES if upload else settings.LLMOPS_MAX_BODY_BYTES
+        )
+        refusal = file_too_large if upload else lambda: too_large(limit)
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self.send_response(too_large(limit), send)
+            await self.send_response(refusal(), send)
             return
         api_key: ApiKeyInfo | None = None
         if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
@@ -106,11 +154,11 @@ class ApiASGIHandler(ASGIHandler):
                 return
             api_key = found
         try:
-            body_file = await body_read(receive, limit)
+            body_file = await (upload_read if upload else body_read)(receive, limit)
         except RequestAborted:
             return
         if body_file is None:
-            await self.send_response(too_large(limit), send)
+            await self.send_response(refusal(), send)
             return
         set_script_prefix(get_script_prefix(scope))
         request, refusal = self.create_request(scope, body_file)

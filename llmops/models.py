@@ -77,6 +77,17 @@ class ModelEndpoint(models.Model):
     max_concurrency = models.PositiveIntegerField(
         default=64, help_text="Upstream calls held in flight at once, per gateway process (0: no limit)."
     )
+    requests_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The provider's requests-per-minute limit for this model, kept by every gateway process and "
+        "batch worker together (blank: none).",
+    )
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The provider's tokens-per-minute limit (input + output, as estimated before the call).",
+    )
     simulation = models.JSONField(
         default=dict,
         blank=True,
@@ -261,3 +272,19 @@ def config_version_bump() -> None:
     """Move the shared configuration version: every process reloads its snapshots."""
     if not ConfigVersion.objects.filter(pk=ConfigVersion.SINGLETON).update(version=models.F("version") + 1):
         ConfigVersion.objects.get_or_create(pk=ConfigVersion.SINGLETON, defaults={"version": 1})
+
+
+# The batch models live in their own module; Django finds them here.
+from llmops.batches.models import Batch, BatchFile, BatchItem, FilePart  # noqa: E402
+
+__all__ = [
+    "ApiKey",
+    "Batch",
+    "BatchFile",
+    "BatchItem",
+    "ConfigVersion",
+    "FilePart",
+    "ModelEndpoint",
+    "PromptTemplate",
+    "Provider",
+]

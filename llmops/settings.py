@@ -200,8 +200,15 @@ CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 3600, minimum=1)
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 3300, minimum=1)
-# Without a broker, tasks run in the calling process (the embedded default).
-CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+# A task is acknowledged once it ended, and given back to the queue when its worker died.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    # Batches whose runner died (or that nobody runs yet) are resumed; provider batches polled.
+    "batches-sweep": {"task": "llmops.batches.sweep", "schedule": env_float("LLMOPS_BATCH_SWEEP_S", 30.0, minimum=1.0)},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -293,6 +300,40 @@ LLMOPS_SEMANTIC_MAX_GROUPS = env_int("LLMOPS_SEMANTIC_MAX_GROUPS", 10_000, minim
 LLMOPS_EMBED_TIMEOUT_S = env_float("LLMOPS_EMBED_TIMEOUT_S", 2.0, minimum=0.05)
 LLMOPS_LOCAL_MODEL_THREADS = env_int("LLMOPS_LOCAL_MODEL_THREADS", 0, minimum=0)
 LLMOPS_LOCAL_MODEL_CONTEXT = env_int("LLMOPS_LOCAL_MODEL_CONTEXT", 2048, minimum=256)
+
+# Batches (OpenAI's Files and Batches API, run by the gateway). Uploads are refused past
+# these sizes, as OpenAI's are.
+LLMOPS_BATCH_MAX_FILE_BYTES = env_int("LLMOPS_BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024, minimum=1024)
+LLMOPS_BATCH_MAX_LINES = env_int("LLMOPS_BATCH_MAX_LINES", 50_000, minimum=1)
+# Where batches run: "in_process" (a thread of the server, the default without a broker),
+# "celery" (workers, the default with CELERY_BROKER_URL), or "off" (nothing here runs them).
+LLMOPS_BATCH_EXECUTOR = env_str("LLMOPS_BATCH_EXECUTOR", "celery" if CELERY_BROKER_URL else "in_process")
+if LLMOPS_BATCH_EXECUTOR not in ("in_process", "celery", "off"):
+    raise ImproperlyConfigured(f"LLMOPS_BATCH_EXECUTOR={LLMOPS_BATCH_EXECUTOR!r} must be in_process, celery or off")
+# Batch items hold at most this share of a model's concurrency (max_concurrency), so that
+# interactive requests to it keep their latency while a batch runs.
+LLMOPS_BATCH_CONCURRENCY_SHARE = env_float("LLMOPS_BATCH_CONCURRENCY_SHARE", 0.5, minimum=0.0)
+if LLMOPS_BATCH_CONCURRENCY_SHARE > 1:
+    raise ImproperlyConfigured("LLMOPS_BATCH_CONCURRENCY_SHARE must be between 0 and 1")
+# Items one runner holds at once (claimed, waiting for a slot or answering).
+LLMOPS_BATCH_RUNNER_ITEMS = env_int("LLMOPS_BATCH_RUNNER_ITEMS", 256, minimum=1)
+# A runner's claim on its items lasts this long and is renewed at a third of it; a claim
+# that lapses (the runner died) is taken over by another runner.
+LLMOPS_BATCH_LEASE_S = env_float("LLMOPS_BATCH_LEASE_S", 60.0, minimum=0.5)
+LLMOPS_BATCH_POLL_S = env_float("LLMOPS_BATCH_POLL_S", 1.0, minimum=0.01)
+# An item failing transiently (429, 5xx, a timeout) after the attempt loop's own retries is
+# queued again, up to this many runs in all, before it is failed.
+LLMOPS_BATCH_ITEM_RUNS = env_int("LLMOPS_BATCH_ITEM_RUNS", 3, minimum=1)
+# A Celery task runs a batch for at most this long, then hands it to the next task (well
+# inside CELERY_TASK_SOFT_TIME_LIMIT).
+LLMOPS_BATCH_TASK_SLICE_S = env_float("LLMOPS_BATCH_TASK_SLICE_S", 600.0, minimum=1.0)
+# On the embedded default the executor starts with the server (resuming what a restart
+# left unfinished); the tests start it themselves.
+LLMOPS_BATCH_START_WITH_SERVER = env_bool("LLMOPS_BATCH_START_WITH_SERVER", True)
+LLMOPS_BATCH_ITEM_DEADLINE_S = env_float("LLMOPS_BATCH_ITEM_DEADLINE_S", 3600.0, minimum=1.0)
+# An interactive request waits at most this long for its model's requests- or tokens-per-
+# minute limit (the provider's, in the catalog) before it is sent to the model's fallback.
+LLMOPS_MODEL_RATE_MAX_WAIT_S = env_float("LLMOPS_MODEL_RATE_MAX_WAIT_S", 1.0, minimum=0.0)
 
 LOGGING = {
     "version": 1,

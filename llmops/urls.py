@@ -4,6 +4,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from caching.api import CacheStatsView
 from llmops.api.views import ChatCompletionsView, ModelDetailView, ModelListView, api_path_not_found
+from llmops.batches.api import (
+    BatchCancelView,
+    BatchDetailView,
+    BatchesView,
+    FileContentView,
+    FileDetailView,
+    FilesView,
+)
 from llmops.health import healthz
 from llmops.pages import playground
 from routing.api import ParetoView, RoutePreviewView
@@ -13,6 +21,12 @@ urlpatterns = [
     path("v1/chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("v1/models", ModelListView.as_view(), name="models"),
     path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),
+    path("v1/files", FilesView.as_view(), name="files"),
+    path("v1/files/<str:file_id>", FileDetailView.as_view(), name="file-detail"),
+    path("v1/files/<str:file_id>/content", FileContentView.as_view(), name="file-content"),
+    path("v1/batches", BatchesView.as_view(), name="batches"),
+    path("v1/batches/<str:batch_id>", BatchDetailView.as_view(), name="batch-detail"),
+    path("v1/batches/<str:batch_id>/cancel", BatchCancelView.as_view(), name="batch-cancel"),
     path("healthz", healthz, name="healthz"),
     path("api/cache/stats", CacheStatsView.as_view(), name="cache-stats"),
     path("api/routing/preview", RoutePreviewView.as_view(), name="routing-preview"),

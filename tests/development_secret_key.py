@@ -7,3 +7,5 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("LLMOPS_ALLOW_INSECURE_SECRET_KEY", "true")
+# The tests start the embedded batch executor themselves, where they test it.
+os.environ.setdefault("LLMOPS_BATCH_START_WITH_SERVER", "false")

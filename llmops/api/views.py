@@ -53,13 +53,16 @@ class GatewayAPIView(APIView):
 
     authentication_classes = [ApiKeyAuthentication]  # documents the scheme; dispatch calls `authorize`
     permission_classes: list[Any] = []
+    api_methods = API_METHODS
 
     async def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         self.args, self.kwargs, self.request = args, kwargs, request
         method = (request.method or "").lower()
-        handler = getattr(self, method, None) if method in API_METHODS else None
+        handler = getattr(self, method, None) if method in self.api_methods else None
         if not inspect.iscoroutinefunction(handler):
-            allowed = ", ".join(m.upper() for m in API_METHODS if inspect.iscoroutinefunction(getattr(self, m, None)))
+            allowed = ", ".join(
+                m.upper() for m in self.api_methods if inspect.iscoroutinefunction(getattr(self, m, None))
+            )
             return error_response(
                 GatewayError(
                     f"{request.method} is not allowed here (use {allowed}).",

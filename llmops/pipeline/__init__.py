@@ -2,7 +2,7 @@
 (see run.py for the order of the steps)."""
 
 from llmops.pipeline.attempts import filled_usage
-from llmops.pipeline.run import Inference, infer, request_rejected, route_preview
+from llmops.pipeline.run import Inference, infer, request_preview, request_rejected, route_preview
 from llmops.pipeline.types import InferenceRequest, InferenceResult, new_request_id, upstream_calls
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "filled_usage",
     "infer",
     "new_request_id",
+    "request_preview",
     "request_rejected",
     "route_preview",
     "upstream_calls",

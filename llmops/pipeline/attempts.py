@@ -26,6 +26,7 @@ from django.conf import settings
 
 from llmops.breakers import ModelBreaker, Permit, breaker_for
 from llmops.catalog import EndpointConfig
+from llmops.model_limits import limited, model_rate_take
 from llmops.providers import provider_for
 from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
 from llmops.upstream import UpstreamSlot, upstream_slot
@@ -190,6 +191,27 @@ async def attempt_loop(
     raise all_open_error(skipped)
 
 
+async def _paced(endpoint: EndpointConfig, call: ProviderCall) -> None:
+    """Wait until the model's requests- and tokens-per-minute limits take this call. An
+    interactive request that would wait longer than LLMOPS_MODEL_RATE_MAX_WAIT_S goes to the
+    next candidate instead (429 when there is none); a batch item waits its turn."""
+    output = call.params.get("max_tokens") or settings.LLMOPS_ESTIMATED_OUTPUT_TOKENS
+    tokens = estimate_tokens("".join(m["content"] for m in call.messages)) + output
+    while True:
+        wait = await model_rate_take(endpoint, tokens)
+        if not wait:
+            return
+        if not call.batch and wait > settings.LLMOPS_MODEL_RATE_MAX_WAIT_S:
+            raise UpstreamError(
+                f"{endpoint.name} is at its provider's requests- or tokens-per-minute limit.",
+                status=429,
+                error_type="rate_limit_exceeded",
+                retry_after=str(max(1, math.ceil(wait))),
+                kind="throttled",
+            )
+        await asyncio.sleep(wait)
+
+
 async def _attempt(
     endpoint: EndpointConfig,
     call: ProviderCall,
@@ -201,13 +223,19 @@ async def _attempt(
 ) -> Opened:
     breaker = permit.breaker
     try:
-        # Waiting for a free slot of a busy model counts against the deadline too.
+        # Waiting for the model's rate limits and for a free slot counts against the deadline too.
         async with asyncio.timeout_at(deadline):
-            slot = await upstream_slot(endpoint)
+            if limited(endpoint):
+                await _paced(endpoint, call)
+            slot = await upstream_slot(endpoint, batch=call.batch)
     except TimeoutError:
         breaker.abandoned(permit)
         attempts.append(AttemptRecord(endpoint.name, "deadline", 0.0, 504))
         raise deadline_error() from None
+    except UpstreamError as error:
+        breaker.abandoned(permit)
+        attempts.append(AttemptRecord(endpoint.name, error.kind, 0.0, error.status))
+        raise
     except BaseException:
         breaker.abandoned(permit)
         raise

@@ -77,7 +77,9 @@ async def _judged(
     assert plan.judge is not None
     checks = plan.step.checks
     judge_call = ProviderCall(
-        messages=judge_messages(checks.judge_rubric, _last_user(call), text), params=dict(JUDGE_PARAMS)
+        messages=judge_messages(checks.judge_rubric, _last_user(call), text),
+        params=dict(JUDGE_PARAMS),
+        batch=call.batch,
     )
     start = len(attempts)
     try:

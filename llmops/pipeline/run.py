@@ -152,7 +152,7 @@ class Inference:
             if self._upstream is None:
                 deadline = (
                     asyncio.get_running_loop().time()
-                    + settings.LLMOPS_REQUEST_DEADLINE_S
+                    + (self.request.deadline_s or settings.LLMOPS_REQUEST_DEADLINE_S)
                     - (time.perf_counter() - self.request.started)
                 )
                 if plan.cascade_steps:
@@ -324,12 +324,18 @@ class Inference:
                 slot.abandon()
 
 
-async def route_preview(request: InferenceRequest) -> RoutePlan:
-    """What routing would do with a request, without calling any model: a dry run, neither
-    admitted against the key's limits nor recorded."""
+async def request_preview(request: InferenceRequest) -> tuple[steps.Resolved, RoutePlan]:
+    """What the pipeline would ask and whom, without calling any model: a dry run, neither
+    admitted against the key's limits nor recorded. Raises what the request would meet
+    (an unknown model, prompt or route)."""
     await steps.authorize(request)
     resolved = await steps.resolve(request)
-    return await steps.route(request, resolved)
+    return resolved, await steps.route(request, resolved)
+
+
+async def route_preview(request: InferenceRequest) -> RoutePlan:
+    """What routing would do with a request (request_preview's plan)."""
+    return (await request_preview(request))[1]
 
 
 async def infer(request: InferenceRequest) -> InferenceResult:

@@ -56,7 +56,7 @@ async def resolve(request: InferenceRequest) -> Resolved:
         prompt_label, prompt_name = prompt.label, prompt.name
     if not messages:
         raise InvalidRequest("messages must be a non-empty list (or name a prompt).", param="messages")
-    call = ProviderCall(messages=messages, params=request.params, simulate=request.simulate)
+    call = ProviderCall(messages=messages, params=request.params, simulate=request.simulate, batch=request.batch)
     return Resolved(call, prompt_label, prompt_name, estimated_usage(call))
 
 

@@ -35,8 +35,12 @@ class InferenceRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     limits: Limits | None = None
     request_id: str = field(default_factory=new_request_id)
-    endpoint_kind: str = "chat.completions"
+    endpoint_kind: str = "chat.completions"  # "batch" for a batch item
     started: float = field(default_factory=time.perf_counter)
+    # A batch item: behind interactive requests for its model's slots, paced by its rate
+    # limits rather than sent to a fallback, and given its own (longer) deadline.
+    batch: bool = False
+    deadline_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -70,4 +74,4 @@ class InferenceResult:
 
 
 def upstream_calls(attempts: list[AttemptRecord]) -> int:
-    return sum(1 for attempt in attempts if attempt.outcome != "breaker_open")
+    return sum(1 for attempt in attempts if attempt.outcome not in ("breaker_open", "throttled"))

@@ -34,6 +34,9 @@ class ProviderCall:
     # Ask for the answer's token log-probabilities (Completion.logprobs), for quality
     # checks that score confidence. Whole answers only: streams do not carry them.
     logprobs: bool = False
+    # A batch item: it waits behind interactive requests for its model's slots, holds at most
+    # the batch share of them, and waits out the model's rate limits instead of falling back.
+    batch: bool = False
 
 
 @dataclass(slots=True)

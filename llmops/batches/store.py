@@ -1,0 +1,299 @@
+"""The batch runner's database work, on one thread of its own with one connection: claims,
+lease renewals and state reads run there in order, and the answers recorded meanwhile are
+committed together (a group commit), so that hundreds of items a second cost a few
+transactions, and an answer is durable a few milliseconds after it came.
+
+An item's answer is recorded only while the item is still running: whoever records first
+wins, and a late duplicate (a runner that lost its lease but was not dead) is dropped, so
+every item is written once and counted once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from llmops.batches.models import Batch, BatchItem, ItemStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Claimed:
+    id: int
+    line: int
+    custom_id: str
+    body: dict[str, Any]
+    runs: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one item's run: recorded as `status` (succeeded or failed), or
+    queued again (`retry_at`) after a transient failure."""
+
+    item_id: int
+    status: str
+    status_code: int | None = None
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    request_id: str = ""
+    model: str = ""
+    cost_usd: Decimal = Decimal(0)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    retry_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class BatchState:
+    status: str
+    expires_at: datetime
+    total: int
+    completed: int
+    failed: int
+    cost_usd: Decimal
+
+
+def item_claim(batch_id: str, worker: str, limit: int, lease_s: float, max_runs: int) -> list[Claimed]:
+    """Take up to `limit` items that nobody holds: queued ones that are due, and running ones
+    whose runner's lease lapsed. One that already ran `max_runs` times without an answer (its
+    runner died each time) is failed instead of being taken again."""
+    now = timezone.now()
+    claimable = Q(status=ItemStatus.QUEUED) & (Q(not_before__isnull=True) | Q(not_before__lte=now))
+    claimable |= Q(status=ItemStatus.RUNNING, lease_until__lt=now)
+    with transaction.atomic():
+        candidates = BatchItem.objects.filter(claimable, batch_id=batch_id).order_by("line")
+        if connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        rows = list(candidates.values_list("id", "attempts", "status")[:limit])
+        worn = [item_id for item_id, runs, status in rows if status == ItemStatus.RUNNING and runs >= max_runs]
+        if worn:
+            failed = BatchItem.objects.filter(id__in=worn).update(
+                status=ItemStatus.FAILED,
+                status_code=500,
+                response={
+                    "error": {
+                        "message": f"The item's runner stopped {max_runs} times while it ran; it was not run again.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "batch_item_abandoned",
+                    }
+                },
+                lease_owner="",
+                lease_until=None,
+                finished_at=now,
+            )
+            Batch.objects.filter(id=batch_id).update(failed=F("failed") + failed)
+        ids = [item_id for item_id, _, _ in rows if item_id not in set(worn)]
+        if not ids:
+            return []
+        BatchItem.objects.filter(id__in=ids).update(
+            status=ItemStatus.RUNNING,
+            lease_owner=worker,
+            lease_until=now + timedelta(seconds=lease_s),
+            attempts=F("attempts") + 1,
+            started_at=now,
+            not_before=None,
+        )
+        found = BatchItem.objects.filter(id__in=ids).values_list("id", "line", "custom_id", "body", "attempts")
+        return sorted((Claimed(*row) for row in found), key=lambda claimed: claimed.line)
+
+
+def lease_renew(batch_id: str, worker: str, lease_s: float) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        BatchItem.objects.filter(batch_id=batch_id, status=ItemStatus.RUNNING, lease_owner=worker).update(
+            lease_until=now + timedelta(seconds=lease_s)
+        )
+        Batch.objects.filter(id=batch_id).update(heartbeat_at=now)
+
+
+def lease_release(batch_id: str, worker: str) -> None:
+    """Give back the items this runner holds unanswered (it stops early): queued again, and
+    the run they were given does not count."""
+    BatchItem.objects.filter(batch_id=batch_id, status=ItemStatus.RUNNING, lease_owner=worker).update(
+        status=ItemStatus.QUEUED, lease_owner="", lease_until=None, attempts=F("attempts") - 1
+    )
+
+
+def batch_state(batch_id: str) -> BatchState:
+    row = Batch.objects.values_list("status", "expires_at", "total", "completed", "failed", "cost_usd").get(id=batch_id)
+    return BatchState(*row)
+
+
+def items_open(batch_id: str) -> int:
+    """Items not answered yet, whoever holds them."""
+    return BatchItem.objects.filter(batch_id=batch_id, status__in=(ItemStatus.QUEUED, ItemStatus.RUNNING)).count()
+
+
+def items_close(batch_id: str, status: str, code: str, message: str) -> int:
+    """End every item still open (the batch was cancelled or expired)."""
+    now = timezone.now()
+    return BatchItem.objects.filter(batch_id=batch_id, status__in=(ItemStatus.QUEUED, ItemStatus.RUNNING)).update(
+        status=status, error={"code": code, "message": message}, lease_owner="", lease_until=None, finished_at=now
+    )
+
+
+def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
+    """Record each outcome if its item is still running; one transaction for all. Returns,
+    per outcome, whether it was recorded (False: another runner recorded that item first)."""
+    now = timezone.now()
+    recorded: list[bool] = []
+    completed = failed = input_tokens = output_tokens = cached_tokens = 0
+    cost = Decimal(0)
+    with transaction.atomic():
+        for outcome in outcomes:
+            running = BatchItem.objects.filter(id=outcome.item_id, status=ItemStatus.RUNNING)
+            if outcome.retry_at is not None:
+                done = running.update(
+                    status=ItemStatus.QUEUED, not_before=outcome.retry_at, lease_owner="", lease_until=None
+                )
+                recorded.append(bool(done))
+                continue
+            done = running.update(
+                status=outcome.status,
+                status_code=outcome.status_code,
+                response=outcome.response,
+                error=outcome.error,
+                request_id=outcome.request_id,
+                model=outcome.model,
+                cost_usd=outcome.cost_usd,
+                lease_owner="",
+                lease_until=None,
+                finished_at=now,
+            )
+            recorded.append(bool(done))
+            if not done:
+                continue
+            if outcome.status == ItemStatus.SUCCEEDED:
+                completed += 1
+            else:
+                failed += 1
+            cost += outcome.cost_usd
+            input_tokens += outcome.input_tokens
+            output_tokens += outcome.output_tokens
+            cached_tokens += outcome.cached_tokens
+        if completed or failed:
+            Batch.objects.filter(id=batch_id).update(
+                completed=F("completed") + completed,
+                failed=F("failed") + failed,
+                cost_usd=F("cost_usd") + cost,
+                input_tokens=F("input_tokens") + input_tokens,
+                output_tokens=F("output_tokens") + output_tokens,
+                cached_tokens=F("cached_tokens") + cached_tokens,
+                heartbeat_at=now,
+            )
+    return recorded
+
+
+_STOP = object()
+
+
+class BatchStore:
+    """One thread that runs the runner's database calls in order; outcomes waiting together
+    are recorded in one transaction."""
+
+    def __init__(self, name: str = "llmops-batch-store") -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put(("call", fn, args, loop, future))
+        return await future
+
+    async def record(self, batch_id: str, outcome: Outcome) -> bool:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put(("record", batch_id, outcome, loop, future))
+        return await future
+
+    def close(self) -> None:
+        self._jobs.put(_STOP)
+        self._thread.join(30)
+
+    def _work(self) -> None:
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                jobs = [job]
+                # Everything waiting now goes in this round: the records as one transaction.
+                while True:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        self._jobs.put(_STOP)
+                        break
+                    jobs.append(more)
+                # In the order they came; records next to each other share a transaction.
+                group: list[tuple[Any, ...]] = []
+                for item in jobs:
+                    if item[0] == "record":
+                        group.append(item)
+                        continue
+                    _records_commit(group)
+                    group = []
+                    _, fn, args, loop, future = item
+                    try:
+                        _settle(loop, future, fn(*args), None)
+                    except Exception as exc:
+                        _settle(loop, future, None, exc)
+                        _reconnect_later()
+                _records_commit(group)
+        finally:
+            connection.close()
+
+
+def _reconnect_later() -> None:
+    # The error may be the connection's (the database restarted): the next call opens a new one.
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _records_commit(group: list[tuple[Any, ...]]) -> None:
+    by_batch: dict[str, list[tuple[Any, ...]]] = {}
+    for job in group:
+        by_batch.setdefault(job[1], []).append(job)
+    for batch_id, jobs in by_batch.items():
+        try:
+            results = outcomes_record(batch_id, [job[2] for job in jobs])
+        except Exception as exc:
+            for job in jobs:
+                _settle(job[3], job[4], None, exc)
+            _reconnect_later()
+            continue
+        for job, result in zip(jobs, results, strict=True):
+            _settle(job[3], job[4], result, None)
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any, error: Exception | None) -> None:
+    def settle() -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:
+        logger.debug("A batch runner's event loop closed before its database call answered")

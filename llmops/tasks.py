@@ -1,0 +1,66 @@
+"""Celery tasks (production: `celery -A llmops worker`). Thin: each calls one service.
+
+A batch runs as a chain of slices (LLMOPS_BATCH_TASK_SLICE_S each) on the worker process's
+own event loop, which lives as long as the process, so provider clients and connection pools
+are reused from one slice and batch to the next. Buffered metric and cache rows are written
+before a task ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from celery.signals import worker_ready
+from django.conf import settings
+
+from caching.store import ENTRIES
+from llmops.batches.executor import batches_unattended
+from llmops.batches.runner import batch_run
+from llmops.batches.store import BatchStore
+from llmops.celery import app
+from monitoring.recorder import METRICS
+
+logger = logging.getLogger(__name__)
+
+_loop: asyncio.AbstractEventLoop | None = None
+_store: BatchStore | None = None
+
+
+def _worker_loop() -> tuple[asyncio.AbstractEventLoop, BatchStore]:
+    global _loop, _store
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    if _store is None:
+        _store = BatchStore()
+    return _loop, _store
+
+
+@app.task(name="llmops.batches.run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def batch_run_task(batch_id: str) -> str:
+    loop, store = _worker_loop()
+    until = time.monotonic() + settings.LLMOPS_BATCH_TASK_SLICE_S
+    try:
+        outcome = loop.run_until_complete(batch_run(batch_id, store_=store, until=until))
+    finally:
+        METRICS.flush()
+        ENTRIES.flush()
+    if outcome == "paused":
+        batch_run_task.delay(batch_id)
+    return outcome
+
+
+@app.task(name="llmops.batches.sweep", ignore_result=True)
+def batches_sweep(every: bool = False) -> int:
+    """Give a runner to each batch that lacks one (with `every`, to each not ended: a worker
+    that starts cannot tell whether a runner of the batch died with the last one)."""
+    found = batches_unattended(stale_only=not every)
+    for batch_id in found:
+        batch_run_task.delay(batch_id)
+    return len(found)
+
+
+@worker_ready.connect
+def _resume_batches(**kwargs: object) -> None:
+    batches_sweep.delay(every=True)
