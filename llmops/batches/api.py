@@ -8,24 +8,34 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import SuspiciousOperation
+from django.core.files.base import ContentFile
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 
 from llmops.api.openapi import ERROR_HEADERS, error_responses
+from llmops.api.serializers import MetadataField
 from llmops.api.views import GatewayAPIView, read_json_object
 from llmops.batches import files, services
-from llmops.batches.models import Batch, BatchFile
+from llmops.batches.models import Batch, BatchFile, FilePurpose
 from llmops.catalog import ApiKeyInfo
 from llmops.errors import InvalidRequest
 
 FILE_ID = OpenApiParameter("file_id", str, OpenApiParameter.PATH)
 BATCH_ID = OpenApiParameter("batch_id", str, OpenApiParameter.PATH)
-LIST_PARAMS = [
-    OpenApiParameter("after", str, description="The id of the last object of the previous page."),
-    OpenApiParameter("limit", int, description="How many to return (batches: 1 to 100, default 20)."),
-]
+AFTER = OpenApiParameter("after", str, description="The id of the last object of the previous page.")
+
+
+def limit_param(maximum: int, default: int) -> OpenApiParameter:
+    return OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": maximum},
+        description=f"How many to return (1 to {maximum}, default {default}).",
+    )
+
+
 FILE_OBJECT = inline_serializer(
     "FileObject",
     {
@@ -55,7 +65,11 @@ def _upload_parsed(request: HttpRequest) -> tuple[Any, str]:
     try:
         upload = request.FILES.get("file")
         purpose = request.POST.get("purpose", "")
-    except MultiPartParserError as exc:
+        if upload is None and "file" in request.POST:
+            # A part without a filename (curl -F 'file=<requests.jsonl') arrives as a plain field.
+            upload = ContentFile(request.POST["file"].encode(), name="upload.jsonl")
+    except (MultiPartParserError, SuspiciousOperation, UnicodeDecodeError, ValueError) as exc:
+        # A malformed envelope, or one past Django's limits (fields, files, field sizes).
         raise InvalidRequest(f"The upload is not a valid multipart form: {exc}", code="invalid_upload") from None
     if upload is None:
         raise InvalidRequest("Send the file as the multipart field `file`.", param="file")
@@ -81,8 +95,11 @@ def _files_list(api_key_id: int, query: Any) -> dict[str, Any]:
     if order not in ("asc", "desc"):
         raise InvalidRequest("order must be asc or desc.", param="order")
     found = BatchFile.objects.filter(api_key_id=api_key_id)
-    if query.get("purpose"):
-        found = found.filter(purpose=query["purpose"])
+    purpose = query.get("purpose")
+    if purpose is not None:
+        if purpose not in FilePurpose.values:
+            raise InvalidRequest(f"purpose must be one of {', '.join(FilePurpose.values)}.", param="purpose")
+        found = found.filter(purpose=purpose)
     rows, has_more = services.page_after(found, query.get("after"), limit)
     if order == "asc":
         rows.reverse()
@@ -100,17 +117,17 @@ class FilesView(GatewayAPIView):
         operation_id="files_create",
         summary="Upload a JSONL batch file (multipart: file, purpose=batch)",
         request={
-            "multipart/form-data": {
-                "type": "object",
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "purpose": {"type": "string", "enum": ["batch"]},
+            # `file` is not `format: binary` here: a part without a filename is taken too, as its text.
+            "multipart/form-data": inline_serializer(
+                "FileUpload",
+                {
+                    "file": serializers.CharField(min_length=1, help_text="The JSONL file: a file part, or its text."),
+                    "purpose": serializers.ChoiceField(["batch"]),
                 },
-                "required": ["file", "purpose"],
-            }
+            )
         },
         parameters=ERROR_HEADERS,
-        responses={200: FILE_OBJECT, **error_responses(400, 401, 500)},
+        responses={200: FILE_OBJECT, **error_responses(400, 401, 405, 500)},
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         stored = await sync_to_async(_file_create, thread_sensitive=False)(request, api_key.id)
@@ -119,8 +136,17 @@ class FilesView(GatewayAPIView):
     @extend_schema(
         operation_id="files_list",
         summary="List this key's files, newest first",
-        parameters=[*LIST_PARAMS, OpenApiParameter("purpose", str), OpenApiParameter("order", str), *ERROR_HEADERS],
-        responses={200: OpenApiResponse(description="A list of file objects."), **error_responses(400, 401, 500)},
+        parameters=[
+            AFTER,
+            limit_param(10_000, 10_000),
+            OpenApiParameter("purpose", {"type": "string", "enum": ["batch", "batch_output"]}),
+            OpenApiParameter("order", {"type": "string", "enum": ["asc", "desc"]}),
+            *ERROR_HEADERS,
+        ],
+        responses={
+            200: OpenApiResponse(description="A list of file objects."),
+            **error_responses(400, 401, 404, 405, 500),
+        },
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         return JsonResponse(await sync_to_async(_files_list)(api_key.id, request.GET))
@@ -133,7 +159,7 @@ class FileDetailView(GatewayAPIView):
         operation_id="files_retrieve",
         summary="Describe one file",
         parameters=[FILE_ID, *ERROR_HEADERS],
-        responses={200: FILE_OBJECT, **error_responses(401, 404, 500)},
+        responses={200: FILE_OBJECT, **error_responses(401, 404, 405, 500)},
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, file_id: str) -> HttpResponse:
         stored = await sync_to_async(files.file_get)(api_key_id=api_key.id, file_id=file_id)
@@ -145,7 +171,7 @@ class FileDetailView(GatewayAPIView):
         parameters=[FILE_ID, *ERROR_HEADERS],
         responses={
             200: OpenApiResponse(description="{id, object: file, deleted: true}"),
-            **error_responses(401, 404, 500),
+            **error_responses(401, 404, 405, 500),
         },
     )
     async def delete(self, request: HttpRequest, api_key: ApiKeyInfo, file_id: str) -> HttpResponse:
@@ -160,7 +186,7 @@ class FileContentView(GatewayAPIView):
         parameters=[FILE_ID, *ERROR_HEADERS],
         responses={
             (200, "application/octet-stream"): OpenApiResponse(description="The file."),
-            **error_responses(401, 404, 500),
+            **error_responses(401, 404, 405, 500),
         },
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, file_id: str) -> HttpResponse:
@@ -190,15 +216,15 @@ class BatchesView(GatewayAPIView):
         request=inline_serializer(
             "BatchCreateRequest",
             {
-                "input_file_id": serializers.CharField(),
+                "input_file_id": serializers.CharField(min_length=1, max_length=40),
                 "endpoint": serializers.ChoiceField(choices=services.ENDPOINTS),
-                "completion_window": serializers.CharField(),
-                "metadata": serializers.DictField(child=serializers.CharField(), required=False),
+                "completion_window": serializers.RegexField(services.WINDOW_PATTERN, required=False),
+                "metadata": MetadataField(required=False),
                 "execution": serializers.ChoiceField(choices=("gateway", "provider"), required=False),
             },
         ),
         parameters=ERROR_HEADERS,
-        responses={200: BATCH_OBJECT, **error_responses(400, 401, 404, 413, 500)},
+        responses={200: BATCH_OBJECT, **error_responses(400, 401, 404, 413, 405, 500)},
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         data = read_json_object(request)
@@ -215,8 +241,11 @@ class BatchesView(GatewayAPIView):
     @extend_schema(
         operation_id="batches_list",
         summary="List this key's batches, newest first",
-        parameters=[*LIST_PARAMS, *ERROR_HEADERS],
-        responses={200: OpenApiResponse(description="A page of batch objects."), **error_responses(400, 401, 500)},
+        parameters=[AFTER, limit_param(100, 20), *ERROR_HEADERS],
+        responses={
+            200: OpenApiResponse(description="A page of batch objects."),
+            **error_responses(400, 401, 404, 405, 500),
+        },
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         return JsonResponse(await sync_to_async(_batches_list)(api_key.id, request.GET))
@@ -227,7 +256,7 @@ class BatchDetailView(GatewayAPIView):
         operation_id="batches_retrieve",
         summary="One batch: its status, timestamps, request counts and files",
         parameters=[BATCH_ID, *ERROR_HEADERS],
-        responses={200: BATCH_OBJECT, **error_responses(401, 404, 500)},
+        responses={200: BATCH_OBJECT, **error_responses(401, 404, 405, 500)},
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, batch_id: str) -> HttpResponse:
         batch = await sync_to_async(services.batch_get)(api_key_id=api_key.id, batch_id=batch_id)
@@ -240,7 +269,7 @@ class BatchCancelView(GatewayAPIView):
         summary="Cancel a batch: the remaining items stop, the finished results are kept",
         request=None,
         parameters=[BATCH_ID, *ERROR_HEADERS],
-        responses={200: BATCH_OBJECT, **error_responses(401, 404, 409, 500)},
+        responses={200: BATCH_OBJECT, **error_responses(401, 404, 409, 405, 500)},
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo, batch_id: str) -> HttpResponse:
         batch = await sync_to_async(services.batch_cancel)(api_key_id=api_key.id, batch_id=batch_id)

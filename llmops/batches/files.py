@@ -35,8 +35,6 @@ def file_create(*, api_key_id: int, upload: IO[bytes], filename: str, purpose: s
             param="purpose",
             code="invalid_purpose",
         )
-    if not filename.endswith(".jsonl"):
-        raise InvalidRequest("A batch file must be JSONL, named *.jsonl.", param="file", code="invalid_file_format")
     with transaction.atomic():
         stored = BatchFile.objects.create(api_key_id=api_key_id, purpose=purpose, filename=filename[:255])
         size, lines = file_parts_write(stored, _chunks(upload), limit=True)

@@ -19,14 +19,20 @@ from llmops.errors import GatewayError, InvalidRequest, NotFound
 from llmops.tasks import batch_run_task
 
 ENDPOINTS = ("/v1/chat/completions",)
-WINDOW = re.compile(r"\A([1-9][0-9]{0,5})([smh])\Z")
+# A duration of at most 24 hours, in hours, minutes or seconds (the OpenAPI document states
+# it as this pattern too).
+WINDOW_PATTERN = (
+    r"^(?:([1-9]|1[0-9]|2[0-4])h|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m"
+    r"|([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s)$"
+)
+WINDOW = re.compile(WINDOW_PATTERN)
 WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600}
 MAX_WINDOW_S = 24 * 3600
 
 
 def completion_window_seconds(window: Any) -> int:
     match = WINDOW.match(window) if isinstance(window, str) else None
-    seconds = int(match[1]) * WINDOW_UNITS[match[2]] if match else 0
+    seconds = int(window[:-1]) * WINDOW_UNITS[window[-1]] if match else 0
     if not match or seconds > MAX_WINDOW_S:
         raise InvalidRequest(
             "completion_window must be a duration of at most 24h, such as 24h, 30m or 90s.",
@@ -124,14 +130,14 @@ def page_after(queryset: QuerySet[Any], after: str | None, limit: int) -> tuple[
     if after:
         anchor = queryset.filter(id=after).values_list("created_at", flat=True).first()
         if anchor is None:
-            raise InvalidRequest(f"after names no object of this list: {after}.", param="after")
+            raise NotFound(f"after names no object of this list: {after}.", param="after", code="cursor_not_found")
         queryset = queryset.filter(Q(created_at__lt=anchor) | Q(created_at=anchor, id__lt=after))
     rows = list(queryset.order_by("-created_at", "-id")[: limit + 1])
     return rows[:limit], len(rows) > limit
 
 
 def list_limit(raw: str | None, *, default: int, maximum: int) -> int:
-    if raw in (None, ""):
+    if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
         raise InvalidRequest(f"limit must be a whole number from 1 to {maximum}.", param="limit")

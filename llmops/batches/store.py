@@ -123,9 +123,12 @@ def lease_renew(batch_id: str, worker: str, lease_s: float) -> None:
 def lease_release(batch_id: str, worker: str) -> None:
     """Give back the items this runner holds unanswered (it stops early): queued again, and
     the run they were given does not count."""
-    BatchItem.objects.filter(batch_id=batch_id, status=ItemStatus.RUNNING, lease_owner=worker).update(
-        status=ItemStatus.QUEUED, lease_owner="", lease_until=None, attempts=F("attempts") - 1
-    )
+    with transaction.atomic():
+        BatchItem.objects.filter(batch_id=batch_id, status=ItemStatus.RUNNING, lease_owner=worker).update(
+            status=ItemStatus.QUEUED, lease_owner="", lease_until=None, attempts=F("attempts") - 1
+        )
+        # No sign of life from here any more: the next executor or sweep takes it at once.
+        Batch.objects.filter(id=batch_id).update(heartbeat_at=None)
 
 
 def batch_state(batch_id: str) -> BatchState:
