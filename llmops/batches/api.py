@@ -4,12 +4,13 @@ against them unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import SuspiciousOperation
 from django.core.files.base import ContentFile
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
@@ -49,6 +50,19 @@ FILE_OBJECT = inline_serializer(
     },
 )
 BATCH_OBJECT = OpenApiResponse(description="A batch object in OpenAI's shape, with the gateway's `llmops` field.")
+
+
+async def orm(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ORM code on a pool thread and hand its connection back: the API's handler sends
+    no request_finished signal, which would otherwise close it."""
+
+    def call() -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return await sync_to_async(call, thread_sensitive=False)()
 
 
 def _list_body(rows: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -130,7 +144,7 @@ class FilesView(GatewayAPIView):
         responses={200: FILE_OBJECT, **error_responses(400, 401, 405, 500)},
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
-        stored = await sync_to_async(_file_create, thread_sensitive=False)(request, api_key.id)
+        stored = await orm(_file_create, request, api_key.id)
         return JsonResponse(services.file_body(stored))
 
     @extend_schema(
@@ -149,7 +163,7 @@ class FilesView(GatewayAPIView):
         },
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
-        return JsonResponse(await sync_to_async(_files_list)(api_key.id, request.GET))
+        return JsonResponse(await orm(_files_list, api_key.id, request.GET))
 
 
 class FileDetailView(GatewayAPIView):
@@ -162,7 +176,7 @@ class FileDetailView(GatewayAPIView):
         responses={200: FILE_OBJECT, **error_responses(401, 404, 405, 500)},
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, file_id: str) -> HttpResponse:
-        stored = await sync_to_async(files.file_get)(api_key_id=api_key.id, file_id=file_id)
+        stored = await orm(files.file_get, api_key_id=api_key.id, file_id=file_id)
         return JsonResponse(services.file_body(stored))
 
     @extend_schema(
@@ -175,7 +189,7 @@ class FileDetailView(GatewayAPIView):
         },
     )
     async def delete(self, request: HttpRequest, api_key: ApiKeyInfo, file_id: str) -> HttpResponse:
-        await sync_to_async(files.file_delete)(api_key_id=api_key.id, file_id=file_id)
+        await orm(files.file_delete, api_key_id=api_key.id, file_id=file_id)
         return JsonResponse({"id": file_id, "object": "file", "deleted": True})
 
 
@@ -190,11 +204,11 @@ class FileContentView(GatewayAPIView):
         },
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, file_id: str) -> HttpResponse:
-        stored = await sync_to_async(files.file_get)(api_key_id=api_key.id, file_id=file_id)
+        stored = await orm(files.file_get, api_key_id=api_key.id, file_id=file_id)
         parts = files.file_parts(stored.id)
 
         async def content() -> AsyncIterator[bytes]:
-            while (part := await sync_to_async(next)(parts, None)) is not None:
+            while (part := await orm(next, parts, None)) is not None:
                 yield part
 
         response = StreamingHttpResponse(content(), content_type="application/octet-stream")
@@ -228,7 +242,8 @@ class BatchesView(GatewayAPIView):
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
         data = read_json_object(request)
-        batch = await sync_to_async(services.batch_create)(
+        batch = await orm(
+            services.batch_create,
             api_key_id=api_key.id,
             input_file_id=data.get("input_file_id"),
             endpoint=data.get("endpoint"),
@@ -248,7 +263,7 @@ class BatchesView(GatewayAPIView):
         },
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo) -> HttpResponse:
-        return JsonResponse(await sync_to_async(_batches_list)(api_key.id, request.GET))
+        return JsonResponse(await orm(_batches_list, api_key.id, request.GET))
 
 
 class BatchDetailView(GatewayAPIView):
@@ -259,7 +274,7 @@ class BatchDetailView(GatewayAPIView):
         responses={200: BATCH_OBJECT, **error_responses(401, 404, 405, 500)},
     )
     async def get(self, request: HttpRequest, api_key: ApiKeyInfo, batch_id: str) -> HttpResponse:
-        batch = await sync_to_async(services.batch_get)(api_key_id=api_key.id, batch_id=batch_id)
+        batch = await orm(services.batch_get, api_key_id=api_key.id, batch_id=batch_id)
         return JsonResponse(services.batch_body(batch))
 
 
@@ -272,5 +287,5 @@ class BatchCancelView(GatewayAPIView):
         responses={200: BATCH_OBJECT, **error_responses(401, 404, 409, 405, 500)},
     )
     async def post(self, request: HttpRequest, api_key: ApiKeyInfo, batch_id: str) -> HttpResponse:
-        batch = await sync_to_async(services.batch_cancel)(api_key_id=api_key.id, batch_id=batch_id)
+        batch = await orm(services.batch_cancel, api_key_id=api_key.id, batch_id=batch_id)
         return JsonResponse(services.batch_body(batch))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from tests.batches.conftest import batch_ended, batch_line, output_lines, upload
+import httpx2
+import openai
+import pytest
+
+from tests.batches.conftest import batch_ended, batch_line, jsonl, output_lines, upload
 from tests.conftest import flushed_metrics
 
 
@@ -38,3 +42,65 @@ async def test_the_sdk_batch_flow_runs_every_item_through_the_pipeline(sdk, sett
     metrics = await flushed_metrics(endpoint="batch")
     assert len(metrics) == 5
     assert {m.request_id for m in metrics} == {line["response"]["request_id"] for line in lines_out}
+
+
+async def test_a_key_sees_only_its_own_files_and_batches(sdk, asgi_app, other_api_key, settings):
+
+    settings.LLMOPS_BATCH_EXECUTOR = "off"
+    uploaded = await sdk.files.create(file=upload([batch_line("a")]), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    other = openai.AsyncOpenAI(
+        base_url="http://testserver/v1",
+        api_key=other_api_key,
+        http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=asgi_app)),
+        max_retries=0,
+    )
+    for call in (
+        other.files.retrieve(uploaded.id),
+        other.files.content(uploaded.id),
+        other.files.delete(uploaded.id),
+        other.batches.retrieve(batch.id),
+        other.batches.cancel(batch.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            await call
+    with pytest.raises(openai.NotFoundError):
+        await other.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert [f async for f in other.files.list()] == []
+    assert [b async for b in other.batches.list()] == []
+    assert (await sdk.batches.retrieve(batch.id)).status == "validating"  # untouched
+    await other.close()
+
+
+async def test_batches_and_files_are_listed_newest_first_a_page_at_a_time(sdk, settings):
+    settings.LLMOPS_BATCH_EXECUTOR = "off"
+    uploaded = await sdk.files.create(file=upload([batch_line("a")]), purpose="batch")
+    made = [
+        (
+            await sdk.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        ).id
+        for _ in range(5)
+    ]
+    page = await sdk.batches.list(limit=2)
+    assert [b.id for b in page.data] == made[::-1][:2] and page.has_more
+    assert [b.id async for b in sdk.batches.list(limit=2)] == made[::-1]  # the SDK follows the cursor
+    second = await sdk.files.create(file=upload([batch_line("b")]), purpose="batch")
+    assert [f.id async for f in sdk.files.list()] == [second.id, uploaded.id]
+    assert [f.id for f in (await sdk.files.list(order="asc")).data] == [uploaded.id, second.id]
+    assert [f.id async for f in sdk.files.list(purpose="batch_output")] == []
+
+
+async def test_a_file_reads_back_as_uploaded_and_deletes(sdk):
+
+    lines = [batch_line(f"r{i}", "é" * 100) for i in range(50)]
+    uploaded = await sdk.files.create(file=upload(lines), purpose="batch")
+    assert (await sdk.files.retrieve(uploaded.id)).bytes == len(jsonl(lines))
+    assert (await sdk.files.content(uploaded.id)).content == jsonl(lines)
+    deleted = await sdk.files.delete(uploaded.id)
+    assert deleted.deleted and deleted.id == uploaded.id
+    with pytest.raises(openai.NotFoundError):
+        await sdk.files.retrieve(uploaded.id)
