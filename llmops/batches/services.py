@@ -4,6 +4,7 @@ running them is the runner's (llmops.batches.runner), started by `batch_dispatch
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,8 @@ from llmops.batches.executor import EXECUTOR
 from llmops.batches.models import BATCH_ENDED, Batch, BatchFile, BatchStatus, Execution, FilePurpose
 from llmops.errors import GatewayError, InvalidRequest, NotFound
 from llmops.tasks import batch_run_task
+
+logger = logging.getLogger(__name__)
 
 ENDPOINTS = ("/v1/chat/completions",)
 # A duration of at most 24 hours, in hours, minutes or seconds (the OpenAPI document states
@@ -210,6 +213,9 @@ def file_body(stored: BatchFile) -> dict[str, Any]:
 def batch_dispatch(batch_id: str) -> None:
     """Have the batch run: by a Celery worker, or by this process's embedded runner."""
     if settings.LLMOPS_BATCH_EXECUTOR == "celery":
-        batch_run_task.delay(batch_id)
+        try:
+            batch_run_task.delay(batch_id)
+        except Exception as exc:  # the broker is down: the batch is stored, and the sweep starts it
+            logger.warning("Batch %s could not be queued (%s); the next sweep starts it", batch_id, type(exc).__name__)
     elif settings.LLMOPS_BATCH_EXECUTOR == "in_process":
         EXECUTOR.wake()
