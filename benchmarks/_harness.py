@@ -21,10 +21,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -89,6 +94,61 @@ def process_threads(pid: int) -> int:
             if line.startswith("Threads:"):
                 return int(line.split()[1])
     return 0
+
+
+def process_memory_kb(pid: int) -> tuple[int, int]:
+    """(resident now, resident at its peak) of a process in KiB: VmRSS and VmHWM from /proc."""
+    found = {"VmRSS:": 0, "VmHWM:": 0}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name = line.split(":", 1)[0] + ":"
+            if name in found:
+                found[name] = int(line.split()[1])
+    return found["VmRSS:"], found["VmHWM:"]
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants, from /proc's children lists."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+    return found
+
+
+class PeakRss:
+    """The most resident memory a process tree held at once, sampled on a thread every
+    `every` seconds while the block runs (a process's own VmHWM cannot be summed over a tree
+    whose members peak at different times)."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid, self.every = pid, every
+        self.peak_kb = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+
+    def now_kb(self) -> int:
+        return sum(process_memory_kb(pid)[0] for pid in process_tree(self.pid))
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_kb = max(self.peak_kb, self.now_kb())
+            self.samples += 1
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def tcp_counters(*names: str) -> dict[str, int]:
@@ -220,6 +280,124 @@ class Daphne:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+class CeleryWorker:
+    """One `celery -A llmops worker` in a process group of its own, so that `kill()` (SIGKILL
+    to the group) takes its pool's children with it, as a machine that dies would."""
+
+    def __init__(self, env: dict[str, str], workdir: Path, name: str, concurrency: int = 1) -> None:
+        self.env, self.name, self.concurrency = env, name, concurrency
+        self.log_path = workdir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        celery = Path(sys.executable).parent / "celery"
+        command = [str(celery), "-A", "llmops", "worker", "--concurrency", str(self.concurrency)]
+        command += ["--loglevel", "INFO", "--hostname", f"{self.name}@%h"]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the worker logs that it is ready (connected to the broker, consuming)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                code = self.process.returncode
+                raise RuntimeError(f"celery worker {self.name} exited with {code}:\n{self.log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"celery worker {self.name} was not ready within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def ready(self) -> bool:
+        """Whether the worker logged that it is ready (connected to the broker, consuming)."""
+        return " ready." in self.log_tail(1_000_000)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)  # a warm shutdown: running tasks give their items back
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
+# The production profile's services, where the test suite finds them (tests/run_profiles.py).
+SERVICES_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+SERVICES_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def services_unreachable(database_url: str = SERVICES_DATABASE_URL, redis_url: str = SERVICES_REDIS_URL) -> str | None:
+    """Why the production profile cannot run here (PostgreSQL or Redis unreachable), or None."""
+    problems = []
+    try:
+        psycopg.connect(database_url, connect_timeout=3).close()
+    except Exception as exc:
+        problems.append(f"PostgreSQL unreachable at {database_url} ({type(exc).__name__}: {str(exc).strip()[:200]})")
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        problems.append(f"Redis unreachable at {redis_url} ({type(exc).__name__}: {str(exc).strip()[:200]})")
+    return "; ".join(problems) or None
+
+
+@contextlib.contextmanager
+def services_profile(
+    database_url: str = SERVICES_DATABASE_URL, redis_url: str = SERVICES_REDIS_URL
+) -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL database (created on `database_url`'s server, dropped afterwards)
+    and an empty Redis database on `redis_url`'s server (emptied afterwards): the environment
+    a gateway and its Celery workers share on the production profile. Stop every process
+    using them before the block ends."""
+    name = f"llmops_bench_{os.getpid()}_{int(time.time())}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = redis.Redis.from_url(redis_url)
+    host, port = base.connection_pool.connection_kwargs["host"], base.connection_pool.connection_kwargs["port"]
+    claimed = None
+    # An empty database of this server, not the test suite's (15): marked as taken at once.
+    for number in range(14, 0, -1):
+        candidate = redis.Redis(host=host, port=port, db=number)
+        if candidate.dbsize() == 0 and candidate.set("llmops-bench:claimed", os.getpid(), nx=True):
+            claimed = candidate
+            break
+    try:
+        if claimed is None:
+            raise RuntimeError(f"Redis at {host}:{port} has no empty database (1-14) for the benchmark")
+        number = claimed.connection_pool.connection_kwargs["db"]
+        url = urlsplit(database_url)
+        yield {
+            "DATABASE_URL": urlunsplit(url._replace(path=f"/{name}")),
+            "REDIS_URL": f"redis://{host}:{port}/{number}",
+            "CELERY_BROKER_URL": f"redis://{host}:{port}/{number}",
+        }
+    finally:
+        if claimed is not None:
+            claimed.flushdb()
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager

@@ -35,8 +35,10 @@ pytestmark = [
         ["benchmarks.failover", "--requests", "60", "--concurrency", "8", "--warmup", "5", "--breaker-window-s", "2",
          "--cooldown-s", "0.5", "--lead-in-s", "1"],
         ["benchmarks.routing", "--calls", "200", "--requests", "20", "--rounds", "2"],
+        ["benchmarks.batches", "--items", "1000", "--sequential", "5", "--interactive", "20", "--rate", "20",
+         "--seed-items", "100"],
     ],
-    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming", "failover", "routing"],
+    ids=["gateway_overhead", "inflight", "view_layer", "cache", "streaming", "failover", "routing", "batches"],
 )  # fmt: skip
 def test_the_benchmark_runs_and_prints_its_ratios(command):
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)

@@ -8,6 +8,7 @@ import openai
 import pytest
 from asgiref.sync import sync_to_async
 
+from llmops.batches import runner
 from llmops.batches.models import BatchFile, BatchItem
 from llmops.batches.runner import batch_run
 from tests.batches.conftest import batch_line, upload
@@ -145,3 +146,29 @@ async def test_a_purpose_other_than_batch_is_refused(sdk):
     with pytest.raises(openai.BadRequestError) as refused:
         await sdk.files.create(file=upload([batch_line("a")]), purpose="assistants")
     assert refused.value.body["param"] == "purpose"
+
+
+async def test_a_large_file_is_checked_and_written_in_turns(sdk, monkeypatch):
+    monkeypatch.setattr(runner, "ITEMS_PER_INSERT", 10)
+    monkeypatch.setattr(runner, "LINES_PER_READ", 7)
+    lines = [batch_line(f"r{i}") for i in range(35)]
+    uploaded = await sdk.files.create(file=upload(lines), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await batch_run(batch.id)
+    done = await sdk.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.total == 35 == done.request_counts.completed
+    assert [i.line for i in await sync_to_async(list)(BatchItem.objects.filter(batch_id=batch.id))] == list(
+        range(1, 36)
+    )
+
+    lines[31] = batch_line("r31", model="no-such-model")  # a bad line after three turns were written
+    uploaded = await sdk.files.create(file=upload(lines), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await batch_run(batch.id)
+    failed = await sdk.batches.retrieve(batch.id)
+    assert failed.status == "failed" and [e.line for e in failed.errors.data] == [32]
+    assert await BatchItem.objects.filter(batch_id=batch.id).acount() == 0
