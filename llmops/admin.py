@@ -165,3 +165,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         )
         add_never_cache_headers(page)  # no copy of the key in a browser or proxy cache either
         return page
+
+
+# Autodiscovery imports only `llmops.admin`: the batch models' admin lives with them.
+from llmops.batches import admin as batches_admin  # noqa: E402, F401

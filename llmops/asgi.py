@@ -16,6 +16,9 @@ if settings.LLMOPS_SERVE_STATIC:
     django_application = ASGIStaticFilesHandler(django_application)
 
 from llmops.handlers import ApiASGIHandler, is_api_path  # noqa: E402
+from llmops.server_uploads import twisted_form_parsing_off  # noqa: E402
+
+twisted_form_parsing_off()
 
 api_application = ApiASGIHandler()
 
@@ -30,10 +33,19 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from llmops.batches.consumers import BatchProgressConsumer  # noqa: E402
 from llmops.consumers import BrowserOriginValidator, ChatConsumer  # noqa: E402
 
 websocket_application = BrowserOriginValidator(
-    AuthMiddlewareStack(URLRouter([path("ws/v1/chat", ChatConsumer.as_asgi())])), settings.ALLOWED_HOSTS
+    AuthMiddlewareStack(
+        URLRouter(
+            [
+                path("ws/v1/chat", ChatConsumer.as_asgi()),
+                path("ws/batches", BatchProgressConsumer.as_asgi()),
+            ]
+        )
+    ),
+    settings.ALLOWED_HOSTS,
 )
 
 application = ProtocolTypeRouter({"http": http_application, "websocket": websocket_application})

@@ -12,12 +12,15 @@ from llmops.batches.api import (
     FileDetailView,
     FilesView,
 )
+from llmops.batches.pages import batches_page
 from llmops.health import healthz
 from llmops.pages import playground
 from routing.api import ParetoView, RoutePreviewView
 
 urlpatterns = [
     path("", playground, name="playground"),
+    # Not "batches": that name is the API's list of batches (v1/batches) below.
+    path("batches/", batches_page, name="batches-page"),
     path("v1/chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("v1/models", ModelListView.as_view(), name="models"),
     path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),

@@ -13,6 +13,7 @@ from django.core.files.base import ContentFile
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
+from django.utils.http import content_disposition_header
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 
@@ -114,9 +115,7 @@ def _files_list(api_key_id: int, query: Any) -> dict[str, Any]:
         if purpose not in FilePurpose.values:
             raise InvalidRequest(f"purpose must be one of {', '.join(FilePurpose.values)}.", param="purpose")
         found = found.filter(purpose=purpose)
-    rows, has_more = services.page_after(found, query.get("after"), limit)
-    if order == "asc":
-        rows.reverse()
+    rows, has_more = services.page_after(found, query.get("after"), limit, newest_first=order == "desc")
     return _list_body([services.file_body(row) for row in rows], has_more)
 
 
@@ -213,7 +212,7 @@ class FileContentView(GatewayAPIView):
 
         response = StreamingHttpResponse(content(), content_type="application/octet-stream")
         response["Content-Length"] = str(stored.bytes)
-        response["Content-Disposition"] = f'attachment; filename="{stored.filename}"'
+        response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=stored.filename)
         return response
 
 

@@ -4,6 +4,7 @@ off the event loop."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import IO
 
@@ -113,10 +114,13 @@ def file_lines(file_id: str) -> Iterator[tuple[int, bytes]]:
         yield number + 1, rest.rstrip(b"\r")
 
 
+FILE_ID = re.compile(r"\Afile-[0-9a-f]{24}\Z")
+
+
 def file_get(*, api_key_id: int, file_id: str) -> BatchFile:
-    found = BatchFile.objects.filter(id=file_id, api_key_id=api_key_id).first()
+    found = BatchFile.objects.filter(id=file_id, api_key_id=api_key_id).first() if FILE_ID.match(file_id) else None
     if found is None:
-        raise NotFound(f"No such file: {file_id}.", param="file_id", code="file_not_found")
+        raise NotFound("No such file.", param="file_id", code="file_not_found")
     return found
 
 

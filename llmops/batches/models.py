@@ -117,6 +117,9 @@ class Batch(models.Model):
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="When a runner last worked on it (a stale one is resumed elsewhere)."
     )
+    validator = models.CharField(
+        max_length=80, blank=True, help_text="The runner checking its input (one at a time; a stale one is replaced)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -29,11 +29,13 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from llmops import catalog
 from llmops.api.chat import completion_body
-from llmops.batches import output, store
+from llmops.batches import native, output, store
 from llmops.batches.files import file_lines
 from llmops.batches.models import Batch, BatchItem, BatchStatus, ItemStatus
 from llmops.batches.progress import batch_progress, progress_publish
@@ -48,6 +50,13 @@ logger = logging.getLogger(__name__)
 
 LINES_PER_READ = 2000
 ITEMS_PER_INSERT = 1000
+# A Celery slice that is over stops taking items and lets those in flight end for this
+# long (well inside the task's soft time limit) before giving the rest back.
+SLICE_GRACE_S = 60.0
+STOPS = {
+    ItemStatus.CANCELLED: ("batch_cancelled", "The batch was cancelled."),
+    ItemStatus.EXPIRED: ("batch_expired", "The batch's completion window ended before this request ran."),
+}
 
 
 def worker_name() -> str:
@@ -70,49 +79,93 @@ def _next_lines(reader) -> list[tuple[int, bytes]] | None:
     return next(reader, None)
 
 
-def _validation_begin(batch_id: str) -> tuple[Batch, bool]:
+class ValidationTaken(Exception):
+    """Another runner checks this batch's input now (this one was too slow, or came second)."""
+
+
+def _validation_begin(batch_id: str, worker: str, lease_s: float) -> tuple[Batch, bool] | None:
+    """Become the batch's one validator, or None while another one lives."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=lease_s)
+    with transaction.atomic():
+        taken = (
+            Batch.objects.filter(id=batch_id, status=BatchStatus.VALIDATING)
+            .filter(Q(validator="") | Q(validator=worker) | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale))
+            .update(validator=worker, heartbeat_at=now)
+        )
+        if not taken:
+            return None
+        # A validator that died (or lost its turn) may have written some items: start afresh.
+        BatchItem.objects.filter(batch_id=batch_id).delete()
     batch = Batch.objects.select_related("input_file").get(id=batch_id)
-    # A runner that died while validating may have written some items: start afresh.
-    BatchItem.objects.filter(batch_id=batch_id).delete()
-    Batch.objects.filter(id=batch_id).update(heartbeat_at=timezone.now())
     return batch, batch.input_file is not None
 
 
-def _items_insert(batch_id: str, items: list[ParsedItem]) -> None:
-    BatchItem.objects.bulk_create(
-        [BatchItem(batch_id=batch_id, line=i.line, custom_id=i.custom_id, body=i.body) for i in items],
-        batch_size=ITEMS_PER_INSERT,
-    )
+def _still_validator(batch_id: str, worker: str) -> None:
+    """Renew this runner's turn as validator, in the caller's transaction; raise ValidationTaken
+    when another runner took it over."""
+    if not Batch.objects.filter(id=batch_id, validator=worker).update(heartbeat_at=timezone.now()):
+        raise ValidationTaken(batch_id)
 
 
-def _validation_end(batch_id: str, checked: Checked, failure: str | None) -> str:
+def _items_insert(batch_id: str, worker: str, items: list[ParsedItem]) -> None:
+    with transaction.atomic():
+        _still_validator(batch_id, worker)
+        BatchItem.objects.bulk_create(
+            [BatchItem(batch_id=batch_id, line=i.line, custom_id=i.custom_id, body=i.body) for i in items],
+            batch_size=ITEMS_PER_INSERT,
+        )
+
+
+def _validation_end(batch_id: str, worker: str, checked: Checked, failure: str | None) -> None:
     now = timezone.now()
     errors = checked.error_list()
     if failure:
         errors.append({"code": "invalid_file", "line": None, "message": failure, "param": "input_file_id"})
-    total = BatchItem.objects.filter(batch_id=batch_id).count()
-    if not errors and not total:
-        errors.append(
-            {"code": "empty_file", "line": None, "message": "The input file holds no requests.", "param": None}
+    with transaction.atomic():
+        _still_validator(batch_id, worker)
+        total = BatchItem.objects.filter(batch_id=batch_id).count()
+        if not errors and not total:
+            errors.append(
+                {"code": "empty_file", "line": None, "message": "The input file holds no requests.", "param": None}
+            )
+        batches = Batch.objects.filter(id=batch_id, status=BatchStatus.VALIDATING)
+        if errors:
+            BatchItem.objects.filter(batch_id=batch_id).delete()
+            batches.update(
+                status=BatchStatus.FAILED, errors={"object": "list", "data": errors}, failed_at=now, validator=""
+            )
+            return
+        models = checked.models
+        moved = batches.update(
+            status=BatchStatus.IN_PROGRESS,
+            in_progress_at=now,
+            total=total,
+            estimated_input_tokens=checked.input_tokens,
+            estimated_cost_usd=checked.cost,
+            model=next(iter(models)) if len(models) == 1 else "",
+            heartbeat_at=now,
+            validator="",
         )
-    batches = Batch.objects.filter(id=batch_id, status=BatchStatus.VALIDATING)
-    if errors:
+        if not moved:  # cancelled while it was being checked: nothing of it runs
+            BatchItem.objects.filter(batch_id=batch_id).delete()
+            Batch.objects.filter(id=batch_id).update(validator="")
+
+
+def _validation_failed(batch_id: str, worker: str, message: str) -> None:
+    """The input could not be checked or stored (what the database refuses, say): the batch
+    fails, saying so, rather than being checked again and again."""
+    with transaction.atomic():
+        if not Batch.objects.filter(id=batch_id, validator=worker).exists():
+            return
         BatchItem.objects.filter(batch_id=batch_id).delete()
-        batches.update(status=BatchStatus.FAILED, errors={"object": "list", "data": errors}, failed_at=now)
-        return BatchStatus.FAILED
-    models = checked.models
-    moved = batches.update(
-        status=BatchStatus.IN_PROGRESS,
-        in_progress_at=now,
-        total=total,
-        estimated_input_tokens=checked.input_tokens,
-        estimated_cost_usd=checked.cost,
-        model=next(iter(models)) if len(models) == 1 else "",
-        heartbeat_at=now,
-    )
-    if not moved:  # cancelled while it was being checked: nothing of it runs
-        BatchItem.objects.filter(batch_id=batch_id).delete()
-    return Batch.objects.values_list("status", flat=True).get(id=batch_id)
+        error = {"code": "invalid_file", "line": None, "message": message, "param": "input_file_id"}
+        Batch.objects.filter(id=batch_id, status=BatchStatus.VALIDATING).update(
+            status=BatchStatus.FAILED,
+            errors={"object": "list", "data": [error]},
+            failed_at=timezone.now(),
+            validator="",
+        )
 
 
 def _progress_of(batch_id: str) -> dict:
@@ -127,6 +180,11 @@ class BatchRunner:
         self.until = until  # a Celery task's slice ends here (monotonic time); the next task resumes
         self.running: dict[asyncio.Task[None], Claimed] = {}
         self.asked = 0  # items this runner sent to the pipeline
+        self._wake = asyncio.Event()
+        # Claims come in turns of a quarter of the runner's room; `_drained_at` is when the
+        # last claim found nothing (None: it found some).
+        self._claim_room = max(1, settings.LLMOPS_BATCH_RUNNER_ITEMS // 4)
+        self._drained_at: float | None = None
 
     async def run(self) -> str:
         """Work on the batch until it ended ("ended") or the slice is over ("paused")."""
@@ -135,6 +193,12 @@ class BatchRunner:
         if state.status == BatchStatus.VALIDATING:
             await self._validate()
             state = await self.store.call(store.batch_state, self.batch_id)
+        if state.status == BatchStatus.VALIDATING:
+            return "ended"  # another runner checks its input, and runs it after
+        if state.in_progress_at is None and state.validator_alive(settings.LLMOPS_BATCH_LEASE_S):
+            return "ended"  # cancelled while its validator still checks: that runner ends it
+        if await self.store.call(native.provider_executed, self.batch_id):
+            return await native.native_run(self)  # by the providers' own batch APIs
         if state.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
             outcome = await self._work()
             if outcome == "paused":
@@ -146,7 +210,22 @@ class BatchRunner:
         return "ended"
 
     async def _validate(self) -> None:
-        batch, present = await self.store.call(_validation_begin, self.batch_id)
+        begun = await self.store.call(_validation_begin, self.batch_id, self.worker, settings.LLMOPS_BATCH_LEASE_S)
+        if begun is None:
+            return  # another runner checks it now
+        batch, present = begun
+        try:
+            await self._check(batch, present)
+        except ValidationTaken:
+            logger.info("Batch %s: another runner took over its validation", self.batch_id)
+        except (DatabaseError, ValueError, UnicodeError) as exc:
+            # Something in the input the database cannot store, which the line checks let by.
+            logger.warning("Batch %s: its input could not be stored (%s)", self.batch_id, type(exc).__name__)
+            await self.store.call(
+                _validation_failed, self.batch_id, self.worker, f"The input could not be stored: {type(exc).__name__}."
+            )
+
+    async def _check(self, batch: Batch, present: bool) -> None:
         key = await catalog.api_key_by_id(batch.api_key_id)
         failure = None
         checker = LineChecker(endpoint=batch.endpoint, api_key=key) if key is not None else None
@@ -155,93 +234,134 @@ class BatchRunner:
         elif not present:
             failure = f"The input file {batch.input_file_ref} was deleted before the batch ran."
         else:
+            # The store's thread reads the next lines and writes the checked items while this
+            # loop checks: reading, checking and writing overlap.
             reader = await self.store.call(_line_reader, batch.input_file_id)
-            while (lines := await self.store.call(_next_lines, reader)) is not None:
-                for number, raw in lines:
-                    await checker.check(number, raw)
-                checked = checker.checked
-                if checked.bad_lines == 0 and len(checked.items) >= ITEMS_PER_INSERT:
-                    await self.store.call(_items_insert, self.batch_id, checked.items)
-                    checked.items = []
+            writes: list[asyncio.Future[None]] = []
+            upcoming = asyncio.ensure_future(self.store.call(_next_lines, reader))
+            try:
+                while (lines := await upcoming) is not None:
+                    upcoming = asyncio.ensure_future(self.store.call(_next_lines, reader))
+                    for number, raw in lines:
+                        await checker.check(number, raw)
+                    checked = checker.checked
+                    if checked.bad_lines == 0 and len(checked.items) >= ITEMS_PER_INSERT:
+                        items, checked.items = checked.items, []
+                        writes.append(
+                            asyncio.ensure_future(self.store.call(_items_insert, self.batch_id, self.worker, items))
+                        )
+                if checker.checked.bad_lines == 0 and checker.checked.items:
+                    items, checker.checked.items = checker.checked.items, []
+                    writes.append(
+                        asyncio.ensure_future(self.store.call(_items_insert, self.batch_id, self.worker, items))
+                    )
+            finally:
+                upcoming.cancel()
+                await asyncio.gather(upcoming, *writes, return_exceptions=True)
+            for write in writes:
+                write.result()  # a write that failed fails the validation
         checked = checker.checked if checker is not None else Checked()
-        if checked.bad_lines == 0 and checked.items:
-            await self.store.call(_items_insert, self.batch_id, checked.items)
-            checked.items = []
-        await self.store.call(_validation_end, self.batch_id, checked, failure)
+        await self.store.call(_validation_end, self.batch_id, self.worker, checked, failure)
 
     async def _work(self) -> str:
         lease = settings.LLMOPS_BATCH_LEASE_S
         poll = settings.LLMOPS_BATCH_POLL_S
-        capacity = settings.LLMOPS_BATCH_RUNNER_ITEMS
         loop = asyncio.get_running_loop()
         renew_at = loop.time() + lease / 3
+        check_at = 0.0
+        grace_until: float | None = None  # the slice is over: no new items, the running ones may end
         published = None
-        stop = ""
+        stop = outcome = ""
         try:
             while True:
-                state = await self.store.call(store.batch_state, self.batch_id)
-                if state.status == BatchStatus.CANCELLING:
-                    stop = "cancelled"
-                    break
-                if state.status != BatchStatus.IN_PROGRESS:
-                    break
-                if timezone.now() >= state.expires_at:
-                    stop = "expired"
-                    break
-                figures = (state.completed, state.failed, state.cost_usd)
-                if figures != published:
-                    published = figures
-                    await self._publish()
-                if self.until is not None and time.monotonic() >= self.until:
-                    return "paused"
+                now = loop.time()
+                if now >= check_at:
+                    check_at = now + poll
+                    state = await self.store.call(store.batch_state, self.batch_id)
+                    if state.status == BatchStatus.CANCELLING:
+                        stop = ItemStatus.CANCELLED
+                        break
+                    if state.status != BatchStatus.IN_PROGRESS:
+                        break
+                    if timezone.now() >= state.expires_at:
+                        stop = ItemStatus.EXPIRED
+                        break
+                    figures = (state.completed, state.failed, state.cost_usd)
+                    if figures != published:
+                        published = figures
+                        await self._publish()
+                    if grace_until is None and self.until is not None and time.monotonic() >= self.until:
+                        grace_until = now + SLICE_GRACE_S
+                if grace_until is not None and (not self.running or now >= grace_until):
+                    outcome = "paused"
+                    return outcome
                 claimed: list[Claimed] = []
-                room = capacity - len(self.running)
-                if room >= max(1, capacity // 4):
+                if grace_until is None and self._claim_due(now):
+                    room = settings.LLMOPS_BATCH_RUNNER_ITEMS - len(self.running)
                     claimed = await self.store.call(
                         store.item_claim, self.batch_id, self.worker, room, lease, settings.LLMOPS_BATCH_ITEM_RUNS
                     )
+                    self._drained_at = None if claimed else now
                     for item in claimed:
-                        self.running[asyncio.ensure_future(self._item(item))] = item
+                        task = asyncio.ensure_future(self._item(item))
+                        self.running[task] = item
+                        task.add_done_callback(self._item_done)
                 # Nothing here and nothing to take: done, unless others hold the rest (or
                 # retries are due later), which this runner then waits for.
                 if not self.running and not claimed and not await self.store.call(store.items_open, self.batch_id):
                     break
                 if loop.time() >= renew_at:
-                    await self.store.call(store.lease_renew, self.batch_id, self.worker, lease)
+                    held = [item.id for item in self.running.values()]
+                    await self.store.call(store.lease_renew, self.batch_id, self.worker, lease, held)
                     renew_at = loop.time() + lease / 3
-                if self.running:
-                    done, _ = await asyncio.wait(self.running, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        self.running.pop(task, None)
-                        if not task.cancelled() and task.exception() is not None:
-                            logger.error("Batch %s: an item's run failed", self.batch_id, exc_info=task.exception())
-                else:
-                    await asyncio.sleep(poll)
+                await self._pause(min(check_at, renew_at))
         finally:
-            await self._stop_items()
-        if stop == "cancelled":
-            await self.store.call(
-                store.items_close, self.batch_id, ItemStatus.CANCELLED, "batch_cancelled", "The batch was cancelled."
-            )
-        elif stop == "expired":
-            await self.store.call(
-                store.items_close,
-                self.batch_id,
-                ItemStatus.EXPIRED,
-                "batch_expired",
-                "The batch's completion window ended before this request ran.",
-            )
+            await self._stop_items(stop, handing_on=outcome == "paused")
         return "ended"
 
-    async def _stop_items(self) -> None:
-        """Stop the items still running here and give back their leases (also on the way out of
-        a runner that is itself cancelled: a worker shutting down)."""
-        for task in self.running:
+    def _claim_due(self, now: float) -> bool:
+        """Room for a turn of items (a quarter of the runner's), and the last claim found some
+        or was a poll ago: claims come in turns, not one per answer."""
+        if settings.LLMOPS_BATCH_RUNNER_ITEMS - len(self.running) < self._claim_room:
+            return False
+        return self._drained_at is None or now - self._drained_at >= settings.LLMOPS_BATCH_POLL_S
+
+    def _item_done(self, task: asyncio.Task[None]) -> None:
+        self.running.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Batch %s: an item's run failed", self.batch_id, exc_info=task.exception())
+        if not self.running or self._claim_due(asyncio.get_running_loop().time()):
+            self._wake.set()
+
+    async def _pause(self, until: float) -> None:
+        """Until a turn of items is due, nothing runs any more, or `until` (loop time)."""
+        loop = asyncio.get_running_loop()
+        self._wake.clear()
+        if self._drained_at is not None:
+            until = min(until, self._drained_at + settings.LLMOPS_BATCH_POLL_S)
+        if self.running and self._claim_due(loop.time()):
+            await asyncio.sleep(0)  # let the answers in flight move on before the next claim
+            return
+        try:
+            async with asyncio.timeout_at(max(until, loop.time())):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _stop_items(self, stop: str, *, handing_on: bool) -> None:
+        """Stop the items still running here, end the open ones of a cancelled or expired
+        batch, and give back the leases of the rest (also on the way out of a runner that is
+        itself cancelled: a worker shutting down)."""
+        tasks = list(self.running)
+        for task in tasks:
             task.cancel()
-        if self.running:
-            await asyncio.wait(self.running)
+        if tasks:
+            await asyncio.wait(tasks)
         self.running.clear()
-        await asyncio.shield(self.store.call(store.lease_release, self.batch_id, self.worker))
+        if stop:
+            code, message = STOPS[stop]
+            await asyncio.shield(self.store.call(store.items_close, self.batch_id, stop, code, message))
+        await asyncio.shield(self.store.call(store.lease_release, self.batch_id, self.worker, handing_on))
 
     async def _item(self, item: Claimed) -> None:
         # The key as configured now: revoked meanwhile, the rest of its batch is refused.
@@ -257,14 +377,17 @@ class BatchRunner:
             request = item_request(item.body, api_key=key)
             self.asked += 1
             result = await infer(request)
-        except (GatewayError, UpstreamError) as exc:
-            status = exc.status
-            transient = status == 429 or (isinstance(exc, UpstreamError) and exc.transient)
-            if transient and item.runs < settings.LLMOPS_BATCH_ITEM_RUNS:
-                delay = _retry_delay(item.runs, _retry_after(exc))
-                return Outcome(item.id, ItemStatus.QUEUED, retry_at=timezone.now() + timedelta(seconds=delay))
-            code = getattr(exc, "code", None)
-            return _failed(item, status, exc.error_type, exc.message, code)
+        except GatewayError as exc:
+            if exc.status == 429 and exc.code == "rate_limit_exceeded":
+                # The key's own requests or tokens per minute: the item waits its turn, and
+                # the wait is not one of its runs.
+                delay = _retry_delay(0, exc.headers.get("Retry-After"))
+                return self._again(item, delay, counts_run=False)
+            return _failed(item, exc.status, exc.error_type, exc.message, exc.code)
+        except UpstreamError as exc:
+            if exc.transient and item.runs < settings.LLMOPS_BATCH_ITEM_RUNS:
+                return self._again(item, _retry_delay(item.runs, exc.retry_after), counts_run=True)
+            return _failed(item, exc.status, exc.error_type, exc.message, None)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -284,6 +407,10 @@ class BatchRunner:
             cached_tokens=usage.cached_tokens,
         )
 
+    def _again(self, item: Claimed, delay: float, *, counts_run: bool) -> Outcome:
+        retry_at = timezone.now() + timedelta(seconds=delay)
+        return Outcome(item.id, ItemStatus.QUEUED, retry_at=retry_at, worker=self.worker, counts_run=counts_run)
+
     async def _finalize(self) -> None:
         if await self.store.call(output.batch_finalizing, self.batch_id):
             await self._publish()
@@ -291,12 +418,6 @@ class BatchRunner:
 
     async def _publish(self) -> None:
         await progress_publish(await self.store.call(_progress_of, self.batch_id))
-
-
-def _retry_after(exc: GatewayError | UpstreamError) -> str | None:
-    if isinstance(exc, UpstreamError):
-        return exc.retry_after
-    return exc.headers.get("Retry-After")
 
 
 def _api_key_of(batch_id: str) -> int:

@@ -21,6 +21,10 @@ from llmops.tasks import batch_run_task
 
 logger = logging.getLogger(__name__)
 
+# What the gateway's file and batch ids look like (models.new_file_id, new_batch_id): anything
+# else names nothing, and is never sent to the database (PostgreSQL refuses a NUL in text).
+ID_PATTERN = re.compile(r"\A(?:file-|batch_)[0-9a-f]{24}\Z")
+
 ENDPOINTS = ("/v1/chat/completions",)
 # A duration of at most 24 hours, in hours, minutes or seconds (the OpenAPI document states
 # it as this pattern too).
@@ -83,9 +87,11 @@ def batch_create(
     if execution not in Execution.values:
         raise InvalidRequest(f"execution must be one of {', '.join(Execution.values)}.", param="execution")
     checked = metadata_checked(metadata)
-    found = BatchFile.objects.filter(id=input_file_id, api_key_id=api_key_id).first()
+    found = None
+    if ID_PATTERN.match(input_file_id):
+        found = BatchFile.objects.filter(id=input_file_id, api_key_id=api_key_id).first()
     if found is None:
-        raise NotFound(f"No such file: {input_file_id}.", param="input_file_id", code="file_not_found")
+        raise NotFound("No such file.", param="input_file_id", code="file_not_found")
     if found.purpose != FilePurpose.BATCH:
         raise InvalidRequest("The input file must have been uploaded with purpose 'batch'.", param="input_file_id")
     now = timezone.now()
@@ -105,9 +111,9 @@ def batch_create(
 
 
 def batch_get(*, api_key_id: int, batch_id: str) -> Batch:
-    found = Batch.objects.filter(id=batch_id, api_key_id=api_key_id).first()
+    found = Batch.objects.filter(id=batch_id, api_key_id=api_key_id).first() if ID_PATTERN.match(batch_id) else None
     if found is None:
-        raise NotFound(f"No such batch: {batch_id}.", param="batch_id", code="batch_not_found")
+        raise NotFound("No such batch.", param="batch_id", code="batch_not_found")
     return found
 
 
@@ -128,21 +134,30 @@ def batch_cancel(*, api_key_id: int, batch_id: str) -> Batch:
     return batch
 
 
-def page_after(queryset: QuerySet[Any], after: str | None, limit: int) -> tuple[list[Any], bool]:
-    """Newest first, from after the object named `after` (OpenAI's cursor pagination)."""
+def page_after(
+    queryset: QuerySet[Any], after: str | None, limit: int, *, newest_first: bool = True
+) -> tuple[list[Any], bool]:
+    """A page from after the object named `after` (OpenAI's cursor pagination), newest or
+    oldest first."""
     if after:
-        anchor = queryset.filter(id=after).values_list("created_at", flat=True).first()
+        anchor = None
+        if ID_PATTERN.match(after):
+            anchor = queryset.filter(id=after).values_list("created_at", flat=True).first()
         if anchor is None:
-            raise NotFound(f"after names no object of this list: {after}.", param="after", code="cursor_not_found")
-        queryset = queryset.filter(Q(created_at__lt=anchor) | Q(created_at=anchor, id__lt=after))
-    rows = list(queryset.order_by("-created_at", "-id")[: limit + 1])
+            raise NotFound("after names no object of this list.", param="after", code="cursor_not_found")
+        if newest_first:
+            queryset = queryset.filter(Q(created_at__lt=anchor) | Q(created_at=anchor, id__lt=after))
+        else:
+            queryset = queryset.filter(Q(created_at__gt=anchor) | Q(created_at=anchor, id__gt=after))
+    order = ("-created_at", "-id") if newest_first else ("created_at", "id")
+    rows = list(queryset.order_by(*order)[: limit + 1])
     return rows[:limit], len(rows) > limit
 
 
 def list_limit(raw: str | None, *, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise InvalidRequest(f"limit must be a whole number from 1 to {maximum}.", param="limit")
     return int(raw)
 

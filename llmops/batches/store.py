@@ -10,6 +10,7 @@ every item is written once and counted once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import threading
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -54,6 +55,8 @@ class Outcome:
     output_tokens: int = 0
     cached_tokens: int = 0
     retry_at: datetime | None = None
+    worker: str = ""  # the runner that ran it: only its own lease is given back for a retry
+    counts_run: bool = True  # False: queued again without counting a run (the key's rate limit)
 
 
 @dataclass(slots=True)
@@ -64,6 +67,13 @@ class BatchState:
     completed: int
     failed: int
     cost_usd: Decimal
+    in_progress_at: datetime | None
+    validator: str
+    heartbeat_at: datetime | None
+
+    def validator_alive(self, lease_s: float) -> bool:
+        horizon = timezone.now() - timedelta(seconds=lease_s)
+        return bool(self.validator) and self.heartbeat_at is not None and self.heartbeat_at >= horizon
 
 
 def item_claim(batch_id: str, worker: str, limit: int, lease_s: float, max_runs: int) -> list[Claimed]:
@@ -111,28 +121,32 @@ def item_claim(batch_id: str, worker: str, limit: int, lease_s: float, max_runs:
         return sorted((Claimed(*row) for row in found), key=lambda claimed: claimed.line)
 
 
-def lease_renew(batch_id: str, worker: str, lease_s: float) -> None:
+def lease_renew(batch_id: str, worker: str, lease_s: float, item_ids: list[int]) -> None:
+    """Renew the leases of the items this runner is working on (only those: an item whose
+    task ended without its answer recorded lapses, and is taken again)."""
     now = timezone.now()
     with transaction.atomic():
-        BatchItem.objects.filter(batch_id=batch_id, status=ItemStatus.RUNNING, lease_owner=worker).update(
-            lease_until=now + timedelta(seconds=lease_s)
-        )
+        if item_ids:
+            BatchItem.objects.filter(id__in=item_ids, status=ItemStatus.RUNNING, lease_owner=worker).update(
+                lease_until=now + timedelta(seconds=lease_s)
+            )
         Batch.objects.filter(id=batch_id).update(heartbeat_at=now)
 
 
-def lease_release(batch_id: str, worker: str) -> None:
+def lease_release(batch_id: str, worker: str, handing_on: bool = False) -> None:
     """Give back the items this runner holds unanswered (it stops early): queued again, and
-    the run they were given does not count."""
+    the run they were given does not count. `handing_on`: the next slice's task follows, so
+    the batch keeps its heartbeat (no sweep starts another runner meanwhile); otherwise it
+    shows no sign of life, and the next executor or sweep takes it at once."""
     with transaction.atomic():
         BatchItem.objects.filter(batch_id=batch_id, status=ItemStatus.RUNNING, lease_owner=worker).update(
             status=ItemStatus.QUEUED, lease_owner="", lease_until=None, attempts=F("attempts") - 1
         )
-        # No sign of life from here any more: the next executor or sweep takes it at once.
-        Batch.objects.filter(id=batch_id).update(heartbeat_at=None)
+        Batch.objects.filter(id=batch_id).update(heartbeat_at=timezone.now() if handing_on else None)
 
 
 def batch_state(batch_id: str) -> BatchState:
-    row = Batch.objects.values_list("status", "expires_at", "total", "completed", "failed", "cost_usd").get(id=batch_id)
+    row = Batch.objects.values_list(*BatchState.__dataclass_fields__).get(id=batch_id)
     return BatchState(*row)
 
 
@@ -157,30 +171,24 @@ def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
     completed = failed = input_tokens = output_tokens = cached_tokens = 0
     cost = Decimal(0)
     with transaction.atomic():
-        for outcome in outcomes:
+        # In the order of the items' ids: two runners' transactions lock rows in one order.
+        for outcome in sorted(outcomes, key=lambda o: o.item_id):
             running = BatchItem.objects.filter(id=outcome.item_id, status=ItemStatus.RUNNING)
             if outcome.retry_at is not None:
-                done = running.update(
-                    status=ItemStatus.QUEUED, not_before=outcome.retry_at, lease_owner="", lease_until=None
+                done = running.filter(lease_owner=outcome.worker).update(
+                    status=ItemStatus.QUEUED,
+                    not_before=outcome.retry_at,
+                    lease_owner="",
+                    lease_until=None,
+                    attempts=F("attempts") if outcome.counts_run else F("attempts") - 1,
                 )
                 recorded.append(bool(done))
                 continue
-            done = running.update(
-                status=outcome.status,
-                status_code=outcome.status_code,
-                response=outcome.response,
-                error=outcome.error,
-                request_id=outcome.request_id,
-                model=outcome.model,
-                cost_usd=outcome.cost_usd,
-                lease_owner="",
-                lease_until=None,
-                finished_at=now,
-            )
-            recorded.append(bool(done))
-            if not done:
+            stored = _answer_store(running, outcome, now)
+            recorded.append(stored is not None)
+            if stored is None:
                 continue
-            if outcome.status == ItemStatus.SUCCEEDED:
+            if stored == ItemStatus.SUCCEEDED:
                 completed += 1
             else:
                 failed += 1
@@ -198,7 +206,42 @@ def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
                 cached_tokens=F("cached_tokens") + cached_tokens,
                 heartbeat_at=now,
             )
-    return recorded
+    # The answers in the order they came, as the caller passed them.
+    order = {id(o): i for i, o in enumerate(sorted(outcomes, key=lambda o: o.item_id))}
+    return [recorded[order[id(o)]] for o in outcomes]
+
+
+def _answer_store(running: Any, outcome: Outcome, now: datetime) -> str | None:
+    """Write one answer in a savepoint of its own: one the database refuses (PostgreSQL takes
+    no NUL character in JSON) is written again without what it refused, or as a failure, and
+    never holds back the others of its turn."""
+    fields = {
+        "status": outcome.status,
+        "status_code": outcome.status_code,
+        "response": outcome.response,
+        "error": outcome.error,
+        "request_id": outcome.request_id,
+        "model": outcome.model,
+        "cost_usd": outcome.cost_usd,
+        "lease_owner": "",
+        "lease_until": None,
+        "finished_at": now,
+    }
+    try:
+        with transaction.atomic():
+            return outcome.status if running.update(**fields) else None
+    except (DataError, ValueError, UnicodeError):
+        pass
+    cleaned = json.loads(json.dumps(outcome.response).replace("\\u0000", ""))
+    try:
+        with transaction.atomic():
+            return outcome.status if running.update(**{**fields, "response": cleaned}) else None
+    except (DataError, ValueError, UnicodeError):
+        logger.warning("Batch item %s: its answer could not be stored; it is failed instead", outcome.item_id)
+    message = "The model's answer could not be stored (it holds characters the database refuses)."
+    error = {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
+    failed = {**fields, "status": ItemStatus.FAILED, "status_code": 502, "response": error}
+    return ItemStatus.FAILED if running.update(**failed) else None
 
 
 _STOP = object()

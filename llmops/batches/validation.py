@@ -58,6 +58,14 @@ class Checked:
         return found
 
 
+def _storable(line: dict[str, Any]) -> bool:
+    try:
+        json.dumps(line, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def item_request(body: dict[str, Any], *, api_key: ApiKeyInfo) -> InferenceRequest:
     """The pipeline's request for one item's body (raises GatewayError as the chat endpoint would)."""
     if body.get("stream"):
@@ -90,6 +98,13 @@ class LineChecker:
             return
         if not isinstance(line, dict):
             checked.refuse(number, "invalid_json", "The line must be a JSON object.")
+            return
+        if b"\\u0000" in raw or not _storable(line):
+            checked.refuse(
+                number,
+                "invalid_json",
+                "The line holds a NUL character or an unpaired surrogate, which cannot be stored.",
+            )
             return
         custom_id = line.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id.strip():
@@ -126,6 +141,8 @@ class LineChecker:
             param = f"body.{exc.param}" if exc.param else "body"
             checked.refuse(number, exc.code or "invalid_request", exc.message, param)
             return
+        if checked.bad_lines:
+            return  # the batch fails: the rest is checked for its errors only, and nothing kept
         checked.items.append(ParsedItem(number, custom_id, body))
         checked.models.add(request.model)
         checked.input_tokens += resolved.estimate.input_tokens

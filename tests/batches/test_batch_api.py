@@ -104,3 +104,22 @@ async def test_a_file_reads_back_as_uploaded_and_deletes(sdk):
     assert deleted.deleted and deleted.id == uploaded.id
     with pytest.raises(openai.NotFoundError):
         await sdk.files.retrieve(uploaded.id)
+
+
+async def test_bad_ids_and_cursors_name_nothing_and_never_fail(sdk, http, api_key):
+    from tests.conftest import auth
+
+    for path in ("/v1/batches/batch_%00x", "/v1/files/file-%00", "/v1/batches?after=%00", "/v1/files?after=x"):
+        response = await http.get(path, headers=auth(api_key))
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]["type"] == "not_found_error"
+    response = await http.get("/v1/batches?limit=\u00b2", headers=auth(api_key))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
+
+
+async def test_files_listed_oldest_first_page_forward(sdk):
+    made = [(await sdk.files.create(file=upload([batch_line(f"f{i}")]), purpose="batch")).id for i in range(5)]
+    first = await sdk.files.list(order="asc", limit=2)
+    assert [f.id for f in first.data] == made[:2] and first.has_more
+    following = await sdk.files.list(order="asc", limit=2, after=first.data[-1].id)
+    assert [f.id for f in following.data] == made[2:4]

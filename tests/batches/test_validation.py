@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import openai
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from llmops.batches import runner
-from llmops.batches.models import BatchFile, BatchItem
+from llmops.batches.models import Batch, BatchFile, BatchItem
 from llmops.batches.runner import batch_run
 from tests.batches.conftest import batch_line, upload
 
@@ -172,3 +174,42 @@ async def test_a_large_file_is_checked_and_written_in_turns(sdk, monkeypatch):
     failed = await sdk.batches.retrieve(batch.id)
     assert failed.status == "failed" and [e.line for e in failed.errors.data] == [32]
     assert await BatchItem.objects.filter(batch_id=batch.id).acount() == 0
+
+
+async def test_a_line_the_database_could_not_store_is_refused_naming_it(sdk):
+    lines = [
+        batch_line("ok"),
+        b'{"custom_id": "nul\\u0000", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
+        b'{"custom_id": "s\\ud800", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
+        json.dumps(batch_line("body", "a\u0000b")).encode(),
+    ]
+    uploaded = await sdk.files.create(file=upload(lines), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await batch_run(batch.id)
+    failed = await sdk.batches.retrieve(batch.id)
+    assert failed.status == "failed"
+    assert [(e.line, e.code) for e in failed.errors.data] == [
+        (2, "invalid_json"),
+        (3, "invalid_json"),
+        (4, "invalid_json"),
+    ]
+
+
+async def test_one_validator_at_a_time_and_a_stale_one_is_replaced(sdk, settings):
+    uploaded = await sdk.files.create(file=upload([batch_line("a"), batch_line("b")]), purpose="batch")
+    batch = await sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert await sync_to_async(runner._validation_begin)(batch.id, "first", 60.0) is not None
+    assert await sync_to_async(runner._validation_begin)(batch.id, "second", 60.0) is None  # the first lives
+    with pytest.raises(runner.ValidationTaken):  # a validator replaced meanwhile writes nothing
+        await sync_to_async(runner._items_insert)(batch.id, "second", [])
+    await Batch.objects.filter(id=batch.id).aupdate(heartbeat_at=timezone.now() - timedelta(seconds=120))
+    assert await sync_to_async(runner._validation_begin)(batch.id, "second", 60.0) is not None
+    with pytest.raises(runner.ValidationTaken):
+        await sync_to_async(runner._items_insert)(batch.id, "first", [])
+    assert await batch_run(batch.id) == "ended"  # the second validator lives: this runner leaves it be
+    row = await Batch.objects.aget(id=batch.id)
+    assert row.status == "validating" and row.validator == "second"

@@ -22,17 +22,28 @@ from the request (`count_tokens`: four characters a token, rounded up per block,
 can assert exact numbers), and the cache columns decided by a prompt cache that behaves like
 Anthropic's (`FakePromptCache`): prefixes marked with `cache_control` are remembered for their
 TTL, the first request with one is a write, a later identical prefix a read. The cache
-checks (at most four breakpoints, none on an empty text block) apply in both modes."""
+checks (at most four breakpoints, none on an empty text block) apply in both modes.
+
+And the Message Batches API as the SDK calls it: POST /v1/messages/batches, GET
+/v1/messages/batches/{id}, GET /v1/messages/batches/{id}/results (JSONL, in no particular
+order, like the real one), POST /v1/messages/batches/{id}/cancel. A batch is `in_progress`
+for `batch_delay_s`, then `ended`: each request's params answered by the same logic as
+/v1/messages (a request it would refuse is `errored`, and so is one a test scripted with
+`batch_fail(custom_id, ...)`). A cancelled batch goes `canceling`, then `ended` with its
+first `batch_early_lines` requests answered and the rest `canceled`. `results_root` moves
+the results_url the API names to another server (as a misbehaving upstream might)."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -71,6 +82,11 @@ SAMPLING_REMOVED = "2026-10-21"
 MAX_BREAKPOINTS = 4
 CACHE_TTLS_S = {"5m": 300.0, "1h": 3600.0}
 CACHE_LOOKBACK_BLOCKS = 20
+
+BATCH = re.compile(r"\A/v1/messages/batches/([^/]+)\Z")
+BATCH_RESULTS = re.compile(r"\A/v1/messages/batches/([^/]+)/results\Z")
+BATCH_CANCEL = re.compile(r"\A/v1/messages/batches/([^/]+)/cancel\Z")
+CUSTOM_ID = re.compile(r"\A[a-zA-Z0-9_-]{1,64}\Z")
 
 
 class InvalidRequest(Exception):
@@ -241,6 +257,24 @@ class MessageAnswer:
     cache_read_input_tokens: int = 0
 
 
+def _rfc3339(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class FakeMessageBatch:
+    id: str
+    requests: list[dict[str, Any]]
+    version: str  # the anthropic-version its creation was sent with
+    key: str | None
+    ends_at: float  # time.monotonic() when it ends
+    created_at: datetime
+    status: str = "in_progress"
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)  # request index -> result
+    ended_at: datetime | None = None
+    cancel_initiated_at: datetime | None = None
+
+
 class FakeAnthropic(FakeUpstream):
     name = "anthropic"
 
@@ -253,6 +287,21 @@ class FakeAnthropic(FakeUpstream):
         self.cache = FakePromptCache()
         self.cache_results: list[CacheResult] = []  # one per request answered, in order
         self._ids = itertools.count(1)
+        self.batches: dict[str, FakeMessageBatch] = {}
+        # Its own lock: a batch answers its requests with the logic that takes the base one.
+        self._batch_lock = threading.Lock()
+        self.batch_delay_s = 0.1  # how long a batch is in progress before it ends
+        self.batch_early_lines = 0  # requests answered at once (kept when the batch is cancelled)
+        self.batch_failures: dict[str, tuple[str, str]] = {}  # custom_id -> (error type, message)
+        self.results_root: str | None = None  # where the results_url points (None: this server)
+
+    def batch_fail(self, custom_id: str, error_type: str = "invalid_request_error", message: str | None = None) -> None:
+        """The batch request with this custom_id is `errored` with this error."""
+        self.batch_failures[custom_id] = (error_type, message or MESSAGES.get(error_type, "Upstream failure."))
+
+    def batch_requests(self) -> list[dict[str, Any]]:
+        """Every request of every batch this fake was given, in order."""
+        return [request for batch in self.batches.values() for request in batch.requests]
 
     @property
     def base_url(self) -> str:
@@ -275,7 +324,19 @@ class FakeAnthropic(FakeUpstream):
         }
 
     def route(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
-        if request.method != "POST" or request.path.split("?")[0] != "/v1/messages":
+        path, method = request.path.split("?")[0], request.method
+        found = None
+        if method == "POST" and path == "/v1/messages":
+            found = self._messages
+        elif method == "POST" and path == "/v1/messages/batches":
+            found = self._batch_create
+        elif method == "GET" and BATCH.match(path):
+            found = self._batch_retrieve
+        elif method == "GET" and BATCH_RESULTS.match(path):
+            found = self._batch_results
+        elif method == "POST" and BATCH_CANCEL.match(path):
+            found = self._batch_cancel
+        if found is None:
             self.send_json(handler, 404, self.error_body(404, f"Not found: {request.method} {request.path}", None))
             return
         if "anthropic-version" not in request.headers:
@@ -284,17 +345,28 @@ class FakeAnthropic(FakeUpstream):
         if self.expected_key is not None and presented_key(request) != self.expected_key:
             self.send_json(handler, 401, self.error_body(401, None, None))
             return
+        found(handler, request)
+
+    def _messages(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
         body = request.body if isinstance(request.body, dict) else {}
-        if request.headers["anthropic-version"] >= SAMPLING_REMOVED:
-            for name in ("temperature", "top_p", "top_k"):
-                if name in body:
-                    self.send_json(handler, 400, self.error_body(400, f"{name}: Extra inputs are not permitted", None))
-                    return
         try:
-            cached = self.cache.apply(f"{presented_key(request)}\0{body.get('model')}", prompt_blocks(body))
+            cached = self._measured(request.headers["anthropic-version"], presented_key(request), body)
         except InvalidRequest as exc:
             self.send_json(handler, 400, self.error_body(400, str(exc), None))
             return
+        if body.get("stream"):
+            self._stream(handler, body, cached)
+        else:
+            self.send_json(handler, 200, self._message(body, cached))
+
+    def _measured(self, version: str, key: str | None, body: dict[str, Any]) -> CacheResult:
+        """What a request does with the prompt cache, and the usage it reports (raises
+        InvalidRequest for a request the real API answers 400 to)."""
+        if version >= SAMPLING_REMOVED:
+            for name in ("temperature", "top_p", "top_k"):
+                if name in body:
+                    raise InvalidRequest(f"{name}: Extra inputs are not permitted")
+        cached = self.cache.apply(f"{key}\0{body.get('model')}", prompt_blocks(body))
         with self._lock:
             self.cache_results.append(cached)
         if not self.measure_usage:
@@ -305,10 +377,139 @@ class FakeAnthropic(FakeUpstream):
                 cache_creation_input_tokens=answer.cache_creation_input_tokens,
                 written_by_ttl={"5m": answer.cache_creation_input_tokens, "1h": 0},
             )
-        if body.get("stream"):
-            self._stream(handler, body, cached)
-        else:
-            self.send_json(handler, 200, self._message(body, cached))
+        return cached
+
+    # -- message batches --------------------------------------------------------------
+
+    def _batch_create(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        body = request.body if isinstance(request.body, dict) else {}
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            self.send_json(handler, 400, self.error_body(400, "requests: Field required", None))
+            return
+        seen: set[str] = set()
+        for i, entry in enumerate(requests):
+            custom_id = entry.get("custom_id") if isinstance(entry, dict) else None
+            if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+                message = f"requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+                self.send_json(handler, 400, self.error_body(400, message, None))
+                return
+            if custom_id in seen or not isinstance(entry.get("params"), dict):
+                message = f"requests.{i}: custom_id must be unique and params an object"
+                self.send_json(handler, 400, self.error_body(400, message, None))
+                return
+            seen.add(custom_id)
+        batch = FakeMessageBatch(
+            id=f"msgbatch_fake{next(self._ids)}",
+            requests=requests,
+            version=request.headers["anthropic-version"],
+            key=presented_key(request),
+            ends_at=time.monotonic() + self.batch_delay_s,
+            created_at=datetime.now(UTC),
+        )
+        with self._batch_lock:
+            self.batches[batch.id] = batch
+            for index in range(min(self.batch_early_lines, len(requests))):
+                batch.results[index] = self._batch_result(batch, requests[index])
+        self.send_json(handler, 200, self._batch_body(batch))
+
+    def _batch_result(self, batch: FakeMessageBatch, entry: dict[str, Any]) -> dict[str, Any]:
+        """One request of a batch as /v1/messages answers it, as a `result`."""
+        failure = self.batch_failures.get(entry["custom_id"])
+        params = entry["params"]
+        if failure is None:
+            try:
+                if params.get("stream"):
+                    raise InvalidRequest("stream: batch requests cannot be streamed")
+                cached = self._measured(batch.version, batch.key, params)
+            except InvalidRequest as exc:
+                failure = ("invalid_request_error", str(exc))
+        if failure is not None:
+            error = {"type": "error", "error": {"type": failure[0], "message": failure[1]}, "request_id": None}
+            return {"type": "errored", "error": error}
+        return {"type": "succeeded", "message": self._message(params, cached)}
+
+    def _batch_end(self, batch: FakeMessageBatch) -> None:
+        if batch.status == "in_progress":
+            for index, entry in enumerate(batch.requests):
+                if index not in batch.results:
+                    batch.results[index] = self._batch_result(batch, entry)
+        else:  # canceling: what had not run is canceled
+            for index in range(len(batch.requests)):
+                batch.results.setdefault(index, {"type": "canceled"})
+        batch.status = "ended"
+        batch.ended_at = datetime.now(UTC)
+
+    def _batch_of(
+        self, handler: BaseHTTPRequestHandler, pattern: re.Pattern[str], path: str
+    ) -> FakeMessageBatch | None:
+        batch = self.batches.get(pattern.match(path.split("?")[0])[1])
+        if batch is None:
+            self.send_json(handler, 404, self.error_body(404, "Message batch not found.", None))
+        return batch
+
+    def _batch_retrieve(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        batch = self._batch_of(handler, BATCH, request.path)
+        if batch is None:
+            return
+        with self._batch_lock:
+            if batch.status == "canceling" or (batch.status == "in_progress" and time.monotonic() >= batch.ends_at):
+                self._batch_end(batch)
+        self.send_json(handler, 200, self._batch_body(batch))
+
+    def _batch_cancel(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        batch = self._batch_of(handler, BATCH_CANCEL, request.path)
+        if batch is None:
+            return
+        with self._batch_lock:
+            if batch.status == "in_progress":
+                batch.status = "canceling"
+                batch.cancel_initiated_at = datetime.now(UTC)
+        self.send_json(handler, 200, self._batch_body(batch))
+
+    def _batch_results(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        batch = self._batch_of(handler, BATCH_RESULTS, request.path)
+        if batch is None:
+            return
+        if batch.status != "ended":
+            self.send_json(handler, 400, self.error_body(400, "The batch is still processing.", None))
+            return
+        rows = [
+            {"custom_id": batch.requests[index]["custom_id"], "result": result}
+            for index, result in reversed(sorted(batch.results.items()))  # no order is promised
+        ]
+        raw = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/binary")
+        handler.send_header("Content-Length", str(len(raw)))
+        for name, value in self.response_headers().items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(raw)
+        handler.wfile.flush()
+
+    def _batch_body(self, batch: FakeMessageBatch) -> dict[str, Any]:
+        ended = batch.status == "ended"
+        kinds = [result["type"] for result in batch.results.values()] if ended else []
+        root = self.results_root or self.root_url
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": batch.status,
+            "request_counts": {
+                "processing": 0 if ended else len(batch.requests),
+                "succeeded": kinds.count("succeeded"),
+                "errored": kinds.count("errored"),
+                "canceled": kinds.count("canceled"),
+                "expired": kinds.count("expired"),
+            },
+            "ended_at": _rfc3339(batch.ended_at),
+            "created_at": _rfc3339(batch.created_at),
+            "expires_at": _rfc3339(batch.created_at + timedelta(hours=24)),
+            "archived_at": None,
+            "cancel_initiated_at": _rfc3339(batch.cancel_initiated_at),
+            "results_url": f"{root}/v1/messages/batches/{batch.id}/results" if ended else None,
+        }
 
     def _usage(self, cached: CacheResult, output_tokens: int) -> dict[str, Any]:
         return {

@@ -11,14 +11,28 @@ OpenAI's exact wire format (what openai/_streaming.py parses):
 - errors as `{"error": {"message", "type", "param", "code"}}` with `x-request-id`, and a
   mid-stream failure as a `data: {"error": ...}` event (the SDK raises APIError on it).
 
+And OpenAI's Files and Batches API as the SDK calls it: POST /v1/files (a multipart upload),
+GET /v1/files/{id}/content, POST /v1/batches, GET /v1/batches/{id}, POST
+/v1/batches/{id}/cancel. A batch is `in_progress` for `batch_delay_s`, then `completed`:
+each uploaded line is answered by the same chat completion logic as /v1/chat/completions,
+into an output file (the answers) and an error file (the lines refused, and the ones a test
+scripted to fail with `batch_fail(custom_id, ...)`); a custom_id given to `batch_drop` is in
+neither, as a lost result would be. A cancelled batch goes `cancelling`, then `cancelled`
+with the answers of its first `batch_early_lines` lines only (those it had finished).
+
 Point a catalog entry's base_url at `fake.base_url` (it ends in /v1, as OpenAI's does)."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import re
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -37,6 +51,10 @@ ERRORS: dict[int, tuple[str, str | None, str]] = {
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
 DEFAULT_LOGPROB = -0.25
+BATCH_ENDED = ("completed", "failed", "expired", "cancelled")
+FILE_CONTENT = re.compile(r"\A/v1/files/([^/]+)/content\Z")
+BATCH = re.compile(r"\A/v1/batches/([^/]+)\Z")
+BATCH_CANCEL = re.compile(r"\A/v1/batches/([^/]+)/cancel\Z")
 
 
 def _tokens(text: str) -> list[str]:
@@ -56,6 +74,45 @@ class ChatAnswer:
     token_logprobs: list[float] | None = None
 
 
+@dataclass(slots=True)
+class StoredFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: int
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+
+
+@dataclass(slots=True)
+class FakeBatch:
+    id: str
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None
+    lines: list[dict[str, Any]]
+    ends_at: float  # time.monotonic() when it completes
+    status: str = "in_progress"
+    errors: dict[str, Any] | None = None
+    answered: dict[int, tuple[bool, dict[str, Any]]] = field(default_factory=dict)  # line index -> (ok, out line)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    times: dict[str, int | None] = field(default_factory=dict)
+
+
 class FakeOpenAI(FakeUpstream):
     name = "openai"
 
@@ -64,6 +121,26 @@ class FakeOpenAI(FakeUpstream):
         self.answer = ChatAnswer()
         self.expected_key: str | None = None  # when set, any other Bearer key gets OpenAI's 401
         self._ids = itertools.count(1)
+        self.files: dict[str, StoredFile] = {}
+        self.batches: dict[str, FakeBatch] = {}
+        # Its own lock: a batch answers its requests with the logic that takes the base one.
+        self._batch_lock = threading.Lock()
+        self.batch_delay_s = 0.1  # how long a batch is in progress before it completes
+        self.batch_early_lines = 0  # lines answered at once (kept when the batch is cancelled)
+        self.batch_failures: dict[str, tuple[int, str]] = {}  # custom_id -> (status, message)
+        self.batch_dropped: set[str] = set()  # custom_ids whose result is lost
+
+    def batch_fail(self, custom_id: str, status: int = 400, message: str | None = None) -> None:
+        """The batch line with this custom_id is answered with this error (in the error file)."""
+        self.batch_failures[custom_id] = (status, message or ERRORS.get(status, ERRORS[500])[2])
+
+    def batch_drop(self, custom_id: str) -> None:
+        """The batch line with this custom_id gets no result in either file."""
+        self.batch_dropped.add(custom_id)
+
+    def batch_lines(self) -> list[dict[str, Any]]:
+        """Every line of every batch this fake was given, in order."""
+        return [line for batch in self.batches.values() for line in batch.lines]
 
     @property
     def base_url(self) -> str:
@@ -93,7 +170,21 @@ class FakeOpenAI(FakeUpstream):
         }
 
     def route(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
-        if request.method != "POST" or request.path.split("?")[0] != "/v1/chat/completions":
+        path, method = request.path.split("?")[0], request.method
+        found = None
+        if method == "POST" and path == "/v1/chat/completions":
+            found = self._chat
+        elif method == "POST" and path == "/v1/files":
+            found = self._file_create
+        elif method == "GET" and FILE_CONTENT.match(path):
+            found = self._file_content
+        elif method == "POST" and path == "/v1/batches":
+            found = self._batch_create
+        elif method == "GET" and BATCH.match(path):
+            found = self._batch_retrieve
+        elif method == "POST" and BATCH_CANCEL.match(path):
+            found = self._batch_cancel
+        if found is None:
             self.send_json(handler, 404, self.error_body(404, f"Invalid URL ({request.method} {request.path})", None))
             return
         presented = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -101,11 +192,192 @@ class FakeOpenAI(FakeUpstream):
             # Real OpenAI masks most of the key; the fake echoes it whole, so a leak cannot hide.
             self.send_json(handler, 401, self.error_body(401, f"Incorrect API key provided: {presented}.", None))
             return
+        found(handler, request)
+
+    def _chat(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
         body = request.body if isinstance(request.body, dict) else {}
         if body.get("stream"):
             self._stream(handler, body)
         else:
             self.send_json(handler, 200, self._completion(body))
+
+    # -- files and batches ------------------------------------------------------------
+
+    def _not_found(self, handler: BaseHTTPRequestHandler, what: str) -> None:
+        self.send_json(handler, 404, self.error_body(404, f"No such {what}", None))
+
+    def _file_create(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        content_type = request.headers.get("content-type", "")
+        raw = request.body.encode() if isinstance(request.body, str) else b""
+        form = BytesParser(policy=policy.HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        fields = {part.get_param("name", header="content-disposition"): part for part in form.iter_parts()}
+        upload, purpose = fields.get("file"), fields.get("purpose")
+        if upload is None or purpose is None:
+            self.send_json(handler, 400, self.error_body(400, "Send the fields file and purpose.", None))
+            return
+        stored = self._file_store(
+            upload.get_filename() or "upload", purpose.get_content().strip(), upload.get_payload(decode=True)
+        )
+        self.send_json(handler, 200, stored.body())
+
+    def _file_store(self, filename: str, purpose: str, content: bytes) -> StoredFile:
+        stored = StoredFile(f"file-fake{next(self._ids)}", filename, purpose, content, int(time.time()))
+        self.files[stored.id] = stored
+        return stored
+
+    def _file_content(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        stored = self.files.get(FILE_CONTENT.match(request.path.split("?")[0])[1])
+        if stored is None:
+            self._not_found(handler, "file")
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(stored.content)))
+        for name, value in self.response_headers().items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(stored.content)
+        handler.wfile.flush()
+
+    def _batch_create(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        body = request.body if isinstance(request.body, dict) else {}
+        stored = self.files.get(body.get("input_file_id", ""))
+        if stored is None or stored.purpose != "batch":
+            self.send_json(
+                handler, 400, self.error_body(400, "The input file must be a file uploaded for batch.", None)
+            )
+            return
+        if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+            self.send_json(handler, 400, self.error_body(400, "Unsupported endpoint or completion_window.", None))
+            return
+        now = int(time.time())
+        batch = FakeBatch(
+            id=f"batch_fake{next(self._ids)}",
+            input_file_id=stored.id,
+            endpoint=body["endpoint"],
+            completion_window=body["completion_window"],
+            metadata=body.get("metadata"),
+            lines=[],
+            ends_at=time.monotonic() + self.batch_delay_s,
+            times={"created_at": now, "in_progress_at": now, "expires_at": now + 24 * 3600},
+        )
+        errors = []
+        for number, raw in enumerate(stored.content.decode().splitlines(), 1):
+            try:
+                batch.lines.append(json.loads(raw))
+            except ValueError:
+                errors.append({"code": "invalid_json_line", "line": number, "message": "Invalid JSON.", "param": None})
+        with self._batch_lock:
+            self.batches[batch.id] = batch
+            if errors:
+                batch.status, batch.errors = "failed", {"object": "list", "data": errors}
+                batch.times["failed_at"] = now
+            for index in range(min(self.batch_early_lines, len(batch.lines))):
+                batch.answered[index] = self._batch_answer(batch.lines[index])
+        self.send_json(handler, 200, self._batch_body(batch))
+
+    def _batch_answer(self, line: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """One line of a batch as the chat endpoint answers it: (succeeded, its output line)."""
+        custom_id = line.get("custom_id")
+        request_id = f"req_fake{next(self._ids)}"
+        failure = self.batch_failures.get(custom_id)
+        if failure is None and (line.get("method") != "POST" or line.get("url") != "/v1/chat/completions"):
+            failure = (400, "Only POST /v1/chat/completions is supported in this batch.")
+        if failure is not None:
+            status, body = failure[0], self.error_body(failure[0], failure[1], None)
+        else:
+            status, body = 200, self._completion(line.get("body") if isinstance(line.get("body"), dict) else {})
+        out = {
+            "id": f"batch_req_fake{next(self._ids)}",
+            "custom_id": custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None,
+        }
+        return status == 200, out
+
+    def _batch_end(self, batch: FakeBatch, status: str) -> None:
+        """Answer the rest (completed) or keep what was answered (cancelled), write the files."""
+        if status == "completed":
+            for index, line in enumerate(batch.lines):
+                if index not in batch.answered:
+                    batch.answered[index] = self._batch_answer(line)
+        kept = [answer for index, answer in sorted(batch.answered.items())]
+        kept = [answer for answer in kept if answer[1]["custom_id"] not in self.batch_dropped]
+        for ok, kind in ((True, "output"), (False, "error")):
+            lines = [json.dumps(out) + "\n" for good, out in kept if good is ok]
+            if lines:
+                stored = self._file_store(f"{batch.id}_{kind}.jsonl", "batch_output", "".join(lines).encode())
+                setattr(batch, f"{kind}_file_id", stored.id)
+        now = int(time.time())
+        batch.status = status
+        batch.times.update(finalizing_at=now, **{f"{status}_at": now})
+
+    def _batch_of(self, handler: BaseHTTPRequestHandler, pattern: re.Pattern[str], path: str) -> FakeBatch | None:
+        batch = self.batches.get(pattern.match(path.split("?")[0])[1])
+        if batch is None:
+            self._not_found(handler, "batch")
+        return batch
+
+    def _batch_retrieve(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        batch = self._batch_of(handler, BATCH, request.path)
+        if batch is None:
+            return
+        with self._batch_lock:
+            if batch.status == "in_progress" and time.monotonic() >= batch.ends_at:
+                self._batch_end(batch, "completed")
+            elif batch.status == "cancelling":
+                self._batch_end(batch, "cancelled")
+        self.send_json(handler, 200, self._batch_body(batch))
+
+    def _batch_cancel(self, handler: BaseHTTPRequestHandler, request: RecordedRequest) -> None:
+        batch = self._batch_of(handler, BATCH_CANCEL, request.path)
+        if batch is None:
+            return
+        with self._batch_lock:
+            if batch.status in BATCH_ENDED:
+                message = f"Cannot cancel a batch with status '{batch.status}'."
+                self.send_json(handler, 409, self.error_body(409, message, "invalid_request_error"))
+                return
+            batch.status = "cancelling"
+            batch.times["cancelling_at"] = int(time.time())
+        self.send_json(handler, 200, self._batch_body(batch))
+
+    def _batch_body(self, batch: FakeBatch) -> dict[str, Any]:
+        answered = [ok for ok, _ in batch.answered.values()] if batch.status in BATCH_ENDED else []
+        times = {
+            name: batch.times.get(name)
+            for name in (
+                "created_at",
+                "in_progress_at",
+                "expires_at",
+                "finalizing_at",
+                "completed_at",
+                "failed_at",
+                "expired_at",
+                "cancelling_at",
+                "cancelled_at",
+            )
+        }
+        models = {line.get("body", {}).get("model") for line in batch.lines if isinstance(line.get("body"), dict)}
+        return {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "model": models.pop() if len(models) == 1 else None,
+            "errors": batch.errors,
+            "input_file_id": batch.input_file_id,
+            "completion_window": batch.completion_window,
+            "status": batch.status,
+            "output_file_id": batch.output_file_id,
+            "error_file_id": batch.error_file_id,
+            **times,
+            "request_counts": {
+                "total": len(batch.lines),
+                "completed": sum(answered),
+                "failed": len(answered) - sum(answered),
+            },
+            "metadata": batch.metadata,
+        }
 
     def _usage(self) -> dict[str, Any]:
         answer = self.answer
