@@ -340,6 +340,11 @@ LLMOPS_BATCH_ITEM_DEADLINE_S = env_float("LLMOPS_BATCH_ITEM_DEADLINE_S", 3600.0,
 # An interactive request waits at most this long for its model's requests- or tokens-per-
 # minute limit (the provider's, in the catalog) before it is sent to the model's fallback.
 LLMOPS_MODEL_RATE_MAX_WAIT_S = env_float("LLMOPS_MODEL_RATE_MAX_WAIT_S", 1.0, minimum=0.0)
+# Batch items fill a model's minute (its requests and tokens per minute) only up to this
+# share short of it: the rest is kept for interactive requests.
+LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE = env_float("LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE", 0.1, minimum=0.0)
+if LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE >= 1:
+    raise ImproperlyConfigured("LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE must be below 1")
 
 LOGGING = {
     "version": 1,

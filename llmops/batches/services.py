@@ -16,14 +16,16 @@ from django.utils import timezone
 
 from llmops.batches.executor import EXECUTOR
 from llmops.batches.models import BATCH_ENDED, Batch, BatchFile, BatchStatus, Execution, FilePurpose
+from llmops.celery import app as celery_app
 from llmops.errors import GatewayError, InvalidRequest, NotFound
-from llmops.tasks import batch_run_task
 
 logger = logging.getLogger(__name__)
 
 # What the gateway's file and batch ids look like (models.new_file_id, new_batch_id): anything
 # else names nothing, and is never sent to the database (PostgreSQL refuses a NUL in text).
 ID_PATTERN = re.compile(r"\A(?:file-|batch_)[0-9a-f]{24}\Z")
+
+BATCH_RUN_TASK = "llmops.batches.run"  # llmops.tasks.batch_run_task
 
 ENDPOINTS = ("/v1/chat/completions",)
 # A duration of at most 24 hours, in hours, minutes or seconds (the OpenAPI document states
@@ -229,7 +231,8 @@ def batch_dispatch(batch_id: str) -> None:
     """Have the batch run: by a Celery worker, or by this process's embedded runner."""
     if settings.LLMOPS_BATCH_EXECUTOR == "celery":
         try:
-            batch_run_task.delay(batch_id)
+            # By name: the task module is an entry point, which imports this one.
+            celery_app.send_task(BATCH_RUN_TASK, args=[batch_id])
         except Exception as exc:  # the broker is down: the batch is stored, and the sweep starts it
             logger.warning("Batch %s could not be queued (%s); the next sweep starts it", batch_id, type(exc).__name__)
     elif settings.LLMOPS_BATCH_EXECUTOR == "in_process":

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from llmops.breakers import ModelBreaker, Permit, breaker_for
 from llmops.catalog import EndpointConfig
-from llmops.model_limits import limited, model_rate_take
+from llmops.model_limits import batch_gate, limited, model_rate_take
 from llmops.providers import provider_for
 from llmops.providers.base import ProviderCall, StreamDelta, UpstreamError
 from llmops.upstream import UpstreamSlot, upstream_slot
@@ -197,11 +197,14 @@ async def _paced(endpoint: EndpointConfig, call: ProviderCall) -> None:
     next candidate instead (429 when there is none); a batch item waits its turn."""
     output = call.params.get("max_tokens") or settings.LLMOPS_ESTIMATED_OUTPUT_TOKENS
     tokens = estimate_tokens("".join(m["content"] for m in call.messages)) + output
-    while True:
-        wait = await model_rate_take(endpoint, tokens)
-        if not wait:
-            return
-        if not call.batch and wait > settings.LLMOPS_MODEL_RATE_MAX_WAIT_S:
+    if call.batch:
+        async with batch_gate(endpoint.name):
+            while wait := await model_rate_take(endpoint, tokens, batch=True):
+                await asyncio.sleep(wait)
+        return
+    waited = 0.0
+    while wait := await model_rate_take(endpoint, tokens):
+        if waited + wait > settings.LLMOPS_MODEL_RATE_MAX_WAIT_S:
             raise UpstreamError(
                 f"{endpoint.name} is at its provider's requests- or tokens-per-minute limit.",
                 status=429,
@@ -210,6 +213,7 @@ async def _paced(endpoint: EndpointConfig, call: ProviderCall) -> None:
                 kind="throttled",
             )
         await asyncio.sleep(wait)
+        waited += wait
 
 
 async def _attempt(

@@ -68,6 +68,7 @@ async def test_an_interactive_request_waits_a_little_rather_than_fail(http, api_
 
 async def test_batch_items_wait_for_their_models_limit_and_all_succeed(sdk, spent_model, settings):
     settings.LLMOPS_MODEL_RATE_MAX_WAIT_S = 0  # which applies to interactive requests only
+    settings.LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE = 0.005  # 3 of the 600 a minute
     settings.LLMOPS_BATCH_POLL_S = 0.02
     uploaded = await sdk.files.create(
         file=upload([batch_line(f"b{i}", model=spent_model) for i in range(3)]), purpose="batch"
@@ -97,3 +98,20 @@ async def test_a_tokens_per_minute_limit_counts_the_calls_estimated_tokens(seede
     assert await model_rate_take(endpoint, 400) == 0
     wait = await model_rate_take(endpoint, 300)  # 300 tokens back take 18 s at 1,000 a minute
     assert 17 < wait <= 18.1
+
+
+async def test_batch_items_leave_a_share_of_every_minute_to_interactive_requests(seeded, settings):
+    model_limits_reset()
+    settings.LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE = 0.1
+    await add_endpoint(name="shared-limit", provider="simulated", requests_per_minute=100)
+    if django_settings.LLMOPS_LIMITS_REDIS_URL:
+        await redis_for(django_settings.LLMOPS_LIMITS_REDIS_URL).delete("llmops:model-rate:shared-limit")
+    catalog.reset()
+    endpoint = await catalog.endpoint_get("shared-limit")
+    taken = 0
+    while not await model_rate_take(endpoint, 1, batch=True):
+        taken += 1
+    assert taken == 90  # batch items stop at 90 of the 100
+    for _ in range(10):
+        assert await model_rate_take(endpoint, 1) == 0  # the last ten are interactive requests'
+    assert await model_rate_take(endpoint, 1) > 0
