@@ -3,6 +3,7 @@ loopback port, called with the official OpenAI SDK over TCP."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -78,6 +79,7 @@ def base_env(tmp_path: Path, database_url: str | None = None) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     env = base_env(tmp_path_factory.mktemp("live"))
+    env["LLMOPS_BATCH_START_WITH_SERVER"] = "true"  # as make run: batches run in the server
     manage(env, "migrate", "--noinput")
     manage(env, "seed_catalog")
     key = manage(env, "create_api_key", "live-test").strip().splitlines()[-1]
@@ -141,6 +143,48 @@ def test_tokens_arrive_as_they_are_generated_not_at_the_end(gateway):
     assert len(arrivals) == 12
     # 12 tokens at 10/s take over a second; the first must not wait for the last.
     assert arrivals[-1] - arrivals[0] > 0.8
+
+
+def test_the_readme_batch_flow_works_with_the_sdk_and_a_curl_style_upload(gateway, tmp_path):
+    server, key = gateway
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "custom_id": f"doc-{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "sim-small", "messages": [{"role": "user", "content": f"Summarise {i}"}]},
+                }
+            )
+            + "\n"
+            for i in range(6)
+        )
+    )
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+    with requests.open("rb") as handle:
+        batch_file = client.files.create(file=handle, purpose="batch")
+    # curl -F purpose=batch -F file=@requests.jsonl
+    with requests.open("rb") as handle:
+        uploaded = httpx2.post(
+            f"{server.url}/v1/files",
+            headers={"Authorization": f"Bearer {key}"},
+            data={"purpose": "batch"},
+            files={"file": ("requests.jsonl", handle)},
+        )
+    assert uploaded.status_code == 200 and uploaded.json()["bytes"] == batch_file.bytes
+    batch = client.batches.create(
+        input_file_id=batch_file.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "t"}
+    )
+    deadline = time.monotonic() + 30
+    while batch.status not in ("completed", "failed", "expired", "cancelled"):
+        assert time.monotonic() < deadline, batch.status
+        time.sleep(0.1)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 6
+    lines = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == [f"doc-{i}" for i in range(6)]
 
 
 def test_health_is_503_when_the_database_is_unreachable(tmp_path):
