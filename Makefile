@@ -35,6 +35,21 @@ else
 DEVELOPMENT_KEY_NOTE := true
 endif
 
+# With a broker, batches run on Celery workers: `make worker` starts one (more machines, more
+# workers), and `make run` starts one beside the server and stops it with the server. Each
+# embeds beat (-B) for the sweep that resumes a batch whose worker died (one sweep per worker:
+# a batch swept twice is harmless), its schedule file in .venv, one per command. A first
+# Ctrl-C lets a running batch task end its slice (LLMOPS_BATCH_TASK_SLICE_S); a second stops
+# it at once, and the next worker to start resumes the batch.
+WORKER := $(VENV)/bin/celery -A llmops worker -B --loglevel=INFO
+ifneq ($(CELERY_BROKER_URL)$(CELERY_BROKER_URL_FILE),)
+WORKER_NOTE := echo "CELERY_BROKER_URL is set: a Celery worker runs the batches beside the server (make worker adds more)"
+WORKER_BESIDE := $(WORKER) --schedule=$(VENV)/celerybeat-run & worker=$$!; trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT;
+else
+WORKER_NOTE := true
+WORKER_BESIDE :=
+endif
+
 semantic: $(VENV)/.semantic
 
 $(VENV)/.installed: requirements.txt Makefile
@@ -70,9 +85,10 @@ run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_catalog
 	@echo "llmops gateway on http://$(HOST):$(PORT)  (API: /v1, docs: /api/docs/, admin: /admin/)"
+	@$(WORKER_NOTE)
 	@# An endpoint string, not -b/-p: those listen with a backlog of 50, and a burst of new
 	@# connections beyond that is dropped by the kernel and retried a second later.
-	$(VENV)/bin/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 llmops.asgi:application
+	$(WORKER_BESIDE) $(VENV)/bin/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 llmops.asgi:application
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -90,10 +106,11 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.streaming
 	$(PY) -m benchmarks.failover
 	$(PY) -m benchmarks.routing
+	$(PY) -m benchmarks.batches
 	$(PY) -m benchmarks.cascade_quality
 
 worker: $(VENV)/.installed
-	$(VENV)/bin/celery -A llmops worker --loglevel=INFO
+	$(WORKER) --schedule=$(VENV)/celerybeat-worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -44,18 +44,29 @@ def batch_run_task(batch_id: str) -> str:
     try:
         outcome = loop.run_until_complete(batch_run(batch_id, store_=store, until=until))
     finally:
-        METRICS.flush()
-        ENTRIES.flush()
+        _buffers_flush()
     if outcome == "paused":
         batch_run_task.delay(batch_id)
     return outcome
+
+
+def _buffers_flush() -> None:
+    # Now, not when the process next works or exits: the items answered in this task have
+    # their metric rows in the database by the time it ends.
+    for writer in (METRICS, ENTRIES):
+        try:
+            writer.flush()
+        except Exception:
+            # The database is unreachable: the rows stay buffered for the writer's next try,
+            # and neither the task's own error nor its next slice is lost to this one.
+            logger.warning("%d buffered %s rows are not written yet", writer.pending(), writer.name, exc_info=True)
 
 
 @app.task(name="llmops.batches.sweep", ignore_result=True)
 def batches_sweep(every: bool = False) -> int:
     """Give a runner to each batch that lacks one (with `every`, to each not ended: a worker
     that starts cannot tell whether a runner of the batch died with the last one)."""
-    found = batches_unattended(stale_only=not every)
+    found = batches_unattended(stale_only=not every, dispatched=True)
     for batch_id in found:
         batch_run_task.delay(batch_id)
     return len(found)

@@ -24,13 +24,21 @@ logger = logging.getLogger(__name__)
 RUNNABLE = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING, BatchStatus.FINALIZING)
 
 
-def batches_unattended(running: frozenset[str] = frozenset(), *, stale_only: bool = True) -> list[str]:
+def batches_unattended(
+    running: frozenset[str] = frozenset(), *, stale_only: bool = True, dispatched: bool = False
+) -> list[str]:
     """Batches not ended that need a runner: every one, or (stale_only) those that no runner
-    has touched for a lease's time (new ones, or their runner died)."""
+    has touched for a lease's time: their runner died, or they are new. With `dispatched`
+    (each batch was sent to a runner as it was created: the Celery sweep), a new one counts
+    only once it has waited a lease's time for that runner (its task lost, say): a second
+    runner sent while the first is on its way would validate the batch beside it."""
     found = Batch.objects.filter(status__in=RUNNABLE).exclude(id__in=running)
     if stale_only:
         horizon = timezone.now() - timedelta(seconds=settings.LLMOPS_BATCH_LEASE_S)
-        found = found.filter(heartbeat_at__isnull=True) | found.filter(heartbeat_at__lt=horizon)
+        new = found.filter(heartbeat_at__isnull=True)
+        if dispatched:
+            new = new.filter(created_at__lt=horizon)
+        found = new | found.filter(heartbeat_at__lt=horizon)
     return list(found.order_by("created_at").values_list("id", flat=True))
 
 
