@@ -117,7 +117,9 @@ class EmbeddedExecutor:
                     logger.warning("The embedded batch executor could not read the batches", exc_info=True)
                     found = []
                 for batch_id in found:
-                    runners[batch_id] = asyncio.ensure_future(batch_run(batch_id, store_=store))
+                    # Each runner with a store (a thread and connection) of its own: one batch's big
+                    # write (its validation, its output files) holds back no other's claims and leases.
+                    runners[batch_id] = asyncio.ensure_future(batch_run(batch_id))
                 for batch_id, task in list(runners.items()):
                     if task.done():
                         del runners[batch_id]

@@ -39,6 +39,7 @@ class BatchFile(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "file"
+        indexes = [models.Index(fields=["api_key", "created_at"])]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.filename})"

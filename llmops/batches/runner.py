@@ -37,7 +37,7 @@ from llmops import catalog
 from llmops.api.chat import completion_body
 from llmops.batches import native, output, store
 from llmops.batches.files import file_lines
-from llmops.batches.models import Batch, BatchItem, BatchStatus, ItemStatus
+from llmops.batches.models import Batch, BatchItem, BatchStatus, Execution, ItemStatus
 from llmops.batches.progress import batch_progress, progress_publish
 from llmops.batches.store import BatchStore, Claimed, Outcome
 from llmops.batches.validation import Checked, LineChecker, ParsedItem, item_request
@@ -228,7 +228,8 @@ class BatchRunner:
     async def _check(self, batch: Batch, present: bool) -> None:
         key = await catalog.api_key_by_id(batch.api_key_id)
         failure = None
-        checker = LineChecker(endpoint=batch.endpoint, api_key=key) if key is not None else None
+        discounted = batch.execution == Execution.PROVIDER
+        checker = LineChecker(endpoint=batch.endpoint, api_key=key, discounted=discounted) if key else None
         if key is None:
             failure = "The batch's API key was revoked or expired before it ran."
         elif not present:

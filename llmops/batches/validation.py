@@ -81,9 +81,10 @@ def item_request(body: dict[str, Any], *, api_key: ApiKeyInfo) -> InferenceReque
 class LineChecker:
     """Checks lines one at a time (a file is read part by part, never whole)."""
 
-    def __init__(self, *, endpoint: str, api_key: ApiKeyInfo) -> None:
+    def __init__(self, *, endpoint: str, api_key: ApiKeyInfo, discounted: bool = False) -> None:
         self.endpoint = endpoint
         self.api_key = api_key
+        self.discounted = discounted  # the provider's batch API runs it, at its batch discount
         self.seen: set[str] = set()
         self.checked = Checked()
 
@@ -147,4 +148,4 @@ class LineChecker:
         checked.models.add(request.model)
         checked.input_tokens += resolved.estimate.input_tokens
         # What it will cost at most on the model tried first: its input, and the output it allows.
-        checked.cost += cost_usd(plan.first, resolved.estimate)
+        checked.cost += cost_usd(plan.first, resolved.estimate, batch=self.discounted)
