@@ -100,7 +100,9 @@ class LineChecker:
         if not isinstance(line, dict):
             checked.refuse(number, "invalid_json", "The line must be a JSON object.")
             return
-        if b"\\u0000" in raw or not _storable(line):
+        # A NUL or a lone surrogate can only come escaped (strict JSON refuses raw control
+        # characters, and UTF-8 has no surrogates): only a line with an escape is looked at.
+        if b"\\u" in raw and (b"\\u0000" in raw or not _storable(line)):
             checked.refuse(
                 number,
                 "invalid_json",
