@@ -9,28 +9,31 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.db import transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from llmops.batches.files import PART_BYTES, file_parts_write
 from llmops.batches.models import BATCH_ENDED, Batch, BatchFile, BatchItem, BatchStatus, FilePurpose, ItemStatus
 
-LINE_FIELDS = ("id", "custom_id", "status", "status_code", "request_id", "response", "error", "line")
+LINE_FIELDS = ("id", "custom_id", "status", "status_code", "request_id", "line")
+# The answers' and errors' JSON as the database holds it: put into the lines as it is, not
+# decoded and encoded again (most of the time of writing a large batch's files).
+LINE_TEXT = {"response_text": Cast("response", TextField()), "error_text": Cast("error", TextField())}
 
 
 def output_line(item: dict[str, Any]) -> bytes:
-    """One item as a line of OpenAI's batch output (or error) file."""
+    """One item as a line of OpenAI's batch output (or error) file:
+    {"id", "custom_id", "response": {"status_code", "request_id", "body"} or null, "error"}."""
     request_id = item["request_id"] or f"{item['id']}"
     if item["status"] in (ItemStatus.SUCCEEDED, ItemStatus.FAILED):
-        response: dict[str, Any] | None = {
-            "status_code": item["status_code"],
-            "request_id": request_id,
-            "body": item["response"],
-        }
-        error = None
+        status, body = int(item["status_code"] or 0), item["response_text"] or "null"
+        response = f'{{"status_code": {status}, "request_id": {json.dumps(request_id)}, "body": {body}}}'
+        error = "null"
     else:
-        response, error = None, item["error"]
-    line = {"id": f"batch_req_{request_id}", "custom_id": item["custom_id"], "response": response, "error": error}
-    return json.dumps(line, ensure_ascii=False).encode() + b"\n"
+        response, error = "null", item["error_text"] or "null"
+    line_id, custom_id = json.dumps(f"batch_req_{request_id}"), json.dumps(item["custom_id"], ensure_ascii=False)
+    return f'{{"id": {line_id}, "custom_id": {custom_id}, "response": {response}, "error": {error}}}\n'.encode()
 
 
 def _chunks(lines: Iterator[bytes]) -> Iterator[bytes]:
@@ -83,7 +86,7 @@ def batch_finalize(batch_id: str) -> str | None:
         batch = Batch.objects.select_for_update().get(id=batch_id)
         if batch.status in BATCH_ENDED:
             return None
-        items = BatchItem.objects.filter(batch_id=batch_id).order_by("line").values(*LINE_FIELDS)
+        items = BatchItem.objects.filter(batch_id=batch_id).order_by("line").values(*LINE_FIELDS, **LINE_TEXT)
         batch.output_file = _write(batch, "output", items.filter(status=ItemStatus.SUCCEEDED))
         batch.error_file = _write(batch, "error", items.exclude(status=ItemStatus.SUCCEEDED))
         status = final_status(batch)
