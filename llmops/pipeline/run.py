@@ -168,6 +168,10 @@ class Inference:
                     self._opened = await attempt_loop(
                         plan.candidates, resolved.call, stream=self.stream, deadline=deadline, attempts=self.attempts
                     )
+                if not self.stream:
+                    # A whole answer has arrived: the upstream call is over, and its slot is
+                    # the next caller's now, not once this answer has been costed and recorded.
+                    self._opened.slot.release()
                 self._upstream = self._opened.rest
                 self._first = self._opened.first
                 if self._opened.usage_seen is not None:
