@@ -165,7 +165,16 @@ def items_close(batch_id: str, status: str, code: str, message: str) -> int:
 
 def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
     """Record each outcome if its item is still running; one transaction for all. Returns,
-    per outcome, whether it was recorded (False: another runner recorded that item first)."""
+    per outcome, whether it was recorded (False: another runner recorded that item first).
+    An answer the database refuses costs the whole turn a second try, each answer then in a
+    savepoint of its own (three statements an answer instead of one, so only then)."""
+    try:
+        return _outcomes_write(batch_id, outcomes, careful=False)
+    except (DataError, ValueError, UnicodeError):
+        return _outcomes_write(batch_id, outcomes, careful=True)
+
+
+def _outcomes_write(batch_id: str, outcomes: list[Outcome], *, careful: bool) -> list[bool]:
     now = timezone.now()
     recorded: list[bool] = []
     completed = failed = input_tokens = output_tokens = cached_tokens = 0
@@ -184,7 +193,7 @@ def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
                 )
                 recorded.append(bool(done))
                 continue
-            stored = _answer_store(running, outcome, now)
+            stored = _answer_store(running, outcome, now) if careful else _answer_plain(running, outcome, now)
             recorded.append(stored is not None)
             if stored is None:
                 continue
@@ -211,11 +220,8 @@ def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
     return [recorded[order[id(o)]] for o in outcomes]
 
 
-def _answer_store(running: Any, outcome: Outcome, now: datetime) -> str | None:
-    """Write one answer in a savepoint of its own: one the database refuses (PostgreSQL takes
-    no NUL character in JSON) is written again without what it refused, or as a failure, and
-    never holds back the others of its turn."""
-    fields = {
+def _answer_fields(outcome: Outcome, now: datetime) -> dict[str, Any]:
+    return {
         "status": outcome.status,
         "status_code": outcome.status_code,
         "response": outcome.response,
@@ -227,6 +233,17 @@ def _answer_store(running: Any, outcome: Outcome, now: datetime) -> str | None:
         "lease_until": None,
         "finished_at": now,
     }
+
+
+def _answer_plain(running: Any, outcome: Outcome, now: datetime) -> str | None:
+    return outcome.status if running.update(**_answer_fields(outcome, now)) else None
+
+
+def _answer_store(running: Any, outcome: Outcome, now: datetime) -> str | None:
+    """Write one answer in a savepoint of its own: one the database refuses (PostgreSQL takes
+    no NUL character in JSON) is written again without what it refused, or as a failure, and
+    never holds back the others of its turn."""
+    fields = _answer_fields(outcome, now)
     try:
         with transaction.atomic():
             return outcome.status if running.update(**fields) else None

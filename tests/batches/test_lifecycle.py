@@ -275,3 +275,36 @@ async def test_the_embedded_executor_resumes_a_batch_after_a_restart(sdk, settin
     assert ended.status == "completed" and ended.request_counts.completed == len(ids)
     out, errors = await both_files(sdk, ended)
     assert errors == [] and sorted(line["custom_id"] for line in out) == sorted(ids)
+
+
+async def test_an_answer_the_database_refuses_holds_back_no_other_answer_of_its_turn():
+    @sync_to_async
+    def scenario():
+        key = ApiKey.objects.create(name="k", prefix="p", key_hash="h2")
+        stored = BatchFile.objects.create(api_key=key, purpose="batch", filename="f.jsonl")
+        batch = Batch.objects.create(
+            api_key=key,
+            input_file=stored,
+            input_file_ref=stored.id,
+            endpoint="/v1/chat/completions",
+            expires_at=timezone.now() + timedelta(hours=1),
+            status="in_progress",
+            total=2,
+        )
+        odd, plain = (
+            BatchItem.objects.create(batch=batch, line=n, custom_id=c, body={}, status=ItemStatus.RUNNING)
+            for n, c in ((1, "odd"), (2, "plain"))
+        )
+        # PostgreSQL refuses a NUL character in JSON: the answer is kept without it.
+        outcomes = [
+            Outcome(odd.id, ItemStatus.SUCCEEDED, status_code=200, response={"text": "a\u0000b"}),
+            Outcome(plain.id, ItemStatus.SUCCEEDED, status_code=200, response={"text": "fine"}),
+        ]
+        recorded = outcomes_record(batch.id, outcomes)
+        batch.refresh_from_db()
+        return recorded, batch, {i.custom_id: i for i in BatchItem.objects.filter(batch=batch)}
+
+    recorded, batch, items = await scenario()
+    assert recorded == [True, True] and batch.completed == 2
+    assert items["plain"].response == {"text": "fine"}
+    assert items["odd"].status == ItemStatus.SUCCEEDED and items["odd"].response["text"] in ("ab", "a\u0000b")
