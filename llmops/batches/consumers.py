@@ -48,7 +48,7 @@ class BatchProgressConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(PROGRESS_GROUP, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        pass  # the feed only speaks: nothing a page sends is read (nor parsed)
+        """The feed only speaks: nothing a page sends is read (nor parsed as JSON)."""
 
     async def batch_progress(self, message: dict[str, Any]) -> None:
         batch = message["batch"]

@@ -8,6 +8,7 @@ heartbeat) is left to it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from datetime import timedelta
@@ -68,28 +69,28 @@ class EmbeddedExecutor:
     def wake(self) -> None:
         """A batch was created or cancelled: look now (starting the executor if need be)."""
         self.start()
-        loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:
-                pass  # stopping
+        self._signal()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the runners (their items go back to the queue) and the thread."""
         with self._lock:
-            thread, loop, wake = self._thread, self._loop, self._wake
+            thread = self._thread
             self._stopping = True
         if thread is None:
             return
-        if loop is not None and wake is not None:
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:
-                pass
+        self._signal()
         thread.join(timeout)
         with self._lock:
             self._thread = None
+
+    def _signal(self) -> None:
+        """Wake the executor's loop to look at the batches (or at `_stopping`) now."""
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return
+        # A loop closing meanwhile refuses the call: it is stopping, and looks no more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(wake.set)
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -125,10 +126,9 @@ class EmbeddedExecutor:
                         del runners[batch_id]
                         if not task.cancelled() and task.exception() is not None:
                             logger.error("Batch %s: its runner failed", batch_id, exc_info=task.exception())
-                try:
+                # Until woken (a batch created or cancelled), or the next look at the batches.
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(settings.LLMOPS_BATCH_POLL_S, 0.05) * 2)
-                except TimeoutError:
-                    pass
         finally:
             for task in runners.values():
                 task.cancel()

@@ -20,6 +20,7 @@ is never asked again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -359,11 +360,9 @@ class BatchRunner:
         if self.running and self._claim_due(loop.time()):
             await asyncio.sleep(0)  # let the answers in flight move on before the next claim
             return
-        try:
+        with contextlib.suppress(TimeoutError):  # `until` came first
             async with asyncio.timeout_at(max(until, loop.time())):
                 await self._wake.wait()
-        except TimeoutError:
-            pass
 
     async def _stop_items(self, stop: str, *, handing_on: bool) -> None:
         """Stop the items still running here, end the open ones of a cancelled or expired

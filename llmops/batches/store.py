@@ -10,6 +10,7 @@ every item is written once and counted once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -244,11 +245,9 @@ def _answer_store(running: Any, outcome: Outcome, now: datetime) -> str | None:
     no NUL character in JSON) is written again without what it refused, or as a failure, and
     never holds back the others of its turn."""
     fields = _answer_fields(outcome, now)
-    try:
-        with transaction.atomic():
-            return outcome.status if running.update(**fields) else None
-    except (DataError, ValueError, UnicodeError):
-        pass
+    # Refused: the savepoint is rolled back first, then the answer is written again below.
+    with contextlib.suppress(DataError, ValueError, UnicodeError), transaction.atomic():
+        return outcome.status if running.update(**fields) else None
     cleaned = json.loads(json.dumps(outcome.response).replace("\\u0000", ""))
     try:
         with transaction.atomic():
