@@ -158,20 +158,25 @@ async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_
     assert all(taken[item.custom_id] == 2 for item in [*lapsed, live])
 
 
+def running_batch(*, total: int) -> Batch:
+    """A batch in progress, made directly in the database (its items are the test's)."""
+    key = ApiKey.objects.create(name="k", prefix="p", key_hash=f"h{ApiKey.objects.count()}")
+    stored = BatchFile.objects.create(api_key=key, purpose="batch", filename="f.jsonl")
+    return Batch.objects.create(
+        api_key=key,
+        input_file=stored,
+        input_file_ref=stored.id,
+        endpoint="/v1/chat/completions",
+        expires_at=timezone.now() + timedelta(hours=1),
+        status="in_progress",
+        total=total,
+    )
+
+
 async def test_a_recorded_answer_is_never_overwritten():
     @sync_to_async
     def scenario():
-        key = ApiKey.objects.create(name="k", prefix="p", key_hash="h")
-        stored = BatchFile.objects.create(api_key=key, purpose="batch", filename="f.jsonl")
-        batch = Batch.objects.create(
-            api_key=key,
-            input_file=stored,
-            input_file_ref=stored.id,
-            endpoint="/v1/chat/completions",
-            expires_at=timezone.now() + timedelta(hours=1),
-            status="in_progress",
-            total=1,
-        )
+        batch = running_batch(total=1)
         item = BatchItem.objects.create(batch=batch, line=1, custom_id="a", body={}, status=ItemStatus.RUNNING)
         first = Outcome(item.id, ItemStatus.SUCCEEDED, status_code=200, response={"n": 1}, cost_usd=Decimal("0.5"))
         late = Outcome(item.id, ItemStatus.SUCCEEDED, status_code=200, response={"n": 2}, cost_usd=Decimal("0.5"))
@@ -280,17 +285,7 @@ async def test_the_embedded_executor_resumes_a_batch_after_a_restart(sdk, settin
 async def test_an_answer_the_database_refuses_holds_back_no_other_answer_of_its_turn():
     @sync_to_async
     def scenario():
-        key = ApiKey.objects.create(name="k", prefix="p", key_hash="h2")
-        stored = BatchFile.objects.create(api_key=key, purpose="batch", filename="f.jsonl")
-        batch = Batch.objects.create(
-            api_key=key,
-            input_file=stored,
-            input_file_ref=stored.id,
-            endpoint="/v1/chat/completions",
-            expires_at=timezone.now() + timedelta(hours=1),
-            status="in_progress",
-            total=2,
-        )
+        batch = running_batch(total=2)
         odd, plain = (
             BatchItem.objects.create(batch=batch, line=n, custom_id=c, body={}, status=ItemStatus.RUNNING)
             for n, c in ((1, "odd"), (2, "plain"))
