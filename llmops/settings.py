@@ -298,6 +298,13 @@ LLMOPS_CONFIG_TTL_S = env_float("LLMOPS_CONFIG_TTL_S", 2.0, minimum=0.0)
 LLMOPS_METRICS_FLUSH_INTERVAL_S = env_float("LLMOPS_METRICS_FLUSH_INTERVAL_S", 1.0, minimum=0.0)
 LLMOPS_METRICS_BATCH_SIZE = env_int("LLMOPS_METRICS_BATCH_SIZE", 500, minimum=1)
 LLMOPS_METRICS_MAX_BUFFER = env_int("LLMOPS_METRICS_MAX_BUFFER", 100_000, minimum=1)
+# The writer adds every metric row to per-minute, per-hour and per-day rollups, which the
+# dashboards, the metrics API and the regression checks read (off only to measure their cost:
+# without them those figures stay empty). Raw rows and minute rollups are pruned after
+# LLMOPS_METRICS_RETENTION_DAYS, hour and day rollups after LLMOPS_METRICS_ROLLUP_RETENTION_DAYS.
+LLMOPS_METRICS_ROLLUPS = env_bool("LLMOPS_METRICS_ROLLUPS", True)
+LLMOPS_METRICS_RETENTION_DAYS = env_int("LLMOPS_METRICS_RETENTION_DAYS", 30, minimum=1)
+LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = env_int("LLMOPS_METRICS_ROLLUP_RETENTION_DAYS", 400, minimum=1)
 LLMOPS_CACHE_RETRY_AFTER_S = env_float("LLMOPS_CACHE_RETRY_AFTER_S", 5.0, minimum=0.0)
 LLMOPS_LIMITS_REDIS_URL = env_secret("LLMOPS_LIMITS_REDIS_URL") or REDIS_URL  # key limits; blank: in process
 LLMOPS_SEMANTIC_REFRESH_S = env_float("LLMOPS_SEMANTIC_REFRESH_S", 30.0, minimum=0.0)

@@ -56,3 +56,105 @@ class QueryMetric(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+SERIES_DIMENSIONS = (
+    "api_key_id",
+    "endpoint",
+    "model",
+    "option",
+    "route",
+    "prompt",
+    "provider",
+    "stream",
+    "status",
+    "error_type",
+    "cache_status",
+)
+
+
+class MetricSeries(models.Model):
+    """One combination of the dimensions metrics are filtered and grouped by. Rollups and
+    histograms point here, so each of their rows is a few integers."""
+
+    api_key_id = models.IntegerField(default=0, help_text="The API key's id; 0 for none (a key's rows outlive it)")
+    endpoint = models.CharField(max_length=40)
+    model = models.CharField(max_length=200, help_text="The model or route the request named")
+    option = models.CharField(max_length=120, help_text="What answered, as routing measures it")
+    route = models.CharField(max_length=100)
+    prompt = models.CharField(max_length=120)
+    provider = models.CharField(max_length=20)
+    stream = models.BooleanField()
+    status = models.CharField(max_length=20)
+    error_type = models.CharField(max_length=60)
+    cache_status = models.CharField(max_length=20)
+
+    DIMENSIONS = SERIES_DIMENSIONS
+
+    class Meta:
+        verbose_name_plural = "metric series"
+        constraints = [models.UniqueConstraint(fields=list(SERIES_DIMENSIONS), name="metric_series_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model or '-'} {self.status} {self.cache_status}"
+
+
+class MetricRollup(models.Model):
+    """Sums of one series' requests over one minute, hour or day. Only integers, so the sums
+    are the same on every database: costs in 1e-10 dollars (the precision costs are kept
+    with), latencies in microseconds, quality scores in millionths."""
+
+    class Resolution(models.IntegerChoices):
+        MINUTE = 60, "minute"
+        HOUR = 3600, "hour"
+        DAY = 86400, "day"
+
+    resolution = models.IntegerField(choices=Resolution.choices)
+    start = models.DateTimeField()
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+")
+    requests = models.BigIntegerField(default=0)
+    latency_us = models.BigIntegerField(default=0, help_text="Sum over the requests")
+    ttft_count = models.BigIntegerField(default=0)
+    ttft_us = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    cost = models.BigIntegerField(default=0, help_text="In 1e-10 US dollars")
+    saved = models.BigIntegerField(default=0, help_text="What cache hits saved, in 1e-10 US dollars")
+    quality_count = models.BigIntegerField(default=0)
+    quality_micros = models.BigIntegerField(default=0, help_text="Sum of check scores, in millionths")
+    cascades = models.BigIntegerField(default=0, help_text="Requests answered by a cascade")
+    escalations = models.BigIntegerField(default=0, help_text="Cascade requests that went past the first step")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["resolution", "start", "series"], name="metric_rollup_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.get_resolution_display()} {self.start:%Y-%m-%d %H:%M} #{self.series_id}"
+
+
+class MetricHistogram(models.Model):
+    """How many of one series' requests fell in one logarithmic bucket of latency (or time
+    to first token) over one minute, hour or day. Percentiles over any window merge the
+    bucket counts of its rollups (monitoring.buckets)."""
+
+    class Metric(models.IntegerChoices):
+        LATENCY = 1, "latency"
+        TTFT = 2, "time to first token"
+
+    resolution = models.IntegerField(choices=MetricRollup.Resolution.choices)
+    start = models.DateTimeField()
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+")
+    metric = models.SmallIntegerField(choices=Metric.choices)
+    bucket = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resolution", "start", "series", "metric", "bucket"], name="metric_histogram_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_metric_display()} bucket {self.bucket} x{self.count}"

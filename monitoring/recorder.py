@@ -1,36 +1,40 @@
-"""QueryMetric rows, written in bulk off the request path (llmops.buffered)."""
+"""QueryMetric rows, written in bulk off the request path (llmops.buffered), with their
+rollups in the same transaction (monitoring.rollups)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from llmops.buffered import BufferedWriter
 from monitoring.models import QueryMetric
+from monitoring.rollups import rollups_add
 
 logger = logging.getLogger(__name__)
 
 
-def _write(batch: list[dict[str, Any]]) -> int:
+def _rows_write(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Write the rows; returns those written (with the api_key_id they were written with)."""
     try:
-        with transaction.atomic():  # a savepoint when called inside a transaction
+        with transaction.atomic():
             QueryMetric.objects.bulk_create([QueryMetric(**row) for row in batch])
-        return len(batch)
+        return batch
     except (OperationalError, InterfaceError):
         raise
     except DatabaseError:
         pass
     # Some row is one the database refuses (its API key was deleted meanwhile, say): write
     # the rows one by one so a single bad row cannot hold every later metric back.
-    written = 0
+    written = []
     for row in batch:
         for attempt in (row, {**row, "api_key_id": None}):
             try:
                 with transaction.atomic():
                     QueryMetric.objects.bulk_create([QueryMetric(**attempt)])
-                written += 1
+                written.append(attempt)
                 break
             except (OperationalError, InterfaceError):
                 raise
@@ -40,6 +44,27 @@ def _write(batch: list[dict[str, Any]]) -> int:
             METRICS.dropped += 1
             logger.warning("Dropped metric %s: the database refused it", row.get("request_id"))
     return written
+
+
+def _write(batch: list[dict[str, Any]]) -> int:
+    # One transaction: the rows and their rollups are written together or not at all (an
+    # unreachable database keeps the whole batch for the next try).
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Foreign keys are checked at commit otherwise, which is now after the rollups:
+            # a row pointing at a deleted key must fail in its own savepoint, not at the end.
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        written = _rows_write(batch)
+        if written and settings.LLMOPS_METRICS_ROLLUPS:
+            try:
+                with transaction.atomic():
+                    rollups_add(written)
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError:
+                logger.exception("Rollups of %d metric rows could not be written; the rows were", len(written))
+    return len(written)
 
 
 METRICS = BufferedWriter("metric", _write)

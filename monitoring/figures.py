@@ -1,0 +1,201 @@
+"""Reads of the rollups: a window's summary, its time series and its per-model table, with
+the same filters and the same arithmetic everywhere (the cache's hit rate included)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import reduce
+from operator import or_
+from typing import Any
+
+from django.db.models import Q, Sum
+
+from monitoring.buckets import percentiles
+from monitoring.models import MetricHistogram, MetricRollup
+from monitoring.rollups import COST_UNITS, LATENCY, SUMS
+from monitoring.windows import Window, window_blocks, window_step
+
+FILTERS = ("model", "route", "prompt", "provider", "api_key")  # what callers may narrow by
+LOOKED_UP = ("hit", "semantic_hit", "miss")  # cache results that were lookups (not bypass)
+CENT_MILLIONTHS = Decimal("0.0000000001")
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a set of rollups add up to."""
+
+    sums: Counter = field(default_factory=Counter)  # SUMS over every request
+    ok_sums: Counter = field(default_factory=Counter)  # SUMS over the successful ones
+    statuses: Counter = field(default_factory=Counter)
+    error_types: Counter = field(default_factory=Counter)
+    cache: Counter = field(default_factory=Counter)  # successful requests by cache result
+    cache_saved: int = 0
+    latency: Counter = field(default_factory=Counter)  # bucket -> successful requests
+    ttft: Counter = field(default_factory=Counter)
+
+    def add(self, status: str, error_type: str, cache_status: str, values: dict[str, Any]) -> None:
+        sums = {name: values[name] or 0 for name in SUMS}
+        self.sums.update(sums)
+        self.statuses[status] += sums["requests"]
+        if status == "ok":
+            self.ok_sums.update(sums)
+            self.cache[cache_status] += sums["requests"]
+        elif status == "error":
+            self.error_types[error_type or "unknown"] += sums["requests"]
+
+
+def series_filter(filters: dict[str, Any], *, api_key_id: int | None) -> Q:
+    """`filters` holds validated values for FILTERS (api_key as an id); a key's own id, when
+    the caller is a key, narrows every read."""
+    query = Q()
+    for name, value in filters.items():
+        if name == "api_key":
+            query &= Q(series__api_key_id=value)
+        elif value is not None:
+            query &= Q(**{f"series__{name}": value})
+    if api_key_id is not None:
+        query &= Q(series__api_key_id=api_key_id)
+    return query
+
+
+def _blocks(window: Window, *, step: int | None = None) -> Q:
+    if step is not None:
+        first = window.start.timestamp()
+        first_aligned = datetime.fromtimestamp(first - first % step, window.start.tzinfo)
+        return Q(resolution=step, start__gte=first_aligned, start__lt=window.end)
+    return reduce(
+        or_, (Q(resolution=size, start__gte=first, start__lt=last) for size, first, last in window_blocks(window))
+    )
+
+
+def tallies(window: Window, where: Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
+    """One Tally per value of `group` (a series field, or "start" with a step) over the window."""
+    scope = _blocks(window, step=step) & where
+    keys = [group] if group else []
+    found: dict[Any, Tally] = defaultdict(Tally)
+    rows = (
+        MetricRollup.objects.filter(scope)
+        .values(*keys, "series__status", "series__error_type", "series__cache_status")
+        .annotate(**{name: Sum(name) for name in SUMS})
+        .order_by()
+    )
+    for row in rows:
+        found[row[group] if group else None].add(
+            row["series__status"], row["series__error_type"], row["series__cache_status"], row
+        )
+    buckets = (
+        MetricHistogram.objects.filter(scope & Q(series__status="ok"))
+        .values(*keys, "metric", "bucket")
+        .annotate(n=Sum("count"))
+        .order_by()
+    )
+    for row in buckets:
+        tally = found[row[group] if group else None]
+        (tally.latency if row["metric"] == LATENCY else tally.ttft)[row["bucket"]] += row["n"]
+    return found
+
+
+def _dollars(units: int) -> str:
+    return format((Decimal(units) / COST_UNITS).quantize(CENT_MILLIONTHS), "f")
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _ms(values: Iterable[float | None]) -> list[float | None]:
+    return [None if v is None else round(v, 2) for v in values]
+
+
+def cache_figures(tally: Tally) -> dict[str, Any]:
+    """Hit rates over successful requests that looked the cache up (bypasses excluded)."""
+    hits, semantic, misses = (tally.cache[name] for name in LOOKED_UP)
+    looked_up = hits + semantic + misses
+    return {
+        "hits": hits,
+        "semantic_hits": semantic,
+        "misses": misses,
+        "bypassed": tally.cache["bypass"],
+        "hit_rate": round((hits + semantic) / looked_up, 4) if looked_up else 0.0,
+        "exact_hit_rate": round(hits / looked_up, 4) if looked_up else 0.0,
+        "semantic_hit_rate": round(semantic / looked_up, 4) if looked_up else 0.0,
+        "saved_usd": _dollars(tally.ok_sums["saved"]),
+    }
+
+
+def figures(tally: Tally, *, seconds: float | None = None) -> dict[str, Any]:
+    sums, ok = tally.sums, tally.ok_sums
+    requests, scored = sums["requests"], sums["quality_count"]
+    p50, p95, p99 = _ms(percentiles(tally.latency, (0.5, 0.95, 0.99)))
+    t50, t95 = _ms(percentiles(tally.ttft, (0.5, 0.95)))
+    found: dict[str, Any] = {"requests": requests}
+    if seconds is not None:
+        found["requests_per_s"] = round(requests / seconds, 4) if seconds else 0.0
+    found.update(
+        {
+            "ok": tally.statuses["ok"],
+            "errors": tally.statuses["error"],
+            "cancelled": tally.statuses["cancelled"],
+            "error_rate": _ratio(tally.statuses["error"], requests),
+            "errors_by_type": dict(tally.error_types.most_common()),
+            "latency_ms": {
+                "p50": p50,
+                "p95": p95,
+                "p99": p99,
+                "mean": round(ok["latency_us"] / ok["requests"] / 1000, 2) if ok["requests"] else None,
+            },
+            "ttft_ms": {
+                "p50": t50,
+                "p95": t95,
+                "mean": round(ok["ttft_us"] / ok["ttft_count"] / 1000, 2) if ok["ttft_count"] else None,
+                "streams": ok["ttft_count"],
+            },
+            "tokens": {"input": sums["input_tokens"], "output": sums["output_tokens"], "cached": sums["cached_tokens"]},
+            "cost_usd": _dollars(sums["cost"]),
+            "cost_per_1k_requests_usd": _dollars(round(sums["cost"] * 1000 / requests)) if requests else None,
+            "cache": cache_figures(tally),
+            "quality": {
+                "scored": scored,
+                "mean": round(sums["quality_micros"] / scored / 1e6, 4) if scored else None,
+                "cascades": sums["cascades"],
+                "escalation_rate": _ratio(sums["escalations"], sums["cascades"]),
+            },
+        }
+    )
+    return found
+
+
+def metrics_summary(*, window: Window, where: Q) -> dict[str, Any]:
+    tally = tallies(window, where).get(None, Tally())
+    return figures(tally, seconds=window.seconds)
+
+
+def metrics_models(*, window: Window, where: Q) -> list[dict[str, Any]]:
+    """One row per model named, busiest first."""
+    rows = [
+        {"model": model, **figures(tally, seconds=window.seconds)}
+        for model, tally in tallies(window, where, group="series__model").items()
+    ]
+    rows.sort(key=lambda row: (-row["requests"], row["model"]))
+    return rows
+
+
+def metrics_timeseries(*, window: Window, where: Q, step: int | None = None) -> dict[str, Any]:
+    """One point per step (a whole minute, hour or day) of the window, empty steps included."""
+    step = step or window_step(window)
+    found = tallies(window, where, group="start", step=step)
+    first = int(window.start.timestamp())
+    first -= first % step
+    last = int(window.end.timestamp())
+    points = []
+    by_start = {int(moment.timestamp()): tally for moment, tally in found.items()}
+    for at in range(first, last, step):
+        tally = by_start.get(at, Tally())
+        point = figures(tally, seconds=step)
+        point["start"] = datetime.fromtimestamp(at, window.start.tzinfo).isoformat()
+        points.append(point)
+    return {"step_s": step, "points": points}

@@ -1,0 +1,170 @@
+"""Rollups: the metric writer adds every batch of rows it writes to per-minute, per-hour and
+per-day sums and latency histograms (MetricRollup, MetricHistogram), in the same transaction,
+so that any window's figures are read from a few thousand rows whatever the traffic.
+
+Each write is one upsert statement per table that adds to what is there
+(`ON CONFLICT ... DO UPDATE SET n = n + excluded.n`, the same SQL on SQLite and PostgreSQL),
+so several writers (server processes, Celery workers) add to the same rows safely."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import reduce
+from operator import or_
+from typing import Any
+
+from django.db import connection
+from django.db.models import Q
+
+from monitoring.buckets import bucket_of
+from monitoring.models import MetricHistogram, MetricRollup, MetricSeries
+
+RESOLUTIONS = tuple(MetricRollup.Resolution.values)  # 60, 3600, 86400
+LATENCY = MetricHistogram.Metric.LATENCY.value
+TTFT = MetricHistogram.Metric.TTFT.value
+COST_UNITS = Decimal("1e10")  # rollup costs are integers of 1e-10 dollars
+SUMS = (
+    "requests",
+    "latency_us",
+    "ttft_count",
+    "ttft_us",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost",
+    "saved",
+    "quality_count",
+    "quality_micros",
+    "cascades",
+    "escalations",
+)
+UPSERT_CHUNK = 400  # rows per statement: well under SQLite's and PostgreSQL's parameter limits
+
+
+def series_key(row: dict[str, Any]) -> tuple:
+    return (
+        row.get("api_key_id") or 0,
+        row.get("endpoint", ""),
+        row.get("model", ""),
+        row.get("option", ""),
+        row.get("route", ""),
+        row.get("prompt", ""),
+        row.get("provider", ""),
+        bool(row.get("stream", False)),
+        row.get("status", ""),
+        row.get("error_type", ""),
+        row.get("cache_status", ""),
+    )
+
+
+def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
+    """The id of each series, created where missing. Looked up on every write rather than
+    remembered: a series deleted meanwhile (a test's flush, a cleanup) cannot be pointed at."""
+    wanted = set(keys)
+    found: dict[tuple, int] = {}
+    names = MetricSeries.DIMENSIONS
+
+    def lookup(missing: set[tuple]) -> None:
+        for start in range(0, len(missing), 100):
+            chunk = list(missing)[start : start + 100]
+            query = reduce(or_, (Q(**dict(zip(names, key, strict=True))) for key in chunk))
+            for row in MetricSeries.objects.filter(query).values_list("id", *names):
+                found[tuple(row[1:])] = row[0]
+
+    lookup(wanted)
+    missing = wanted - found.keys()
+    if missing:
+        MetricSeries.objects.bulk_create(
+            [MetricSeries(**dict(zip(names, key, strict=True))) for key in missing], ignore_conflicts=True
+        )
+        lookup(missing)
+    return found
+
+
+def _escalated(row: dict[str, Any]) -> bool:
+    """A cascade that kept a later step's answer: more than one of its answer attempts ran."""
+    answers = [a for a in row.get("attempts") or () if not a.get("role") and a.get("outcome") == "ok"]
+    return len(answers) > 1
+
+
+def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
+    """Add written metric rows (the fields of QueryMetric) to the rollups of their minute,
+    hour and day."""
+    if not rows:
+        return
+    ids = series_ids(series_key(row) for row in rows)
+    sums: dict[tuple[int, int, int], list[int]] = defaultdict(lambda: [0] * len(SUMS))
+    counts: dict[tuple[int, int, int, int, int], int] = defaultdict(int)
+    for row in rows:
+        series = ids[series_key(row)]
+        at = int(row["created_at"].timestamp())
+        latency = row.get("latency_ms")
+        ttft = row.get("ttft_ms")
+        quality = row.get("quality_score")
+        cascade = str(row.get("option", "")).startswith("cascade:")
+        values = (
+            1,
+            round((latency or 0.0) * 1000),
+            1 if ttft is not None else 0,
+            round((ttft or 0.0) * 1000),
+            row.get("input_tokens", 0),
+            row.get("output_tokens", 0),
+            row.get("cached_tokens", 0),
+            int(Decimal(row.get("cost_usd") or 0) * COST_UNITS),
+            int(Decimal(row.get("cost_saved_usd") or 0) * COST_UNITS),
+            1 if quality is not None else 0,
+            round((quality or 0.0) * 1_000_000),
+            1 if cascade else 0,
+            1 if cascade and _escalated(row) else 0,
+        )
+        latency_bucket = bucket_of(latency) if latency is not None else None
+        ttft_bucket = bucket_of(ttft) if ttft is not None else None
+        for resolution in RESOLUTIONS:
+            start = at - at % resolution
+            total = sums[(resolution, start, series)]
+            for index, value in enumerate(values):
+                total[index] += value
+            if latency_bucket is not None:
+                counts[(resolution, start, series, LATENCY, latency_bucket)] += 1
+            if ttft_bucket is not None:
+                counts[(resolution, start, series, TTFT, ttft_bucket)] += 1
+    starts: dict[int, Any] = {}
+
+    def moment(start: int) -> Any:
+        if start not in starts:
+            starts[start] = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(start, UTC))
+        return starts[start]
+
+    _upsert(
+        MetricRollup._meta.db_table,
+        ("resolution", "start", "series_id"),
+        SUMS,
+        # In key order, so that two writers adding to the same rows take their locks in the
+        # same order and cannot deadlock.
+        [(res, moment(start), series, *total) for (res, start, series), total in sorted(sums.items())],
+    )
+    _upsert(
+        MetricHistogram._meta.db_table,
+        ("resolution", "start", "series_id", "metric", "bucket"),
+        ("count",),
+        [(*key[:1], moment(key[1]), *key[2:], n) for key, n in sorted(counts.items())],
+    )
+
+
+def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(name) for name in (*keys, *added))
+    one = "(" + ", ".join(["%s"] * (len(keys) + len(added))) + ")"
+    updates = ", ".join(f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added)
+    conflict = ", ".join(quote(name) for name in keys)
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), UPSERT_CHUNK):
+            chunk = rows[start : start + UPSERT_CHUNK]
+            cursor.execute(
+                f"INSERT INTO {quote(table)} ({columns}) VALUES {', '.join([one] * len(chunk))} "
+                f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}",
+                [value for row in chunk for value in row],
+            )

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models import Q
+
+from monitoring import recorder
+from monitoring.buckets import TOP, bucket_of, bucket_value_ms, percentiles
+from monitoring.figures import metrics_models, metrics_summary, metrics_timeseries, series_filter
+from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+from monitoring.selectors import percentile
+from monitoring.windows import Window, window_blocks, window_resolve
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+NOW = datetime(2026, 12, 1, 17, 33, 20, tzinfo=UTC)
+
+
+def rows(n: int, *, seed: int = 7, start: datetime = NOW - timedelta(hours=30)) -> list[dict]:
+    rng = random.Random(seed)
+    made = []
+    for i in range(n):
+        status = rng.choices(["ok", "error", "cancelled"], [0.9, 0.08, 0.02])[0]
+        stream = rng.random() < 0.5
+        cascade = rng.random() < 0.2
+        made.append(
+            {
+                "request_id": f"r{seed}-{i}",
+                "created_at": start + timedelta(seconds=rng.uniform(0, 30 * 3600)),
+                "model": rng.choice(["sim-small", "sim-large", "support"]),
+                "route": rng.choice(["", "support"]),
+                "provider": "simulated",
+                "option": "cascade:triage" if cascade else "sim-small",
+                "status": status,
+                "error_type": "" if status != "error" else rng.choice(["rate_limited", "upstream_error"]),
+                "stream": stream,
+                "latency_ms": rng.lognormvariate(5, 0.6),
+                "ttft_ms": rng.lognormvariate(4, 0.5) if stream and status == "ok" else None,
+                "input_tokens": rng.randint(1, 500),
+                "output_tokens": rng.randint(1, 300),
+                "cached_tokens": rng.randint(0, 50),
+                "cost_usd": Decimal(rng.randint(0, 10**6)) / Decimal(10**10),
+                "cost_saved_usd": Decimal(0),
+                "cache_status": rng.choice(["hit", "semantic_hit", "miss", "miss", "bypass"]),
+                "quality_score": rng.random() if cascade else None,
+                "attempts": [{"model": "a", "outcome": "ok"}] * (2 if cascade and rng.random() < 0.3 else 1),
+            }
+        )
+    return made
+
+
+def record(made: list[dict]) -> None:
+    for row in made:
+        recorder.metric_record(**row)
+    recorder.metrics_flush()
+
+
+def test_buckets_are_within_two_percent_of_every_value_in_them():
+    rng = random.Random(1)
+    for _ in range(20_000):
+        ms = 10 ** rng.uniform(-1, 6)
+        assert abs(bucket_value_ms(bucket_of(ms)) - ms) / ms < 0.0195
+    assert bucket_of(0.01) == 0
+    assert bucket_of(1e12) == TOP
+
+
+def test_bucketed_percentiles_match_the_exact_ones_within_two_percent():
+    rng = random.Random(2)
+    values = sorted(rng.lognormvariate(6, 0.8) for _ in range(5000))
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[bucket_of(v)] = counts.get(bucket_of(v), 0) + 1
+    for share, found in zip((0.5, 0.95, 0.99), percentiles(counts, (0.5, 0.95, 0.99)), strict=True):
+        exact = percentile(values, share)
+        assert abs(found - exact) / exact < 0.02
+    assert percentiles({}, (0.5,)) == [None]
+
+
+def test_a_window_is_cut_into_whole_days_hours_and_minutes_covering_it_once():
+    window = Window(start=datetime(2026, 11, 24, 17, 34, tzinfo=UTC), end=datetime(2026, 12, 1, 17, 34, tzinfo=UTC))
+    blocks = window_blocks(window)
+    covered = sum((last - first).total_seconds() for _, first, last in blocks)
+    assert covered == window.seconds
+    assert [size for size, _, _ in blocks] == [60, 3600, 86400, 3600, 60]
+    for size, first, last in blocks:
+        assert first.timestamp() % size == 0 and last.timestamp() % size == 0
+
+
+def test_a_window_ending_now_includes_the_current_minute():
+    window = window_resolve(window="15m", now=NOW)
+    assert window.end == datetime(2026, 12, 1, 17, 34, tzinfo=UTC)
+    assert window.seconds == 15 * 60
+
+
+def test_the_summary_from_rollups_equals_the_figures_of_the_raw_rows():
+    made = rows(3000)
+    record(made)
+    assert QueryMetric.objects.count() == 3000
+    window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
+    summary = metrics_summary(window=window, where=Q())
+    assert summary["requests"] == 3000
+    statuses = [r["status"] for r in made]
+    assert summary["errors"] == statuses.count("error")
+    assert summary["cancelled"] == statuses.count("cancelled")
+    assert summary["errors_by_type"]["rate_limited"] == sum(1 for r in made if r["error_type"] == "rate_limited")
+    assert summary["tokens"]["input"] == sum(r["input_tokens"] for r in made)
+    assert Decimal(summary["cost_usd"]) == sum(r["cost_usd"] for r in made)
+    ok = [r for r in made if r["status"] == "ok"]
+    latencies = sorted(r["latency_ms"] for r in ok)
+    for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        exact = percentile(latencies, share)
+        assert abs(summary["latency_ms"][name] - exact) / exact < 0.02
+    ttfts = sorted(r["ttft_ms"] for r in ok if r["ttft_ms"] is not None)
+    assert abs(summary["ttft_ms"]["p95"] - percentile(ttfts, 0.95)) / percentile(ttfts, 0.95) < 0.02
+    hits = sum(1 for r in ok if r["cache_status"] in ("hit", "semantic_hit"))
+    looked_up = sum(1 for r in ok if r["cache_status"] != "bypass")
+    assert summary["cache"]["hit_rate"] == round(hits / looked_up, 4)
+    cascades = [r for r in made if r["option"].startswith("cascade:")]
+    assert summary["quality"]["cascades"] == len(cascades)
+    escalated = sum(1 for r in cascades if len(r["attempts"]) > 1)
+    assert summary["quality"]["escalation_rate"] == round(escalated / len(cascades), 4)
+
+
+def test_every_split_of_a_window_gives_the_same_totals():
+    made = rows(2000, seed=3)
+    record(made)
+    window = Window(start=datetime(2026, 11, 30, 11, 7, tzinfo=UTC), end=datetime(2026, 12, 1, 16, 43, tzinfo=UTC))
+    inside = [r for r in made if window.start <= r["created_at"] < window.end]
+    summary = metrics_summary(window=window, where=Q())
+    assert summary["requests"] == len(inside)
+    per_model = metrics_models(window=window, where=Q())
+    assert sum(m["requests"] for m in per_model) == len(inside)
+    assert {m["model"]: m["requests"] for m in per_model} == {
+        model: sum(1 for r in inside if r["model"] == model) for model in {r["model"] for r in inside}
+    }
+    series = metrics_timeseries(window=window, where=Q())
+    assert series["step_s"] == 3600
+    in_whole_hours = [
+        r for r in made if datetime(2026, 11, 30, 11, tzinfo=UTC) <= r["created_at"] < window.end.replace(minute=0)
+    ]
+    points = series["points"]
+    assert points[0]["start"] == "2026-11-30T11:00:00+00:00"
+    assert sum(p["requests"] for p in points[:-1]) == len(in_whole_hours)
+
+
+def test_filters_narrow_the_rollups_read():
+    made = rows(1500, seed=4)
+    record(made)
+    window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
+    summary = metrics_summary(window=window, where=series_filter({"route": "support"}, api_key_id=None))
+    assert summary["requests"] == sum(1 for r in made if r["route"] == "support")
+    nobody = metrics_summary(window=window, where=series_filter({}, api_key_id=987654))
+    assert nobody["requests"] == 0 and nobody["latency_ms"]["p95"] is None
+
+
+def test_two_writers_add_to_the_same_rollup_rows():
+    made = rows(400, seed=5)
+    record(made[:200])
+    record(made[200:])
+    window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
+    assert metrics_summary(window=window, where=Q())["requests"] == 400
+    assert MetricSeries.objects.count() < 400
+    minute_requests = sum(MetricRollup.objects.filter(resolution=60).values_list("requests", flat=True))
+    assert minute_requests == 400
+    assert sum(MetricHistogram.objects.filter(resolution=86400, metric=1).values_list("count", flat=True)) == 400
+
+
+def test_without_rollups_the_rows_are_still_written(settings):
+    settings.LLMOPS_METRICS_ROLLUPS = False
+    record(rows(10, seed=6))
+    assert QueryMetric.objects.count() == 10
+    assert not MetricRollup.objects.exists()
