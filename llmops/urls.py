@@ -15,6 +15,7 @@ from llmops.batches.api import (
 from llmops.batches.pages import batches_page
 from llmops.health import healthz
 from llmops.pages import playground
+from monitoring.api import MetricsModelsView, MetricsSummaryView, MetricsTimeseriesView
 from routing.api import ParetoView, RoutePreviewView
 
 urlpatterns = [
@@ -32,6 +33,9 @@ urlpatterns = [
     path("v1/batches/<str:batch_id>/cancel", BatchCancelView.as_view(), name="batch-cancel"),
     path("healthz", healthz, name="healthz"),
     path("api/cache/stats", CacheStatsView.as_view(), name="cache-stats"),
+    path("api/metrics/summary", MetricsSummaryView.as_view(), name="metrics-summary"),
+    path("api/metrics/timeseries", MetricsTimeseriesView.as_view(), name="metrics-timeseries"),
+    path("api/metrics/models", MetricsModelsView.as_view(), name="metrics-models"),
     path("api/routing/preview", RoutePreviewView.as_view(), name="routing-preview"),
     path("api/routing/pareto", ParetoView.as_view(), name="routing-pareto"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -20,7 +20,7 @@ from django.db import connection
 from django.db.models import Q
 
 from monitoring.buckets import bucket_of
-from monitoring.models import MetricHistogram, MetricRollup, MetricSeries
+from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
 
 RESOLUTIONS = tuple(MetricRollup.Resolution.values)  # 60, 3600, 86400
 LATENCY = MetricHistogram.Metric.LATENCY.value
@@ -44,19 +44,26 @@ SUMS = (
 UPSERT_CHUNK = 400  # rows per statement: well under SQLite's and PostgreSQL's parameter limits
 
 
+# A row left out of a field gets the column's default when written: its series must too.
+_DEFAULTS = {
+    name: QueryMetric._meta.get_field(name).get_default() for name in MetricSeries.DIMENSIONS if name != "api_key_id"
+}
+
+
 def series_key(row: dict[str, Any]) -> tuple:
+    get = row.get
     return (
-        row.get("api_key_id") or 0,
-        row.get("endpoint", ""),
-        row.get("model", ""),
-        row.get("option", ""),
-        row.get("route", ""),
-        row.get("prompt", ""),
-        row.get("provider", ""),
-        bool(row.get("stream", False)),
-        row.get("status", ""),
-        row.get("error_type", ""),
-        row.get("cache_status", ""),
+        get("api_key_id") or 0,
+        get("endpoint", _DEFAULTS["endpoint"]),
+        get("model", _DEFAULTS["model"]),
+        get("option", _DEFAULTS["option"]),
+        get("route", _DEFAULTS["route"]),
+        get("prompt", _DEFAULTS["prompt"]),
+        get("provider", _DEFAULTS["provider"]),
+        bool(get("stream", _DEFAULTS["stream"])),
+        get("status", _DEFAULTS["status"]),
+        get("error_type", _DEFAULTS["error_type"]),
+        get("cache_status", _DEFAULTS["cache_status"]),
     )
 
 

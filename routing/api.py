@@ -22,8 +22,9 @@ from llmops.auth import ApiKeyAuthentication, KeyOrStaff
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import InvalidRequest
 from llmops.pipeline import route_preview
+from monitoring.windows import WINDOW_PATTERN
 from routing.checks import CheckSpec
-from routing.selectors import WINDOW_PATTERN, pareto_options, window_parsed
+from routing.selectors import pareto_options, window_parsed
 from routing.services import RoutePlan
 from routing.types import LIMIT_NAMES
 

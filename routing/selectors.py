@@ -3,33 +3,23 @@ on the cost-latency-quality Pareto frontier."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.conf import settings
 
 from llmops.catalog import EndpointConfig
-from llmops.errors import InvalidRequest, NotFound
+from llmops.errors import NotFound
 from llmops.models import ModelEndpoint
 from monitoring.selectors import measured_load
+from monitoring.windows import window_seconds
 from routing.config import routing_config_read
 from routing.services import options_figures
 from routing.stats import pareto_optimal
 
-# At most 9999 seconds, minutes or hours, or 999 days: whatever the pattern admits is served.
-WINDOW_PATTERN = r"\A(?:[1-9]\d{0,3}[smh]|[1-9]\d{0,2}d)\Z"
-WINDOW = re.compile(r"\A(\d+)([smhd])\Z")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def window_parsed(text: str | None) -> float:
     """`15m`, `24h`, `7d` (or seconds as `900s`) -> seconds; the default is 24h."""
-    if not text:
-        return 24 * 3600.0
-    match = WINDOW.match(text) if re.match(WINDOW_PATTERN, text) else None
-    if match is None:
-        raise InvalidRequest("window must be like 15m, 24h or 7d (a whole number of s, m, h or d).", param="window")
-    return float(int(match.group(1)) * UNIT_S[match.group(2)])
+    return window_seconds(text)
 
 
 def pareto_options(*, route_name: str, window_s: float, input_tokens: int = 200) -> dict[str, Any]:

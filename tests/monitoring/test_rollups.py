@@ -3,6 +3,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
 from django.db.models import Q
@@ -16,6 +17,7 @@ from monitoring.windows import Window, window_blocks, window_resolve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+ROLLUP_FIELDS = ("resolution", "start", "series_id", "requests", "cost", "latency_us", "ttft_us", "escalations")
 NOW = datetime(2026, 12, 1, 17, 33, 20, tzinfo=UTC)
 
 
@@ -173,3 +175,31 @@ def test_without_rollups_the_rows_are_still_written(settings):
     record(rows(10, seed=6))
     assert QueryMetric.objects.count() == 10
     assert not MetricRollup.objects.exists()
+
+
+def test_rollups_rebuilt_from_the_raw_rows_equal_those_the_writer_kept():
+    from django.core.management import call_command
+
+    record(rows(800, seed=8))
+    window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
+    written = metrics_summary(window=window, where=Q())
+    kept = sorted(MetricRollup.objects.values_list(*ROLLUP_FIELDS))
+    MetricRollup.objects.filter(resolution=60).delete()
+    call_command("rebuild_rollups", stdout=StringIO())
+    assert metrics_summary(window=window, where=Q()) == written
+    again = sorted(MetricRollup.objects.values_list(*ROLLUP_FIELDS))
+    assert again == kept
+
+
+def test_pruning_drops_raw_rows_and_minute_rollups_past_retention_and_keeps_hours(settings):
+    from monitoring.services import metrics_prune
+
+    settings.LLMOPS_METRICS_RETENTION_DAYS = 1
+    record(rows(300, seed=9, start=NOW - timedelta(days=3)))  # all 3 days to 1.75 days old
+    pruned = metrics_prune(now=NOW)
+    assert pruned["rows"] == 300 and not QueryMetric.objects.exists()
+    assert not MetricRollup.objects.filter(resolution=60).exists()
+    assert sum(MetricRollup.objects.filter(resolution=3600).values_list("requests", flat=True)) == 300
+    settings.LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = 1
+    metrics_prune(now=NOW)
+    assert not MetricRollup.objects.exists() and not MetricHistogram.objects.exists()
