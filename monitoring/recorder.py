@@ -7,9 +7,10 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 
 from llmops.buffered import BufferedWriter
+from llmops.models import ApiKey
 from monitoring.models import QueryMetric
 from monitoring.rollups import rollups_add
 
@@ -46,25 +47,39 @@ def _rows_write(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return written
 
 
+def _known_keys(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, with the key of any row whose API key was deleted meanwhile left out: the
+    database checks foreign keys only at commit, too late for the row-by-row fallback."""
+    ids = {row["api_key_id"] for row in batch if row.get("api_key_id")}
+    if not ids:
+        return batch
+    gone = ids - set(ApiKey.objects.filter(id__in=ids).values_list("id", flat=True))
+    if not gone:
+        return batch
+    return [{**row, "api_key_id": None} if row.get("api_key_id") in gone else row for row in batch]
+
+
 def _write(batch: list[dict[str, Any]]) -> int:
     # One transaction: the rows and their rollups are written together or not at all (an
     # unreachable database keeps the whole batch for the next try).
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            # Foreign keys are checked at commit otherwise, which is now after the rollups:
-            # a row pointing at a deleted key must fail in its own savepoint, not at the end.
-            with connection.cursor() as cursor:
-                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        written = _rows_write(batch)
-        if written and settings.LLMOPS_METRICS_ROLLUPS:
-            try:
-                with transaction.atomic():
-                    rollups_add(written)
-            except (OperationalError, InterfaceError):
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                written = _rows_write(_known_keys(batch))
+                if written and settings.LLMOPS_METRICS_ROLLUPS:
+                    try:
+                        with transaction.atomic():
+                            rollups_add(written)
+                    except (OperationalError, InterfaceError):
+                        raise
+                    except DatabaseError:
+                        logger.exception("Rollups of %d metric rows could not be written; the rows were", len(written))
+            return len(written)
+        except IntegrityError:
+            # A key deleted between the check and the commit: check again, once.
+            if attempt == 2:
                 raise
-            except DatabaseError:
-                logger.exception("Rollups of %d metric rows could not be written; the rows were", len(written))
-    return len(written)
+    return 0
 
 
 METRICS = BufferedWriter("metric", _write)
