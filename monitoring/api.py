@@ -29,8 +29,10 @@ class MetricsQuerySerializer(serializers.Serializer):
     window = serializers.CharField(
         required=False, validators=[WINDOW_FORMAT], help_text="15m, 24h (the default), 7d: ending now."
     )
-    start = serializers.CharField(required=False, max_length=40, help_text="ISO 8601; instead of window.")
-    end = serializers.CharField(required=False, max_length=40, help_text="ISO 8601 (default: now).")
+    start = serializers.DateTimeField(
+        required=False, help_text="ISO 8601, instead of window; within LLMOPS_METRICS_RETENTION_DAYS."
+    )
+    end = serializers.DateTimeField(required=False, help_text="ISO 8601 (default: now).")
     model = serializers.CharField(required=False, max_length=200, help_text="The model or route requests named.")
     route = serializers.CharField(required=False, max_length=100)
     prompt = serializers.CharField(required=False, max_length=120, help_text="name@version")

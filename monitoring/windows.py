@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from llmops.errors import InvalidRequest
 
@@ -50,17 +49,12 @@ def _at(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _moment(text: str, param: str) -> datetime:
-    found = parse_datetime(text.replace(" ", "+")) if text else None  # a "+" in a query string reads as a space
-    if found is None:
-        raise InvalidRequest(f"{param} must be an ISO 8601 date and time, like 2026-12-01T09:30:00Z.", param=param)
-    if timezone.is_naive(found):
-        found = found.replace(tzinfo=UTC)
-    return found
-
-
 def window_resolve(
-    *, window: str | None = None, start: str | None = None, end: str | None = None, now: datetime | None = None
+    *,
+    window: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    now: datetime | None = None,
 ) -> Window:
     """The window asked for, widened to whole minutes; the current minute is included."""
     now = now or timezone.now()
@@ -69,8 +63,8 @@ def window_resolve(
     if start or end:
         if not start:
             raise InvalidRequest("end needs a start.", param="start")
-        first = _epoch(_moment(start, "start"))
-        last = _epoch(_moment(end, "end")) if end else _epoch(now)
+        first = _epoch(start)
+        last = _epoch(end) if end else _epoch(now)
         if last <= first:
             raise InvalidRequest("end must be after start.", param="end")
         first -= first % MINUTE
