@@ -123,6 +123,28 @@ def test_a_key_created_beside_the_running_server_works_within_seconds(gateway):
     assert status == 200
 
 
+def test_the_readme_monitoring_path_reports_the_requests_made(gateway):
+    server, key = gateway
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "sim-small", "messages": [{"role": "user", "content": "Count me."}]}
+    before = httpx2.get(f"{server.url}/api/metrics/summary?window=15m", headers=headers).json()["requests"]
+    for _ in range(3):
+        assert httpx2.post(f"{server.url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+    deadline = time.monotonic() + 15  # the server writes its metric rows every second
+    summary: dict = {}
+    while time.monotonic() < deadline:
+        summary = httpx2.get(f"{server.url}/api/metrics/summary?window=15m", headers=headers).json()
+        if summary["requests"] >= before + 3:
+            break
+        time.sleep(0.3)
+    assert summary["requests"] == before + 3
+    assert summary["cache"]["hits"] >= 2  # the same question twice more
+    models = httpx2.get(f"{server.url}/api/metrics/models?window=15m", headers=headers).json()
+    assert "sim-small" in {row["model"] for row in models["data"]}
+    report = manage(server.env, "report", "--window", "15m", "--model", "sim-small")
+    assert "Total queries" in report and "sim-small" in report
+
+
 def test_tokens_arrive_as_they_are_generated_not_at_the_end(gateway):
     server, key = gateway
     body = {
