@@ -50,6 +50,13 @@ WORKER_NOTE := true
 WORKER_BESIDE :=
 endif
 
+# Prometheus's multiprocess mode: the server and every worker these commands start write their
+# figures to files here, and /metrics on any of them serves the sum. `make run` empties it
+# first (a previous run's processes are gone; a pid may come again), so start a `make worker`
+# that shares this checkout after the server.
+PROMETHEUS_DIR := $(CURDIR)/$(VENV)/prometheus
+run worker: export PROMETHEUS_MULTIPROC_DIR := $(PROMETHEUS_DIR)
+
 semantic: $(VENV)/.semantic
 
 $(VENV)/.installed: requirements.txt Makefile
@@ -82,9 +89,10 @@ $(VENV)/.browser: $(VENV)/.installed requirements-test.txt
 
 run: $(VENV)/.installed
 	@$(DEVELOPMENT_KEY_NOTE)
+	rm -rf $(PROMETHEUS_DIR) && mkdir -p $(PROMETHEUS_DIR)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_catalog
-	@echo "llmops gateway on http://$(HOST):$(PORT)  (API: /v1, docs: /api/docs/, admin: /admin/)"
+	@echo "llmops gateway on http://$(HOST):$(PORT)  (API: /v1, docs: /api/docs/, admin: /admin/, Prometheus: /metrics)"
 	@$(WORKER_NOTE)
 	@# An endpoint string, not -b/-p: those listen with a backlog of 50, and a burst of new
 	@# connections beyond that is dropped by the kernel and retried a second later.
@@ -110,6 +118,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.cascade_quality
 
 worker: $(VENV)/.installed
+	mkdir -p $(PROMETHEUS_DIR)
 	$(WORKER) --schedule=$(VENV)/celerybeat-worker
 
 clean:

@@ -56,6 +56,12 @@ if settings.LLMOPS_BATCH_EXECUTOR == "in_process" and settings.LLMOPS_BATCH_STAR
     # Batches run in this process (no broker): resume what a restart left unfinished.
     EXECUTOR.start()
 
+if not settings.CELERY_BROKER_URL and settings.LLMOPS_MONITORING_START_WITH_SERVER:
+    from monitoring.alerts.loop import MONITORING
+
+    # No broker, so no beat: the regression checks and the metrics prune run in this process.
+    MONITORING.start()
+
 # Everything loaded at start-up lives for the whole process: move it out of the
 # collector's sight so full collections under load stay short.
 gc.collect()

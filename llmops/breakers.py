@@ -32,6 +32,7 @@ from django.conf import settings
 
 from llmops.fail_open import FailOpen
 from llmops.shared_redis import redis_for
+from monitoring.prometheus import breaker_open_set
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class ModelBreaker:
         self.synced_at = 0.0
         self.opened_count = 0
         self.consecutive = 0  # failures since the last success, in this process
+        breaker_open_set(model, False)
 
     # -- the attempt loop's calls ---------------------------------------------------------
 
@@ -228,12 +230,14 @@ class ModelBreaker:
             if not self.opened_until:
                 self.opened_count += 1
                 logger.warning("Circuit breaker for %s opened until %.0f", self.model, until)
+                breaker_open_set(self.model, True)
             self.opened_until = until
         self.window.clear()
 
     def _close(self) -> None:
         if self.opened_until:
             logger.info("Circuit breaker for %s closed", self.model)
+            breaker_open_set(self.model, False)
         self.opened_until = 0.0
         self.window.clear()
 
@@ -315,4 +319,7 @@ def known_breakers() -> list[str]:
 
 def breakers_reset() -> None:
     """Forget every breaker in this process (tests, and a catalog reload is not one)."""
+    for model, breaker in _breakers.items():
+        if breaker.opened_until:
+            breaker_open_set(model, False)
     _breakers.clear()

@@ -210,9 +210,37 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Regression alerts (monitoring.alerts): every LLMOPS_ALERTS_CHECK_INTERVAL_S each enabled rule
+# (edited in the admin) compares every model and route's last minutes with its baseline, and
+# every LLMOPS_METRICS_PRUNE_INTERVAL_S metrics past retention are pruned: by Celery beat with
+# a broker, else by a thread of the server (LLMOPS_MONITORING_START_WITH_SERVER=false turns it
+# off: then cron runs `manage.py check_regressions`). Each alert opened or resolved is POSTed
+# as JSON to LLMOPS_ALERT_WEBHOOK_URL, from the environment only (an address typed into the
+# admin could reach internal hosts), signed with HMAC-SHA256 when LLMOPS_ALERT_WEBHOOK_SECRET
+# is set.
+LLMOPS_ALERTS_CHECK_INTERVAL_S = env_float("LLMOPS_ALERTS_CHECK_INTERVAL_S", 60.0, minimum=1.0)
+LLMOPS_METRICS_PRUNE_INTERVAL_S = env_float("LLMOPS_METRICS_PRUNE_INTERVAL_S", 3600.0, minimum=60.0)
+LLMOPS_MONITORING_START_WITH_SERVER = env_bool("LLMOPS_MONITORING_START_WITH_SERVER", True)
+LLMOPS_ALERT_WEBHOOK_URL = env_secret("LLMOPS_ALERT_WEBHOOK_URL")
+if LLMOPS_ALERT_WEBHOOK_URL and not LLMOPS_ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    # Not quoted: the address may hold a token.
+    raise ImproperlyConfigured("LLMOPS_ALERT_WEBHOOK_URL must be an http:// or https:// address")
+LLMOPS_ALERT_WEBHOOK_SECRET = env_secret("LLMOPS_ALERT_WEBHOOK_SECRET")
+LLMOPS_ALERT_WEBHOOK_TIMEOUT_S = env_float("LLMOPS_ALERT_WEBHOOK_TIMEOUT_S", 5.0, minimum=0.1)
 CELERY_BEAT_SCHEDULE = {
     # Batches whose runner died (or that nobody runs yet) are resumed; provider batches polled.
     "batches-sweep": {"task": "llmops.batches.sweep", "schedule": env_float("LLMOPS_BATCH_SWEEP_S", 30.0, minimum=1.0)},
+    # A check or prune that waited past its next one (busy workers) is dropped, not piled up.
+    "monitoring-check-regressions": {
+        "task": "monitoring.check_regressions",
+        "schedule": LLMOPS_ALERTS_CHECK_INTERVAL_S,
+        "options": {"expires": LLMOPS_ALERTS_CHECK_INTERVAL_S},
+    },
+    "monitoring-prune": {
+        "task": "monitoring.prune",
+        "schedule": LLMOPS_METRICS_PRUNE_INTERVAL_S,
+        "options": {"expires": LLMOPS_METRICS_PRUNE_INTERVAL_S},
+    },
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -305,6 +333,14 @@ LLMOPS_METRICS_MAX_BUFFER = env_int("LLMOPS_METRICS_MAX_BUFFER", 100_000, minimu
 LLMOPS_METRICS_ROLLUPS = env_bool("LLMOPS_METRICS_ROLLUPS", True)
 LLMOPS_METRICS_RETENTION_DAYS = env_int("LLMOPS_METRICS_RETENTION_DAYS", 30, minimum=1)
 LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = env_int("LLMOPS_METRICS_ROLLUP_RETENTION_DAYS", 400, minimum=1)
+# Prometheus: GET /metrics (monitoring.prometheus). Served to a request with this bearer
+# token, else only to these addresses or networks (comma-separated; a bad one stops start-up);
+# blank token: by address alone. false: nothing is observed (to measure what it costs). Set
+# PROMETHEUS_MULTIPROC_DIR in the environment (prometheus-client reads it at import, so it
+# is no setting) and every process started with it adds to what any one of them serves.
+LLMOPS_PROMETHEUS_ENABLED = env_bool("LLMOPS_PROMETHEUS_ENABLED", True)
+LLMOPS_PROMETHEUS_TOKEN = env_secret("LLMOPS_PROMETHEUS_TOKEN")
+LLMOPS_PROMETHEUS_ALLOWED_IPS = env_list("LLMOPS_PROMETHEUS_ALLOWED_IPS", "127.0.0.1,::1")
 LLMOPS_CACHE_RETRY_AFTER_S = env_float("LLMOPS_CACHE_RETRY_AFTER_S", 5.0, minimum=0.0)
 LLMOPS_LIMITS_REDIS_URL = env_secret("LLMOPS_LIMITS_REDIS_URL") or REDIS_URL  # key limits; blank: in process
 LLMOPS_SEMANTIC_REFRESH_S = env_float("LLMOPS_SEMANTIC_REFRESH_S", 30.0, minimum=0.0)

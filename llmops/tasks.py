@@ -12,7 +12,7 @@ import gc
 import logging
 import time
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 from django.conf import settings
 
 from caching.store import ENTRIES
@@ -20,7 +20,10 @@ from llmops.batches.executor import batches_unattended
 from llmops.batches.runner import batch_run
 from llmops.batches.store import BatchStore
 from llmops.celery import app
+from monitoring.alerts import regressions_check
+from monitoring.prometheus import prometheus_process_exited
 from monitoring.recorder import METRICS
+from monitoring.services import metrics_prune
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,17 @@ def batches_sweep(every: bool = False) -> int:
     return len(found)
 
 
+@app.task(name="monitoring.check_regressions", ignore_result=True)
+def regressions_check_task() -> dict:
+    """The regression checks, on beat's schedule (LLMOPS_ALERTS_CHECK_INTERVAL_S)."""
+    return regressions_check().dump()
+
+
+@app.task(name="monitoring.prune", ignore_result=True)
+def metrics_prune_task() -> dict[str, int]:
+    return metrics_prune()
+
+
 @worker_ready.connect
 def _resume_batches(**kwargs: object) -> None:
     batches_sweep.delay(every=True)
@@ -85,3 +99,10 @@ def _freeze_startup_heap(**kwargs: object) -> None:
     # (unfrozen, they paused a 10,000-item batch for 2 s in all, each call holding its slot).
     gc.collect()
     gc.freeze()
+
+
+@worker_process_shutdown.connect
+def _prometheus_process_exited(pid: int | None = None, **kwargs: object) -> None:
+    # A pool process ends with os._exit, past any atexit hook: its gauges (calls in flight,
+    # breakers) leave Prometheus's sums here, while what it counted stays in them.
+    prometheus_process_exited(pid)

@@ -21,12 +21,13 @@ from llmops.providers import provider_for
 from llmops.providers.base import EmbeddingProvider, Embeddings, UpstreamError
 from llmops.usage import Usage
 from monitoring.outcomes import AttemptRecord, RequestOutcome, request_observed
+from monitoring.prometheus import upstream_in_flight_set
 
 
 class InFlight:
     """Upstream calls this process holds open right now, in all and per model (routing's
     least-in-flight balancing reads it), and the most it ever held. The server's event loop
-    and the embedded batch runner's both count here."""
+    and the embedded batch runner's both count here; Prometheus's gauge is set under the lock."""
 
     current = 0
     peak = 0
@@ -40,12 +41,14 @@ class InFlight:
             cls.by_model[model] = cls.by_model.get(model, 0) + 1
             if cls.current > cls.peak:
                 cls.peak = cls.current
+            upstream_in_flight_set(model, cls.by_model[model])
 
     @classmethod
     def leave(cls, model: str) -> None:
         with cls._lock:
             cls.current -= 1
             cls.by_model[model] -= 1
+            upstream_in_flight_set(model, cls.by_model[model])
 
 
 class _Waiter:

@@ -13,15 +13,18 @@ from llmops.batches.api import (
     FilesView,
 )
 from llmops.batches.pages import batches_page
+from llmops.dashboard import dashboard_page
 from llmops.health import healthz
 from llmops.pages import playground
 from monitoring.api import MetricsModelsView, MetricsSummaryView, MetricsTimeseriesView
+from monitoring.views import metrics
 from routing.api import ParetoView, RoutePreviewView
 
 urlpatterns = [
     path("", playground, name="playground"),
     # Not "batches": that name is the API's list of batches (v1/batches) below.
     path("batches/", batches_page, name="batches-page"),
+    path("dashboard/", dashboard_page, name="dashboard"),
     path("v1/chat/completions", ChatCompletionsView.as_view(), name="chat-completions"),
     path("v1/models", ModelListView.as_view(), name="models"),
     path("v1/models/<path:model>", ModelDetailView.as_view(), name="model-detail"),
@@ -32,6 +35,7 @@ urlpatterns = [
     path("v1/batches/<str:batch_id>", BatchDetailView.as_view(), name="batch-detail"),
     path("v1/batches/<str:batch_id>/cancel", BatchCancelView.as_view(), name="batch-cancel"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("api/cache/stats", CacheStatsView.as_view(), name="cache-stats"),
     path("api/metrics/summary", MetricsSummaryView.as_view(), name="metrics-summary"),
     path("api/metrics/timeseries", MetricsTimeseriesView.as_view(), name="metrics-timeseries"),

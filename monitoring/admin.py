@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from monitoring.models import QueryMetric
+from monitoring.alerts.selectors import alert_message
+from monitoring.models import RELATIVE_METRICS, Alert, AlertRule, QueryMetric
 
 
 @admin.register(QueryMetric)
@@ -32,4 +33,54 @@ class QueryMetricAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: QueryMetric | None = None) -> bool:
+        return False
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    """The regression checks' rules: each model and route's last minutes against the hours
+    before them (monitoring.alerts). The first check makes one rule per metric with defaults."""
+
+    list_display = ("metric", "enabled", "recent_minutes", "baseline_hours", "min_effect", "min_samples", "alpha")
+    list_editable = ("enabled",)
+    list_filter = ("enabled", "metric")
+    fields = ("metric", "enabled", "recent_minutes", "baseline_hours", "min_effect", "min_samples", "alpha")
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = (
+        "opened_at",
+        "metric",
+        "model",
+        "route",
+        "status",
+        "effect_shown",
+        "p_value",
+        "recent_samples",
+        "baseline_samples",
+        "resolved_at",
+        "notify_outcome",
+    )
+    list_filter = ("status", "metric", "model")
+    search_fields = ("model", "route")
+    date_hierarchy = "opened_at"
+    list_select_related = ("rule",)
+    readonly_fields = ("message",)
+
+    @admin.display(description="effect", ordering="effect")
+    def effect_shown(self, alert: Alert) -> str:
+        return f"+{alert.effect:.1f}%" if alert.metric in RELATIVE_METRICS else f"{alert.effect:+.1f} points"
+
+    @admin.display(description="what regressed")
+    def message(self, alert: Alert) -> str:
+        return alert_message(alert)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Alert | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Alert | None = None) -> bool:
         return False

@@ -4,9 +4,9 @@ with `api_key`) and for an API key (its own traffic only)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from django.core.validators import RegexValidator
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
@@ -16,45 +16,25 @@ from rest_framework.views import APIView
 
 from llmops.api.openapi import ERROR_HEADERS, error_responses
 from llmops.auth import ApiKeyAuthentication, ApiKeyPrincipal, KeyOrStaff
-from llmops.errors import GatewayError, InvalidRequest
-from monitoring.figures import metrics_models, metrics_summary, metrics_timeseries, series_filter
-from monitoring.windows import WINDOW_PATTERN, Window, window_resolve
-
-WINDOW_FORMAT = RegexValidator(WINDOW_PATTERN, "Like 15m, 24h or 7d.")
-STEPS = {"1m": 60, "1h": 3600, "1d": 86400}
-MAX_POINTS = 2000
-
-
-class MetricsQuerySerializer(serializers.Serializer):
-    window = serializers.CharField(
-        required=False, validators=[WINDOW_FORMAT], help_text="15m, 24h (the default), 7d: ending now."
-    )
-    start = serializers.DateTimeField(
-        required=False, help_text="ISO 8601, instead of window; within LLMOPS_METRICS_RETENTION_DAYS."
-    )
-    end = serializers.DateTimeField(required=False, help_text="ISO 8601 (default: now).")
-    model = serializers.CharField(required=False, max_length=200, help_text="The model or route requests named.")
-    route = serializers.CharField(required=False, max_length=100)
-    prompt = serializers.CharField(required=False, max_length=120, help_text="name@version")
-    provider = serializers.CharField(required=False, max_length=20)
-    api_key = serializers.IntegerField(
-        required=False, min_value=1, help_text="A key's id (staff); a key may name only itself."
-    )
-
-
-class TimeseriesQuerySerializer(MetricsQuerySerializer):
-    step = serializers.ChoiceField(
-        choices=list(STEPS), required=False, help_text="1m, 1h or 1d (default: by the window's length)."
-    )
+from llmops.errors import InvalidRequest
+from monitoring.query import (
+    MetricsQuery,
+    MetricsQuerySerializer,
+    TimeseriesQuerySerializer,
+    metrics_query,
+    models_body,
+    summary_body,
+    timeseries_body,
+)
 
 
 class MetricsView(APIView):
     authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
     permission_classes = [KeyOrStaff]
     InputSerializer: type[serializers.Serializer] = MetricsQuerySerializer
+    body: Callable[[MetricsQuery], dict[str, Any]]
 
-    def parsed(self, request: Request) -> tuple[Window, dict[str, Any], Any, dict[str, Any]]:
-        """The window, the filters, their Q and the other parameters; 4xx on anything else."""
+    def get(self, request: Request) -> Response:
         query = request.query_params
         known = self.InputSerializer().fields
         unknown = [name for name in query if name not in known]
@@ -62,30 +42,14 @@ class MetricsView(APIView):
             raise InvalidRequest(
                 f"Unknown parameter {unknown[0]!r}: use {', '.join(known)}.", param=unknown[0], code="unknown_parameter"
             )
+        # A plain dict, not the QueryDict: DRF would read the last of repeated values.
         repeated = [name for name in query if len(query.getlist(name)) > 1]
         if repeated:
             raise InvalidRequest("Give it once.", param=repeated[0])
         params = self.InputSerializer(data=query.dict())
         params.is_valid(raise_exception=True)
-        data = dict(params.validated_data)
-        window = window_resolve(
-            window=data.pop("window", None), start=data.pop("start", None), end=data.pop("end", None)
-        )
         own_key = request.auth.id if isinstance(request.user, ApiKeyPrincipal) else None
-        if own_key is not None and data.get("api_key") not in (None, own_key):
-            raise GatewayError(
-                "An API key sees only its own traffic: leave api_key out, or name this key's own id.",
-                param="api_key",
-                code="not_your_key",
-                status=403,
-                error_type="permission_error",
-            )
-        filters = {name: data.pop(name) for name in ("model", "route", "prompt", "provider", "api_key") if name in data}
-        return window, filters, series_filter(filters, api_key_id=own_key), data
-
-    @staticmethod
-    def head(kind: str, window: Window, filters: dict[str, Any]) -> dict[str, Any]:
-        return {"object": kind, "window": window.dump(), "filters": filters}
+        return Response(type(self).body(metrics_query(dict(params.validated_data), own_key=own_key)))
 
 
 ERRORS = error_responses(
@@ -100,6 +64,8 @@ ERRORS = error_responses(
 
 
 class MetricsSummaryView(MetricsView):
+    body = summary_body
+
     @extend_schema(
         operation_id="metrics_summary",
         summary="A window's requests, errors, latency and TTFT percentiles, tokens, cost, cache and quality",
@@ -107,12 +73,12 @@ class MetricsSummaryView(MetricsView):
         responses={200: dict, **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        window, filters, where, _ = self.parsed(request)
-        body = metrics_summary(window=window, where=where)
-        return Response({**self.head("metrics.summary", window, filters), **body})
+        return super().get(request)
 
 
 class MetricsModelsView(MetricsView):
+    body = models_body
+
     @extend_schema(
         operation_id="metrics_models",
         summary="The same figures per model named, busiest first",
@@ -120,12 +86,12 @@ class MetricsModelsView(MetricsView):
         responses={200: dict, **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        window, filters, where, _ = self.parsed(request)
-        return Response({**self.head("list", window, filters), "data": metrics_models(window=window, where=where)})
+        return super().get(request)
 
 
 class MetricsTimeseriesView(MetricsView):
     InputSerializer = TimeseriesQuerySerializer
+    body = timeseries_body
 
     @extend_schema(
         operation_id="metrics_timeseries",
@@ -134,9 +100,4 @@ class MetricsTimeseriesView(MetricsView):
         responses={200: dict, **ERRORS},
     )
     def get(self, request: Request) -> Response:
-        window, filters, where, rest = self.parsed(request)
-        step = STEPS.get(rest.get("step", ""))
-        if step is not None and window.seconds / step > MAX_POINTS:
-            raise InvalidRequest(f"That is more than {MAX_POINTS} points: use a longer step.", param="step")
-        body = metrics_timeseries(window=window, where=where, step=step)
-        return Response({**self.head("metrics.timeseries", window, filters), **body})
+        return super().get(request)

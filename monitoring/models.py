@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Q
 
 
 class QueryMetric(models.Model):
@@ -158,3 +160,115 @@ class MetricHistogram(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_metric_display()} bucket {self.bucket} x{self.count}"
+
+
+class AlertMetric(models.TextChoices):
+    LATENCY_P95 = "latency_p95", "p95 latency"
+    TTFT_P95 = "ttft_p95", "p95 time to first token"
+    ERROR_RATE = "error_rate", "error rate"
+    COST_PER_REQUEST = "cost_per_request", "cost per request"
+    CACHE_HIT_RATE = "cache_hit_rate", "cache hit rate"
+    QUALITY = "quality", "quality"
+
+
+# Effects of these are relative (in percent of the baseline); of the others, absolute (in
+# percentage points: rates and quality scores are between 0 and 1).
+RELATIVE_METRICS = (AlertMetric.LATENCY_P95, AlertMetric.TTFT_P95, AlertMetric.COST_PER_REQUEST)
+
+
+class AlertRule(models.Model):
+    """When to raise an alert on one metric: per model and route, the last `recent_minutes`
+    compared with the `baseline_hours` before them, by a statistical test (monitoring.alerts)."""
+
+    metric = models.CharField(max_length=20, choices=AlertMetric.choices)
+    enabled = models.BooleanField(default=True)
+    recent_minutes = models.PositiveIntegerField(
+        default=15,
+        validators=[MinValueValidator(5), MaxValueValidator(24 * 60)],
+        help_text="The recent window, in whole minutes up to the last complete one.",
+    )
+    baseline_hours = models.PositiveIntegerField(
+        default=7 * 24,
+        validators=[MinValueValidator(1), MaxValueValidator(90 * 24)],
+        help_text="The baseline: this many whole hours before the hour the recent window starts in (168 = 7 days).",
+    )
+    min_effect = models.FloatField(
+        validators=[MinValueValidator(0.0)],
+        help_text=(
+            "The smallest worsening that raises an alert: in percent of the baseline for p95 latency, p95 time "
+            "to first token and cost per request; in percentage points for error rate, cache hit rate and quality "
+            "(a score of 0.80 to 0.75 is 5 points). An open alert resolves once the test is no longer significant "
+            "at 0.05, or the effect is shown (at 95% confidence) to be under this minimum."
+        ),
+    )
+    min_samples = models.PositiveIntegerField(
+        default=100,
+        validators=[MinValueValidator(10)],
+        help_text=(
+            "Both windows need at least this many samples: requests for error rate, successful requests for "
+            "latency and cost, streamed ones for time to first token, cache lookups for hit rate, scored answers "
+            "for quality."
+        ),
+    )
+    alpha = models.FloatField(
+        default=1e-5,
+        validators=[MinValueValidator(1e-12), MaxValueValidator(0.05)],
+        verbose_name="significance level",
+        help_text=(
+            "An alert opens only when the test's one-sided p-value is below this. The default 0.00001 keeps false "
+            "alarms from a week of checks every minute, over every rule and model, to about one at most."
+        ),
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["metric", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_metric_display()}: {self.recent_minutes} min against {self.baseline_hours} h"
+
+    @property
+    def relative(self) -> bool:
+        return self.metric in RELATIVE_METRICS
+
+
+class Alert(models.Model):
+    """One regression of one rule's metric for one model and route, from when a check found
+    it until one found it recovered. The figures are the latest check's."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        RESOLVED = "resolved", "resolved"
+
+    rule = models.ForeignKey(AlertRule, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
+    metric = models.CharField(max_length=20, choices=AlertMetric.choices)
+    model = models.CharField(max_length=200, blank=True, help_text="The model or route the requests named")
+    route = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    opened_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=60, blank=True, help_text="Why it resolved")
+    last_checked_at = models.DateTimeField()
+    baseline_value = models.FloatField(
+        null=True, help_text="Milliseconds for p95s, US dollars for cost, a share (0 to 1) for rates and quality"
+    )
+    recent_value = models.FloatField(null=True)
+    effect = models.FloatField(help_text="How much worse: percent of the baseline, or percentage points")
+    p_value = models.FloatField()
+    recent_samples = models.BigIntegerField()
+    baseline_samples = models.BigIntegerField()
+    notified_at = models.DateTimeField(null=True, blank=True, help_text="When the webhook was last called")
+    notify_outcome = models.CharField(max_length=200, blank=True, help_text="How the last webhook call went")
+
+    class Meta:
+        ordering = ["-opened_at"]
+        indexes = [models.Index(fields=["status", "metric"])]
+        constraints = [
+            # Two checkers (two servers' loops, a cron beside beat) cannot open one regression twice.
+            models.UniqueConstraint(
+                fields=["rule", "model", "route"], condition=Q(status="open"), name="alert_one_open_per_scope"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_metric_display()} {self.model or '-'} {self.route or '-'} ({self.status})"

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from llmops.usage import Usage
+from monitoring.prometheus import prometheus_request_observed
 from monitoring.recorder import metric_record
 
 ZERO = Decimal(0)
@@ -102,3 +103,4 @@ def request_observed(outcome: RequestOutcome) -> None:
         error_type=outcome.error_type,
         error_message=outcome.error_message[:2000],
     )
+    prometheus_request_observed(outcome)

@@ -9,3 +9,5 @@ import os
 os.environ.setdefault("LLMOPS_ALLOW_INSECURE_SECRET_KEY", "true")
 # The tests start the embedded batch executor themselves, where they test it.
 os.environ.setdefault("LLMOPS_BATCH_START_WITH_SERVER", "false")
+# Nor the regression checks' thread: the tests run the checks at the times they choose.
+os.environ.setdefault("LLMOPS_MONITORING_START_WITH_SERVER", "false")

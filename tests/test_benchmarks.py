@@ -46,6 +46,14 @@ def test_the_benchmark_runs_and_prints_its_ratios(command):
     assert "ratio" in done.stdout.lower() or "x)" in done.stdout
 
 
+def test_the_alerts_detection_benchmark_runs_a_tiny_replay():
+    command = ["benchmarks.alerts_detection", "--tiny"]
+    done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "false alerts over 0.125 days: " in done.stdout and "(goal <= 1)" in done.stdout
+    assert done.stdout.count("(goal <= 15)") == 2
+
+
 @pytest.mark.skipif(
     not (ROOT.parent / "shared" / "data" / "mrpc_dev.tsv").is_file(),
     reason="measures on the paraphrase sets in ../shared/data, which a clone of the project alone lacks",

@@ -26,6 +26,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from llmops.batches.models import Batch, BatchItem, ItemStatus
+from monitoring.prometheus import batch_items_finished
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def item_claim(batch_id: str, worker: str, limit: int, lease_s: float, max_runs:
                 finished_at=now,
             )
             Batch.objects.filter(id=batch_id).update(failed=F("failed") + failed)
+            transaction.on_commit(lambda: batch_items_finished(ItemStatus.FAILED, failed))
         ids = [item_id for item_id, _, _ in rows if item_id not in set(worn)]
         if not ids:
             return []
@@ -159,9 +161,11 @@ def items_open(batch_id: str) -> int:
 def items_close(batch_id: str, status: str, code: str, message: str) -> int:
     """End every item still open (the batch was cancelled or expired)."""
     now = timezone.now()
-    return BatchItem.objects.filter(batch_id=batch_id, status__in=(ItemStatus.QUEUED, ItemStatus.RUNNING)).update(
+    closed = BatchItem.objects.filter(batch_id=batch_id, status__in=(ItemStatus.QUEUED, ItemStatus.RUNNING)).update(
         status=status, error={"code": code, "message": message}, lease_owner="", lease_until=None, finished_at=now
     )
+    batch_items_finished(status, closed)
+    return closed
 
 
 def outcomes_record(batch_id: str, outcomes: list[Outcome]) -> list[bool]:
@@ -216,6 +220,8 @@ def _outcomes_write(batch_id: str, outcomes: list[Outcome], *, careful: bool) ->
                 cached_tokens=F("cached_tokens") + cached_tokens,
                 heartbeat_at=now,
             )
+    batch_items_finished(ItemStatus.SUCCEEDED, completed)
+    batch_items_finished(ItemStatus.FAILED, failed)
     # The answers in the order they came, as the caller passed them.
     order = {id(o): i for i, o in enumerate(sorted(outcomes, key=lambda o: o.item_id))}
     return [recorded[order[id(o)]] for o in outcomes]

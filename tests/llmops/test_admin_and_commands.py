@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -60,7 +61,7 @@ def test_every_admin_page_renders(staff_client):
     key = ApiKey.objects.create(name="k", prefix="llmops-abcde", key_hash="0" * 64)
     metric_record(
         request_id="r1",
-        created_at="2026-01-01T00:00:00Z",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
         api_key_id=key.id,
         model="sim-small",
         provider="simulated",
