@@ -249,3 +249,8 @@ def test_the_open_alerts_are_listed(staff):
     assert '<li class="none">No open alerts.</li>' not in html
     # What the page's script reads again as it polls.
     assert staff.get("/dashboard/?part=alerts").json() == {"object": "list", "data": [shown_alert]}
+
+
+def test_the_admin_links_staff_to_the_dashboard(staff):
+    page = staff.get("/admin/").content.decode()
+    assert 'href="/dashboard/"' in page and 'href="/batches/"' in page
