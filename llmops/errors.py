@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.http import JsonResponse
+from django.views.debug import SafeExceptionReporterFilter
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -120,3 +122,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
     logger.exception("Unhandled error in API view")
     return Response(error_body("The gateway failed to handle this request.", "server_error"), status=500)
+
+
+class SecretsHiddenFilter(SafeExceptionReporterFilter):
+    """Django's debug pages and error mails, hiding also every setting that is an address
+    (DATABASE_URL, REDIS_URL, the alert webhook's): addresses carry passwords and tokens."""
+
+    hidden_settings = re.compile("API|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE|URL|WEBHOOK", flags=re.I)

@@ -18,6 +18,7 @@ from llmops.breakers import SharedStateHealth, breaker_states, known_breakers
 from llmops.gcstats import gc_snapshot
 from llmops.limits import limits_health
 from llmops.upstream import InFlight
+from monitoring.recorder import METRICS, RollupHealth
 
 CHECK_TIMEOUT_S = 3.0
 
@@ -94,6 +95,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "limits": limits_health(),
         "breakers": breaker_states(await _catalog_models()),
         "breaker_redis_errors": SharedStateHealth.errors,
+        "metrics": {"pending": METRICS.pending(), "dropped": METRICS.dropped, "rollups_missed": RollupHealth.missed},
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
     }

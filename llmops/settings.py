@@ -71,6 +71,7 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
+DEFAULT_EXCEPTION_REPORTER_FILTER = "llmops.errors.SecretsHiddenFilter"
 DEVELOPMENT_SECRET_KEY = "llmops-insecure-default-key-set-SECRET_KEY-in-production"
 SECRET_KEY = env_secret("SECRET_KEY") or DEVELOPMENT_SECRET_KEY
 # A published key signs sessions and CSRF tokens anyone can forge: with DEBUG off it runs
@@ -333,6 +334,11 @@ LLMOPS_METRICS_MAX_BUFFER = env_int("LLMOPS_METRICS_MAX_BUFFER", 100_000, minimu
 LLMOPS_METRICS_ROLLUPS = env_bool("LLMOPS_METRICS_ROLLUPS", True)
 LLMOPS_METRICS_RETENTION_DAYS = env_int("LLMOPS_METRICS_RETENTION_DAYS", 30, minimum=1)
 LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = env_int("LLMOPS_METRICS_ROLLUP_RETENTION_DAYS", 400, minimum=1)
+if LLMOPS_METRICS_ROLLUP_RETENTION_DAYS < LLMOPS_METRICS_RETENTION_DAYS:
+    raise ImproperlyConfigured(
+        "LLMOPS_METRICS_ROLLUP_RETENTION_DAYS must be at least LLMOPS_METRICS_RETENTION_DAYS: the windows "
+        "the metrics API serves are read from the rollups."
+    )
 # Prometheus: GET /metrics (monitoring.prometheus). Served to a request with this bearer
 # token, else only to these addresses or networks (comma-separated; a bad one stops start-up);
 # blank token: by address alone. false: nothing is observed (to measure what it costs). Set
@@ -340,7 +346,11 @@ LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = env_int("LLMOPS_METRICS_ROLLUP_RETENTION_
 # is no setting) and every process started with it adds to what any one of them serves.
 LLMOPS_PROMETHEUS_ENABLED = env_bool("LLMOPS_PROMETHEUS_ENABLED", True)
 LLMOPS_PROMETHEUS_TOKEN = env_secret("LLMOPS_PROMETHEUS_TOKEN")
-LLMOPS_PROMETHEUS_ALLOWED_IPS = env_list("LLMOPS_PROMETHEUS_ALLOWED_IPS", "127.0.0.1,::1")
+# With a token, no address is trusted unless named: behind a proxy on the same machine every
+# request comes from loopback.
+LLMOPS_PROMETHEUS_ALLOWED_IPS = env_list(
+    "LLMOPS_PROMETHEUS_ALLOWED_IPS", "" if LLMOPS_PROMETHEUS_TOKEN else "127.0.0.1,::1"
+)
 LLMOPS_CACHE_RETRY_AFTER_S = env_float("LLMOPS_CACHE_RETRY_AFTER_S", 5.0, minimum=0.0)
 LLMOPS_LIMITS_REDIS_URL = env_secret("LLMOPS_LIMITS_REDIS_URL") or REDIS_URL  # key limits; blank: in process
 LLMOPS_SEMANTIC_REFRESH_S = env_float("LLMOPS_SEMANTIC_REFRESH_S", 30.0, minimum=0.0)

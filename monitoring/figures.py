@@ -33,7 +33,6 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     error_types: Counter = field(default_factory=Counter)
     cache: Counter = field(default_factory=Counter)  # successful requests by cache result
-    cache_saved: int = 0
     latency: Counter = field(default_factory=Counter)  # bucket -> successful requests
     ttft: Counter = field(default_factory=Counter)
 
@@ -185,7 +184,9 @@ def metrics_models(*, window: Window, where: Q) -> list[dict[str, Any]]:
 
 
 def metrics_timeseries(*, window: Window, where: Q, step: int | None = None) -> dict[str, Any]:
-    """One point per step (a whole minute, hour or day) of the window, empty steps included."""
+    """One point per step (a whole minute, hour or day), empty steps included. Points are
+    whole steps, so the series covers from the start of the step the window starts in
+    (`covers`); each point's rate is over the seconds of it that have passed."""
     step = step or window_step(window)
     found = tallies(window, where, group="start", step=step)
     first = int(window.start.timestamp())
@@ -194,8 +195,8 @@ def metrics_timeseries(*, window: Window, where: Q, step: int | None = None) -> 
     points = []
     by_start = {int(moment.timestamp()): tally for moment, tally in found.items()}
     for at in range(first, last, step):
-        tally = by_start.get(at, Tally())
-        point = figures(tally, seconds=step)
+        point = figures(by_start.get(at, Tally()), seconds=min(step, last - at))
         point["start"] = datetime.fromtimestamp(at, window.start.tzinfo).isoformat()
         points.append(point)
-    return {"step_s": step, "points": points}
+    covers = {"start": datetime.fromtimestamp(first, window.start.tzinfo).isoformat(), "end": window.end.isoformat()}
+    return {"step_s": step, "covers": covers, "points": points}

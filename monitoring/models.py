@@ -24,6 +24,9 @@ class QueryMetric(models.Model):
         max_length=120, blank=True, help_text="What answered: a model, or cascade:<name> (routing's measurements)"
     )
     quality_score = models.FloatField(null=True, blank=True, help_text="The answer's score from a cascade's checks")
+    cascade_steps = models.PositiveSmallIntegerField(
+        default=0, help_text="The cascade steps run (0: no cascade ran; past 1: it escalated)"
+    )
     attempts = models.JSONField(
         default=list, blank=True, help_text="Every upstream attempt: model, outcome, latency_ms (and status)"
     )

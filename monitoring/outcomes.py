@@ -59,6 +59,7 @@ class RequestOutcome:
     route: str = ""
     option: str = ""  # what answered, as routing measures it: a model, or cascade:<name>
     quality_score: float | None = None
+    cascade_steps: int = 0  # the steps a cascade ran: 0 when none ran (a cache hit, a model)
     provider: str = ""
     prompt: str = ""
     stream: bool = False
@@ -85,6 +86,7 @@ def request_observed(outcome: RequestOutcome) -> None:
         route=outcome.route,
         option=outcome.option,
         quality_score=outcome.quality_score,
+        cascade_steps=outcome.cascade_steps,
         attempts=[attempt.dump() for attempt in outcome.attempts],
         provider=outcome.provider,
         prompt=outcome.prompt,

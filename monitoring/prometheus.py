@@ -21,7 +21,10 @@ microseconds each); LLMOPS_PROMETHEUS_ENABLED=false turns every observation off.
 from __future__ import annotations
 
 import atexit
+import functools
+import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -36,6 +39,8 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from monitoring.outcomes import RequestOutcome
@@ -209,6 +214,21 @@ def _child(metric: Any, *labels: str) -> Any:
     return found
 
 
+def _never_raises(observe: Callable[..., None]) -> Callable[..., None]:
+    """An observation that fails (the multiprocess directory removed, a full disk) is logged,
+    never raised: it runs inside what a request holds (a slot, a lock) and must not keep it."""
+
+    @functools.wraps(observe)
+    def safely(*args: Any, **kwargs: Any) -> None:
+        try:
+            observe(*args, **kwargs)
+        except Exception:
+            logger.exception("A Prometheus observation failed; the figures may be short")
+
+    return safely
+
+
+@_never_raises
 def prometheus_request_observed(outcome: RequestOutcome) -> None:
     if not settings.LLMOPS_PROMETHEUS_ENABLED:
         return
@@ -286,6 +306,7 @@ def prometheus_request_observed(outcome: RequestOutcome) -> None:
 _in_flight: dict[str, int] = {}
 
 
+@_never_raises
 def upstream_in_flight_set(model: str, count: int) -> None:
     """This process's upstream calls to `model` now (its callers hold one lock: llmops.upstream)."""
     if not settings.LLMOPS_PROMETHEUS_ENABLED:
@@ -297,12 +318,14 @@ def upstream_in_flight_set(model: str, count: int) -> None:
     _child(IN_FLIGHT, label).set(count)
 
 
+@_never_raises
 def breaker_open_set(model: str, is_open: bool) -> None:
     if not settings.LLMOPS_PROMETHEUS_ENABLED:
         return
     _child(BREAKER_OPEN, _bounded(_models, model)).set(1 if is_open else 0)
 
 
+@_never_raises
 def batch_items_finished(status: str, count: int) -> None:
     if count and settings.LLMOPS_PROMETHEUS_ENABLED:
         _child(BATCH_ITEMS, status).inc(count)
@@ -311,6 +334,7 @@ def batch_items_finished(status: str, count: int) -> None:
 _alerts_shown: set[str] = set()
 
 
+@_never_raises
 def alerts_open_set(counts: dict[str, int]) -> None:
     """The alerts open now, per metric watched; a metric left out has none open."""
     if not settings.LLMOPS_PROMETHEUS_ENABLED:

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 
 from llmops.buffered import BufferedWriter
-from llmops.models import ApiKey
 from monitoring.models import QueryMetric
 from monitoring.rollups import rollups_add
 
@@ -53,33 +52,52 @@ def _known_keys(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ids = {row["api_key_id"] for row in batch if row.get("api_key_id")}
     if not ids:
         return batch
-    gone = ids - set(ApiKey.objects.filter(id__in=ids).values_list("id", flat=True))
+    keys = QueryMetric._meta.get_field("api_key").related_model
+    gone = ids - set(keys.objects.filter(id__in=ids).values_list("id", flat=True))
     if not gone:
         return batch
     return [{**row, "api_key_id": None} if row.get("api_key_id") in gone else row for row in batch]
 
 
 def _write(batch: list[dict[str, Any]]) -> int:
-    # One transaction: the rows and their rollups are written together or not at all (an
-    # unreachable database keeps the whole batch for the next try).
-    for attempt in (1, 2):
-        try:
-            with transaction.atomic():
-                written = _rows_write(_known_keys(batch))
-                if written and settings.LLMOPS_METRICS_ROLLUPS:
-                    try:
-                        with transaction.atomic():
-                            rollups_add(written)
-                    except (OperationalError, InterfaceError):
-                        raise
-                    except DatabaseError:
-                        logger.exception("Rollups of %d metric rows could not be written; the rows were", len(written))
-            return len(written)
-        except IntegrityError:
-            # A key deleted between the check and the commit: check again, once.
-            if attempt == 2:
-                raise
+    # One transaction: the rows and their rollups are written together (an unreachable
+    # database keeps the whole batch for the next try).
+    try:
+        for attempt in (1, 2):
+            try:
+                with transaction.atomic():
+                    written = _rows_write(_known_keys(batch))
+                    if written and settings.LLMOPS_METRICS_ROLLUPS:
+                        _rollups_write(written)
+                return len(written)
+            except IntegrityError:
+                # A key deleted between the check and the commit: check again, once.
+                if attempt == 2:
+                    raise
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        # Anything else is a fault of ours, not the database's: count the batch as dropped
+        # rather than retry it for ever or lose it unseen.
+        METRICS.dropped += len(batch)
+        logger.exception("Dropped %d metric rows: writing them failed", len(batch))
     return 0
+
+
+def _rollups_write(written: list[dict[str, Any]]) -> None:
+    try:
+        with transaction.atomic():
+            rollups_add(written)
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError:
+        # The rows are kept (rebuild_rollups can add them later); the miss is counted.
+        RollupHealth.missed += len(written)
+        logger.exception("Rollups of %d metric rows could not be written; the rows were", len(written))
+
+
+class RollupHealth:
+    missed = 0  # rows written without their rollups (see _rollups_write)
 
 
 METRICS = BufferedWriter("metric", _write)

@@ -41,6 +41,7 @@ SUMS = (
     "cascades",
     "escalations",
 )
+UNRESOLVED = "(unknown)"
 UPSERT_CHUNK = 400  # rows per statement: well under SQLite's and PostgreSQL's parameter limits
 
 
@@ -55,7 +56,8 @@ def series_key(row: dict[str, Any]) -> tuple:
     return (
         get("api_key_id") or 0,
         get("endpoint", _DEFAULTS["endpoint"]),
-        get("model", _DEFAULTS["model"]),
+        # A name nothing resolved (no provider, no route) is anyone's text: one series for all.
+        get("model", _DEFAULTS["model"]) if get("provider") or get("route") else UNRESOLVED,
         get("option", _DEFAULTS["option"]),
         get("route", _DEFAULTS["route"]),
         get("prompt", _DEFAULTS["prompt"]),
@@ -84,17 +86,12 @@ def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
     lookup(wanted)
     missing = wanted - found.keys()
     if missing:
+        # Sorted: two writers creating the same series lock them in the same order.
         MetricSeries.objects.bulk_create(
-            [MetricSeries(**dict(zip(names, key, strict=True))) for key in missing], ignore_conflicts=True
+            [MetricSeries(**dict(zip(names, key, strict=True))) for key in sorted(missing)], ignore_conflicts=True
         )
         lookup(missing)
     return found
-
-
-def _escalated(row: dict[str, Any]) -> bool:
-    """A cascade that kept a later step's answer: more than one of its answer attempts ran."""
-    answers = [a for a in row.get("attempts") or () if not a.get("role") and a.get("outcome") == "ok"]
-    return len(answers) > 1
 
 
 def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
@@ -111,7 +108,7 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
         latency = row.get("latency_ms")
         ttft = row.get("ttft_ms")
         quality = row.get("quality_score")
-        cascade = str(row.get("option", "")).startswith("cascade:")
+        steps = row.get("cascade_steps") or 0
         values = (
             1,
             round((latency or 0.0) * 1000),
@@ -124,8 +121,8 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
             int(Decimal(row.get("cost_saved_usd") or 0) * COST_UNITS),
             1 if quality is not None else 0,
             round((quality or 0.0) * 1_000_000),
-            1 if cascade else 0,
-            1 if cascade and _escalated(row) else 0,
+            1 if steps else 0,
+            1 if steps > 1 else 0,
         )
         latency_bucket = bucket_of(latency) if latency is not None else None
         ttft_bucket = bucket_of(ttft) if ttft is not None else None

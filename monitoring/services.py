@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from monitoring.models import MetricHistogram, MetricRollup, QueryMetric
+from monitoring.models import SERIES_DIMENSIONS, MetricHistogram, MetricRollup, QueryMetric
 from monitoring.rollups import rollups_add
 
 logger = logging.getLogger(__name__)
@@ -46,19 +46,10 @@ def metrics_prune(*, now: datetime | None = None) -> dict[str, int]:
 
 
 REBUILD_CHUNK = 5_000
+# What rollups_add reads of a row: the series' dimensions and what is summed.
 ROW_FIELDS = (
+    *SERIES_DIMENSIONS,
     "created_at",
-    "api_key_id",
-    "endpoint",
-    "model",
-    "option",
-    "route",
-    "prompt",
-    "provider",
-    "stream",
-    "status",
-    "error_type",
-    "cache_status",
     "latency_ms",
     "ttft_ms",
     "input_tokens",
@@ -67,14 +58,15 @@ ROW_FIELDS = (
     "cost_usd",
     "cost_saved_usd",
     "quality_score",
-    "attempts",
+    "cascade_steps",
 )
 
 
 def rollups_rebuild() -> int:
     """Rebuild every rollup from the raw rows kept (metrics recorded before rollups existed,
-    or rollups written with LLMOPS_METRICS_ROLLUPS off). Rollups of days whose raw rows were
-    pruned are lost: they are rebuilt from what is left. Returns the rows read."""
+    or rollups written with LLMOPS_METRICS_ROLLUPS off). Run it with the gateway stopped: rows
+    written meanwhile could be counted twice. Rollups of days whose raw rows were pruned are
+    lost: they are rebuilt from what is left. Returns the rows read."""
     read = 0
     with transaction.atomic():
         MetricHistogram.objects.all().delete()

@@ -21,6 +21,7 @@ from llmops.errors import error_body
 from monitoring.prometheus import CONTENT_TYPE, prometheus_exposition
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+FORWARDED_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
 @lru_cache(maxsize=8)
@@ -52,7 +53,10 @@ def _refusal(request: HttpRequest) -> JsonResponse | None:
     token = settings.LLMOPS_PROMETHEUS_TOKEN
     if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return None
-    if address_allowed(request.META.get("REMOTE_ADDR", "")):
+    # A request a proxy passed on carries the client's address in a header: the connection's
+    # own (the proxy's, often loopback) says nothing of who asked.
+    forwarded = any(name in request.META for name in FORWARDED_HEADERS)
+    if not forwarded and address_allowed(request.META.get("REMOTE_ADDR", "")):
         return None
     if authorization:
         return JsonResponse(

@@ -307,6 +307,7 @@ class Inference:
                 route=route,
                 option=option,
                 quality_score=spent.quality,
+                cascade_steps=len(spent.steps),
                 provider=endpoint.provider if endpoint is not None else "",
                 prompt=self._resolved.prompt_label if self._resolved is not None else "",
                 stream=self.stream,

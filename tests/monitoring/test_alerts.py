@@ -21,6 +21,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 from django.utils import timezone
+from django.views.debug import get_default_exception_reporter_filter
 
 from llmops.tasks import metrics_prune_task, regressions_check_task
 from monitoring import recorder
@@ -577,3 +578,10 @@ def test_the_means_test_weighs_minutes_by_their_requests():
     same = [mean_greater(minutes(15, 10.0), minutes(300, 10.0)) for _ in range(200)]
     assert sum(p < 0.05 for p in same) < 25  # about 5% under no change
     assert mean_greater(minutes(15, 10.3), minutes(300, 10.0)) < 1e-4
+
+
+def test_the_webhook_address_is_hidden_from_the_debug_pages(settings):
+    settings.LLMOPS_ALERT_WEBHOOK_URL = "https://hooks.example.com/services/T0/B0/secret-token"
+    shown = get_default_exception_reporter_filter().get_safe_settings()
+    assert "secret-token" not in str(shown)
+    assert shown["LLMOPS_ALERT_WEBHOOK_URL"] != settings.LLMOPS_ALERT_WEBHOOK_URL

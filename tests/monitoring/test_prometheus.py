@@ -307,6 +307,15 @@ async def test_loopback_is_served_without_a_token(client_at):
         assert "# TYPE llmops_requests_total counter" in response.text
 
 
+async def test_a_request_a_proxy_passed_on_is_not_served_by_its_loopback_address(client_at, settings):
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
+        response = await client_at("127.0.0.1").get("/metrics", headers={header: "203.0.113.7"})
+        assert response.status_code == 403, header
+    settings.LLMOPS_PROMETHEUS_TOKEN = "scrape-token-1234"
+    forwarded = {"X-Forwarded-For": "203.0.113.7", **auth("scrape-token-1234")}
+    assert (await client_at("127.0.0.1").get("/metrics", headers=forwarded)).status_code == 200
+
+
 async def test_another_address_without_a_token_gets_a_403_in_the_error_shape(client_at):
     response = await client_at("203.0.113.7").get("/metrics")
     assert response.status_code == 403
@@ -392,6 +401,20 @@ def test_the_token_may_come_from_a_file(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "from-a-file"
+
+
+def test_with_a_token_no_address_is_trusted_unless_named(tmp_path):
+    script = (
+        "import django; django.setup(); from django.conf import settings; print(settings.LLMOPS_PROMETHEUS_ALLOWED_IPS)"
+    )
+    done = run_python(script, child_env(tmp_path, LLMOPS_PROMETHEUS_TOKEN="t0ken-for-tests"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    named = run_python(
+        script,
+        child_env(tmp_path, LLMOPS_PROMETHEUS_TOKEN="t0ken-for-tests", LLMOPS_PROMETHEUS_ALLOWED_IPS="10.0.0.0/8"),
+    )
+    assert named.stdout.strip() == "['10.0.0.0/8']"
 
 
 def test_a_bad_allowed_address_stops_start_up(tmp_path):

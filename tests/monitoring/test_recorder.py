@@ -75,3 +75,11 @@ def test_a_row_that_cannot_be_written_at_all_is_dropped_and_counted():
     assert recorder.metrics_flush() == 2
     assert set(QueryMetric.objects.values_list("request_id", flat=True)) == {"req-1", "req-3"}
     assert recorder.METRICS.dropped - before == 1
+
+
+def test_a_batch_that_fails_for_a_reason_of_ours_is_dropped_and_counted():
+    recorder.metric_record(**{**row(1), "created_at": "not a moment"})  # rollups cannot place it
+    before = recorder.METRICS.dropped
+    assert recorder.metrics_flush() == 0
+    assert recorder.metrics_pending() == 0
+    assert recorder.METRICS.dropped - before == 1

@@ -9,12 +9,16 @@ import math
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db.models import Q
 
 from llmops import catalog
 from llmops.pipeline import Inference, InferenceRequest
 from llmops.upstream import InFlight
+from monitoring.figures import metrics_summary
 from monitoring.outcomes import AttemptRecord
+from monitoring.windows import window_resolve
 from tests.conftest import auth, flushed_metrics, sse_client_that_leaves, sse_events
 from tests.routing.conftest import CHEAP, JUDGE, STRONG, cascade_create, route_create
 
@@ -340,3 +344,17 @@ async def test_a_request_cancelled_while_the_judge_grades_still_pays_for_the_ans
     # The cheap model's answer was generated and billed before the client left.
     assert row.cost_usd == (10 * Decimal("0.10") + 2 * Decimal("0.40")) / 1_000_000
     assert [(a["model"], a.get("role", "")) for a in row.attempts] == [(CHEAP, ""), (JUDGE, "judge")]
+
+
+async def test_the_escalation_rate_counts_cascades_that_went_past_their_first_step(
+    http, api_key, cheap_upstream, strong_upstream
+):
+    await sentiment_route(labels=LABELS)
+    cheap_upstream.reply(text="positive", prompt_tokens=20, completion_tokens=1)
+    assert (await http.post(URL, json=ask(), headers=auth(api_key))).headers["x-llmops-model"] == CHEAP
+    cheap_upstream.fail(500, times=10)  # a step whose models all fail escalates too
+    assert (await http.post(URL, json=ask(content="Another one"), headers=auth(api_key))).status_code == 200
+    rows = await flushed_metrics()
+    assert [row.cascade_steps for row in rows] == [1, 2]
+    summary = await sync_to_async(metrics_summary)(window=window_resolve(window="15m"), where=Q())
+    assert summary["quality"]["cascades"] == 2 and summary["quality"]["escalation_rate"] == 0.5

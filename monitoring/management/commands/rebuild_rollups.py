@@ -11,7 +11,10 @@ from monitoring.services import rollups_rebuild
 
 
 class Command(BaseCommand):
-    help = "Rebuild the metric rollups from the raw rows kept (replaces every rollup)."
+    help = (
+        "Rebuild the metric rollups from the raw rows kept (replaces every rollup, so those of days whose rows "
+        "were pruned are lost). Stop the gateway and workers first: rows written meanwhile could count twice."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         read = rollups_rebuild()
