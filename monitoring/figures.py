@@ -16,7 +16,7 @@ from django.db.models import Q, Sum
 
 from monitoring.buckets import percentiles
 from monitoring.models import MetricHistogram, MetricRollup
-from monitoring.rollups import COST_UNITS, LATENCY, SUMS
+from monitoring.rollups import COST_UNITS, CUBES, LATENCY, SUMS
 from monitoring.windows import Window, window_blocks, window_step
 
 FILTERS = ("model", "route", "prompt", "provider", "api_key")  # what callers may narrow by
@@ -47,18 +47,34 @@ class Tally:
             self.error_types[error_type or "unknown"] += sums["requests"]
 
 
-def series_filter(filters: dict[str, Any], *, api_key_id: int | None) -> Q:
-    """`filters` holds validated values for FILTERS (api_key as an id); a key's own id, when
-    the caller is a key, narrows every read."""
-    query = Q()
-    for name, value in filters.items():
-        if name == "api_key":
-            query &= Q(series__api_key_id=value)
-        elif value is not None:
-            query &= Q(**{f"series__{name}": value})
-    if api_key_id is not None:
-        query &= Q(series__api_key_id=api_key_id)
-    return query
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a read is narrowed to: `filters` holds validated values for FILTERS (api_key as
+    an id); `api_key_id`, the calling key's own id, narrows every read."""
+
+    filters: dict[str, Any]
+    api_key_id: int | None = None
+
+    def where(self, group: str | None = None) -> Q:
+        """The series to read: those of the smallest cube keeping every dimension the read
+        narrows or groups by (cube 0 keeps them all)."""
+        query = Q()
+        used = set()
+        for name, value in self.filters.items():
+            column = "api_key_id" if name == "api_key" else name
+            query &= Q(**{f"series__{column}": value})
+            used.add(column)
+        if self.api_key_id is not None:
+            query &= Q(series__api_key_id=self.api_key_id)
+            used.add("api_key_id")
+        if group and group.startswith("series__"):
+            used.add(group.removeprefix("series__"))
+        cube = min((c for c, kept in CUBES.items() if used <= set(kept)), key=lambda c: len(CUBES[c]), default=0)
+        return query & Q(series__cube=cube)
+
+
+def series_filter(filters: dict[str, Any], *, api_key_id: int | None) -> Scope:
+    return Scope(dict(filters), api_key_id)
 
 
 def _blocks(window: Window, *, step: int | None = None) -> Q:
@@ -71,9 +87,11 @@ def _blocks(window: Window, *, step: int | None = None) -> Q:
     )
 
 
-def tallies(window: Window, where: Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
-    """One Tally per value of `group` (a series field, or "start" with a step) over the window."""
-    scope = _blocks(window, step=step) & where
+def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
+    """One Tally per value of `group` (a series field, or "start" with a step) over the window.
+    A plain Q reads the series of cube 0 it selects."""
+    selected = where.where(group) if isinstance(where, Scope) else where & Q(series__cube=0)
+    scope = _blocks(window, step=step) & selected
     keys = [group] if group else []
     found: dict[Any, Tally] = defaultdict(Tally)
     rows = (
@@ -168,12 +186,12 @@ def figures(tally: Tally, *, seconds: float | None = None) -> dict[str, Any]:
     return found
 
 
-def metrics_summary(*, window: Window, where: Q) -> dict[str, Any]:
+def metrics_summary(*, window: Window, where: Scope | Q) -> dict[str, Any]:
     tally = tallies(window, where).get(None, Tally())
     return figures(tally, seconds=window.seconds)
 
 
-def metrics_models(*, window: Window, where: Q) -> list[dict[str, Any]]:
+def metrics_models(*, window: Window, where: Scope | Q) -> list[dict[str, Any]]:
     """One row per model named, busiest first."""
     rows = [
         {"model": model, **figures(tally, seconds=window.seconds)}
@@ -183,7 +201,7 @@ def metrics_models(*, window: Window, where: Q) -> list[dict[str, Any]]:
     return rows
 
 
-def metrics_timeseries(*, window: Window, where: Q, step: int | None = None) -> dict[str, Any]:
+def metrics_timeseries(*, window: Window, where: Scope | Q, step: int | None = None) -> dict[str, Any]:
     """One point per step (a whole minute, hour or day), empty steps included. Points are
     whole steps, so the series covers from the start of the step the window starts in
     (`covers`); each point's rate is over the seconds of it that have passed."""

@@ -80,7 +80,11 @@ SERIES_DIMENSIONS = (
 
 class MetricSeries(models.Model):
     """One combination of the dimensions metrics are filtered and grouped by. Rollups and
-    histograms point here, so each of their rows is a few integers."""
+    histograms point here, so each of their rows is a few integers. Cube 0 holds every
+    dimension; the others (monitoring.rollups.CUBES) keep only a few, blank the rest, and are
+    what a read narrowed by those few (or by none) adds up: far fewer rows."""
+
+    cube = models.PositiveSmallIntegerField(default=0)
 
     api_key_id = models.IntegerField(default=0, help_text="The API key's id; 0 for none (a key's rows outlive it)")
     endpoint = models.CharField(max_length=40)
@@ -94,11 +98,11 @@ class MetricSeries(models.Model):
     error_type = models.CharField(max_length=60)
     cache_status = models.CharField(max_length=20)
 
-    DIMENSIONS = SERIES_DIMENSIONS
+    DIMENSIONS = ("cube", *SERIES_DIMENSIONS)
 
     class Meta:
         verbose_name_plural = "metric series"
-        constraints = [models.UniqueConstraint(fields=list(SERIES_DIMENSIONS), name="metric_series_unique")]
+        constraints = [models.UniqueConstraint(fields=["cube", *SERIES_DIMENSIONS], name="metric_series_cube_unique")]
 
     def __str__(self) -> str:
         return f"{self.model or '-'} {self.status} {self.cache_status}"

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.validators import RegexValidator
-from django.db.models import Q
 from rest_framework import serializers
 
 from llmops.errors import GatewayError, InvalidRequest
-from monitoring.figures import FILTERS, metrics_models, metrics_summary, metrics_timeseries, series_filter
+from monitoring.figures import FILTERS, Scope, metrics_models, metrics_summary, metrics_timeseries, series_filter
 from monitoring.windows import WINDOW_PATTERN, Window, window_resolve
 
 WINDOW_FORMAT = RegexValidator(WINDOW_PATTERN, "Like 15m, 1h, 24h or 7d.")
@@ -46,7 +45,7 @@ class TimeseriesQuerySerializer(MetricsQuerySerializer):
 class MetricsQuery:
     window: Window
     filters: dict[str, Any]
-    where: Q
+    where: Scope
     step: int | None = None
 
     def head(self, kind: str) -> dict[str, Any]:

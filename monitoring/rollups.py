@@ -8,7 +8,7 @@ so several writers (server processes, Celery workers) add to the same rows safel
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,7 +20,7 @@ from django.db import connection
 from django.db.models import Q
 
 from monitoring.buckets import bucket_of
-from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+from monitoring.models import SERIES_DIMENSIONS, MetricHistogram, MetricRollup, MetricSeries, QueryMetric
 
 RESOLUTIONS = tuple(MetricRollup.Resolution.values)  # 60, 3600, 86400
 LATENCY = MetricHistogram.Metric.LATENCY.value
@@ -47,7 +47,7 @@ UPSERT_CHUNK = 400  # rows per statement: well under SQLite's and PostgreSQL's p
 
 # A row left out of a field gets the column's default when written: its series must too.
 _DEFAULTS = {
-    name: QueryMetric._meta.get_field(name).get_default() for name in MetricSeries.DIMENSIONS if name != "api_key_id"
+    name: QueryMetric._meta.get_field(name).get_default() for name in SERIES_DIMENSIONS if name != "api_key_id"
 }
 
 
@@ -67,6 +67,30 @@ def series_key(row: dict[str, Any]) -> tuple:
         get("error_type", _DEFAULTS["error_type"]),
         get("cache_status", _DEFAULTS["cache_status"]),
     )
+
+
+# The cubes besides 0 (every dimension): the dimensions each keeps, with status, error type
+# and cache result, which every read groups by. A read narrowed (or grouped) by no more than
+# a cube's dimensions reads that cube (monitoring.figures).
+CUBES: dict[int, tuple[str, ...]] = {
+    1: (),
+    2: ("model",),
+    3: ("api_key_id",),
+    4: ("api_key_id", "model"),
+    5: ("model", "route"),
+}
+ALWAYS = ("status", "error_type", "cache_status")
+_POSITION = {name: index for index, name in enumerate(SERIES_DIMENSIONS)}
+_BLANK = tuple(0 if name == "api_key_id" else (False if name == "stream" else "") for name in SERIES_DIMENSIONS)
+_KEPT = {cube: {_POSITION[name] for name in (*names, *ALWAYS)} for cube, names in CUBES.items()}
+
+
+def cube_keys(key: tuple) -> list[tuple]:
+    """The series a row of series `key` adds to: its own (cube 0) and one in each cube."""
+    found = [(0, *key)]
+    for cube, kept in _KEPT.items():
+        found.append((cube, *(value if index in kept else _BLANK[index] for index, value in enumerate(key))))
+    return found
 
 
 def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
@@ -94,47 +118,65 @@ def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
     return found
 
 
+def _values(row: dict[str, Any]) -> tuple[int, ...]:
+    latency = row.get("latency_ms")
+    ttft = row.get("ttft_ms")
+    quality = row.get("quality_score")
+    steps = row.get("cascade_steps") or 0
+    return (
+        1,
+        round((latency or 0.0) * 1000),
+        1 if ttft is not None else 0,
+        round((ttft or 0.0) * 1000),
+        row.get("input_tokens", 0),
+        row.get("output_tokens", 0),
+        row.get("cached_tokens", 0),
+        int(Decimal(row.get("cost_usd") or 0) * COST_UNITS),
+        int(Decimal(row.get("cost_saved_usd") or 0) * COST_UNITS),
+        1 if quality is not None else 0,
+        round((quality or 0.0) * 1_000_000),
+        1 if steps else 0,
+        1 if steps > 1 else 0,
+    )
+
+
 def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
     """Add written metric rows (the fields of QueryMetric) to the rollups of their minute,
-    hour and day."""
+    hour and day, in every cube."""
     if not rows:
         return
-    ids = series_ids(series_key(row) for row in rows)
-    sums: dict[tuple[int, int, int], list[int]] = defaultdict(lambda: [0] * len(SUMS))
-    counts: dict[tuple[int, int, int, int, int], int] = defaultdict(int)
+    # First each series' minutes, then those added up into hours, days and cubes: the work
+    # past this loop is per series and minute, not per row.
+    minutes: dict[tuple[tuple, int], list[int]] = {}
+    minute_counts: dict[tuple[tuple, int], Counter] = defaultdict(Counter)
     for row in rows:
-        series = ids[series_key(row)]
         at = int(row["created_at"].timestamp())
-        latency = row.get("latency_ms")
-        ttft = row.get("ttft_ms")
-        quality = row.get("quality_score")
-        steps = row.get("cascade_steps") or 0
-        values = (
-            1,
-            round((latency or 0.0) * 1000),
-            1 if ttft is not None else 0,
-            round((ttft or 0.0) * 1000),
-            row.get("input_tokens", 0),
-            row.get("output_tokens", 0),
-            row.get("cached_tokens", 0),
-            int(Decimal(row.get("cost_usd") or 0) * COST_UNITS),
-            int(Decimal(row.get("cost_saved_usd") or 0) * COST_UNITS),
-            1 if quality is not None else 0,
-            round((quality or 0.0) * 1_000_000),
-            1 if steps else 0,
-            1 if steps > 1 else 0,
-        )
-        latency_bucket = bucket_of(latency) if latency is not None else None
-        ttft_bucket = bucket_of(ttft) if ttft is not None else None
-        for resolution in RESOLUTIONS:
-            start = at - at % resolution
-            total = sums[(resolution, start, series)]
+        key = (series_key(row), at - at % 60)
+        values = _values(row)
+        total = minutes.get(key)
+        if total is None:
+            minutes[key] = list(values)
+        else:
             for index, value in enumerate(values):
                 total[index] += value
-            if latency_bucket is not None:
-                counts[(resolution, start, series, LATENCY, latency_bucket)] += 1
-            if ttft_bucket is not None:
-                counts[(resolution, start, series, TTFT, ttft_bucket)] += 1
+        latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
+        if latency is not None:
+            minute_counts[key][(LATENCY, bucket_of(latency))] += 1
+        if ttft is not None:
+            minute_counts[key][(TTFT, bucket_of(ttft))] += 1
+    sums: dict[tuple[int, int, tuple], list[int]] = defaultdict(lambda: [0] * len(SUMS))
+    counts: dict[tuple[int, int, tuple, int, int], int] = defaultdict(int)
+    for (key, minute), total in minutes.items():
+        buckets = minute_counts.get((key, minute), ())
+        for cube in cube_keys(key):
+            for resolution in RESOLUTIONS:
+                start = minute - minute % resolution
+                into = sums[(resolution, start, cube)]
+                for index, value in enumerate(total):
+                    into[index] += value
+                for (metric, bucket), n in buckets.items() if buckets else ():
+                    counts[(resolution, start, cube, metric, bucket)] += n
+    ids = series_ids({cube for _, _, cube in sums})
     starts: dict[int, Any] = {}
 
     def moment(start: int) -> Any:
@@ -142,19 +184,23 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
             starts[start] = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(start, UTC))
         return starts[start]
 
+    rollups = sorted((res, start, ids[cube], total) for (res, start, cube), total in sums.items())
+    histograms = sorted(
+        (res, start, ids[cube], metric, bucket, n) for (res, start, cube, metric, bucket), n in counts.items()
+    )
     _upsert(
         MetricRollup._meta.db_table,
         ("resolution", "start", "series_id"),
         SUMS,
         # In key order, so that two writers adding to the same rows take their locks in the
         # same order and cannot deadlock.
-        [(res, moment(start), series, *total) for (res, start, series), total in sorted(sums.items())],
+        [(res, moment(start), series, *total) for res, start, series, total in rollups],
     )
     _upsert(
         MetricHistogram._meta.db_table,
         ("resolution", "start", "series_id", "metric", "bucket"),
         ("count",),
-        [(*key[:1], moment(key[1]), *key[2:], n) for key, n in sorted(counts.items())],
+        [(res, moment(start), series, metric, bucket, n) for res, start, series, metric, bucket, n in histograms],
     )
 
 

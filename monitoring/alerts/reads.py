@@ -16,7 +16,7 @@ from django.db.models import Count, Max, Q, Sum
 
 from monitoring.figures import LOOKED_UP
 from monitoring.models import MetricHistogram, MetricRollup
-from monitoring.rollups import LATENCY
+from monitoring.rollups import CUBES, LATENCY
 from monitoring.windows import Window, window_blocks
 
 MINUTE, HOUR = 60, 3600
@@ -28,6 +28,9 @@ BASELINES_KEPT = 8
 SPREAD_SPAN = timedelta(days=1)
 
 Scope = tuple[str, str]  # (model, route) as MetricSeries holds them
+
+# Checks are per model and route: the cube that keeps just those (monitoring.rollups.CUBES).
+IN_CUBE = Q(series__cube=next(cube for cube, kept in CUBES.items() if kept == ("model", "route")))
 
 
 def _clusters() -> defaultdict[datetime, list[int]]:
@@ -71,7 +74,7 @@ def _sides(totals: Q, histograms: Q, minutes: Q | None = None) -> dict[Scope, Si
     }
     by_start = ["start"] if minutes is None else []
     rows = (
-        MetricRollup.objects.filter(totals)
+        MetricRollup.objects.filter(totals & IN_CUBE)
         .values("series__model", "series__route", "series__status", "series__cache_status", *by_start)
         .annotate(**sums)
         .order_by()
@@ -95,7 +98,7 @@ def _sides(totals: Q, histograms: Q, minutes: Q | None = None) -> dict[Scope, Si
                     side.hits += n
     if minutes is not None:
         rows = (
-            MetricRollup.objects.filter(minutes & Q(series__status="ok"))
+            MetricRollup.objects.filter(minutes & IN_CUBE & Q(series__status="ok"))
             .values("series__model", "series__route", "start")
             .annotate(**sums)
             .order_by()
@@ -105,7 +108,7 @@ def _sides(totals: Q, histograms: Q, minutes: Q | None = None) -> dict[Scope, Si
             _add(side.cost_minutes[row["start"]], row["n"] or 0, row["cost_sum"] or 0)
             _add(side.quality_minutes[row["start"]], row["scored"] or 0, row["micros"] or 0)
     buckets = (
-        MetricHistogram.objects.filter(histograms & Q(series__status="ok", series__cache_status__in=ANSWERED))
+        MetricHistogram.objects.filter(histograms & IN_CUBE & Q(series__status="ok", series__cache_status__in=ANSWERED))
         .values("series__model", "series__route", "metric", "bucket")
         .annotate(n=Sum("count"))
         .order_by()
@@ -125,7 +128,7 @@ _baselines: OrderedDict[tuple[datetime, datetime], tuple[tuple, dict[Scope, Side
 
 
 def baseline_read(window: Window) -> dict[Scope, Side]:
-    hours = MetricRollup.objects.filter(resolution=HOUR, start__gte=window.start, start__lt=window.end)
+    hours = MetricRollup.objects.filter(IN_CUBE, resolution=HOUR, start__gte=window.start, start__lt=window.end)
     # Every row written adds to its hour's rollup: these change whenever the window's rows do.
     signature = tuple(
         hours.aggregate(

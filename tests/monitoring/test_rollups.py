@@ -165,9 +165,10 @@ def test_two_writers_add_to_the_same_rollup_rows():
     window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
     assert metrics_summary(window=window, where=Q())["requests"] == 400
     assert MetricSeries.objects.count() < 400
-    minute_requests = sum(MetricRollup.objects.filter(resolution=60).values_list("requests", flat=True))
-    assert minute_requests == 400
-    assert sum(MetricHistogram.objects.filter(resolution=86400, metric=1).values_list("count", flat=True)) == 400
+    minutes = MetricRollup.objects.filter(resolution=60, series__cube=0)
+    assert sum(minutes.values_list("requests", flat=True)) == 400
+    days = MetricHistogram.objects.filter(resolution=86400, metric=1, series__cube=0)
+    assert sum(days.values_list("count", flat=True)) == 400
 
 
 def test_without_rollups_the_rows_are_still_written(settings):
@@ -199,7 +200,35 @@ def test_pruning_drops_raw_rows_and_minute_rollups_past_retention_and_keeps_hour
     pruned = metrics_prune(now=NOW)
     assert pruned["rows"] == 300 and not QueryMetric.objects.exists()
     assert not MetricRollup.objects.filter(resolution=60).exists()
-    assert sum(MetricRollup.objects.filter(resolution=3600).values_list("requests", flat=True)) == 300
+    assert sum(MetricRollup.objects.filter(resolution=3600, series__cube=0).values_list("requests", flat=True)) == 300
     settings.LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = 1
     metrics_prune(now=NOW)
     assert not MetricRollup.objects.exists() and not MetricHistogram.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("filters", "api_key_id", "cube"),
+    [
+        ({}, None, 1),
+        ({"model": "sim-large"}, None, 2),
+        ({}, 11, 3),
+        ({"model": "support"}, 12, 4),
+        ({"model": "sim-small", "route": "support"}, None, 5),
+        ({"prompt": "p@1"}, None, 0),
+    ],
+)
+def test_each_cube_adds_up_to_what_every_dimension_holds(filters, api_key_id, cube):
+    made = rows(1200, seed=10)
+    for n, row in enumerate(made):
+        row["api_key_id"] = None
+        row["prompt"] = "p@1" if n % 3 else ""
+    record(made)
+    window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
+    scope = series_filter(filters, api_key_id=api_key_id)
+    assert f"('series__cube', {cube})" in str(scope.where())
+    every = Q(**{f"series__{'api_key_id' if k == 'api_key' else k}": v for k, v in filters.items()})
+    if api_key_id is not None:
+        every &= Q(series__api_key_id=api_key_id)
+    assert metrics_summary(window=window, where=scope) == metrics_summary(window=window, where=every)
+    assert metrics_models(window=window, where=scope) == metrics_models(window=window, where=every)
+    assert metrics_timeseries(window=window, where=scope) == metrics_timeseries(window=window, where=every)
