@@ -116,6 +116,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.routing
 	$(PY) -m benchmarks.batches
 	$(PY) -m benchmarks.cascade_quality
+	$(PY) -m benchmarks.metrics_scale
 
 worker: $(VENV)/.installed
 	mkdir -p $(PROMETHEUS_DIR)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,17 @@ def test_the_benchmark_runs_and_prints_its_ratios(command):
     done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "ratio" in done.stdout.lower() or "x)" in done.stdout
+
+
+def test_the_metrics_scale_benchmark_runs_tiny_and_names_each_figure(tmp_path):
+    # A database of its own: the benchmark empties the metric tables of the one it is given.
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'metrics-bench.sqlite3'}"}
+    command = [sys.executable, "-m", "benchmarks.metrics_scale", "--tiny"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for figure in ("fill:", "metrics_summary", "metrics_timeseries", "metrics_models", "percentile error", "writes:"):
+        assert figure in done.stdout
+    assert "ratio" in done.stdout and "equal the raw rows" in done.stdout
 
 
 def test_the_alerts_detection_benchmark_runs_a_tiny_replay():
