@@ -1012,7 +1012,16 @@ def explain(read: Read) -> list[str]:
 # Writes
 
 
-def writes(workload: Workload, args: argparse.Namespace) -> tuple[float, float, int]:
+@dataclass
+class Writes:
+    with_rollups: float  # rows/s
+    rows_only: float
+    batch: int
+    cpu_with_rollups: float  # this process's CPU, ms per row
+    cpu_rows_only: float
+
+
+def writes(workload: Workload, args: argparse.Namespace) -> Writes:
     """Rows per second through `_write` with rollups and without (rows only), alternating."""
     from django.conf import settings
     from django.db import connection
@@ -1042,11 +1051,14 @@ def writes(workload: Workload, args: argparse.Namespace) -> tuple[float, float, 
             found.append(batch)
         return found
 
+    cpu = {True: 0.0, False: 0.0}
+
     def write(prepared: list[list[dict[str, Any]]], rollups: bool) -> float:
         with override_settings(LLMOPS_METRICS_ROLLUPS=rollups):
-            at = time.perf_counter()
+            at, cpu_at = time.perf_counter(), time.process_time()
             for batch in prepared:
                 recorder._write(batch)
+            cpu[rollups] += time.process_time() - cpu_at
             return time.perf_counter() - at
 
     # Warm-up (not timed): the series of these rows are made once, as a running writer's are.
@@ -1071,7 +1083,8 @@ def writes(workload: Workload, args: argparse.Namespace) -> tuple[float, float, 
             )
         for model in (MetricSeries, QueryMetric):
             cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE endpoint = %s", [WRITE_ENDPOINT])
-    return rows[True] / spent[True], rows[False] / spent[False], size
+    return Writes(rows[True] / spent[True], rows[False] / spent[False], size,
+                  cpu[True] * 1000 / rows[True], cpu[False] * 1000 / rows[False])  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -1170,19 +1183,21 @@ def run_size(rows: int, args: argparse.Namespace, key_ids: list[int]) -> int:
         f"{'equal the raw rows in every window and filter' if not failures else f'DIFFER in {failures} figures'}"
     )
     print()
-    with_rollups, rows_only, size = writes(workload, args)
+    done = writes(workload, args)
+    size = done.batch
     print(
         f"writes: monitoring.recorder._write, one writer, batches of {size} (LLMOPS_METRICS_BATCH_SIZE), "
-        f"{args.write_rows:,} fresh rows per mode in alternating rounds, times at {args.write_rate:.0f} requests/s:"
+        f"{args.write_rows:,} fresh rows per mode in alternating rounds, times at {args.write_rate:.0f} requests/s; "
+        "CPU = this process's (the writer thread's share of a gateway process), not the database's:"
     )
     print(
         table(
-            ["mode", "rows/s", "ms per batch", "ratio"],
+            ["mode", "rows/s", "ms per batch", "CPU ms/row", "ratio"],
             [
-                ["rows + rollups (the writer)", fmt(with_rollups, 0), fmt(size / with_rollups * 1000, 1),
-                 f"{rows_only / with_rollups:.2f}x slower" if with_rollups else "n/a"],
-                ["rows only (LLMOPS_METRICS_ROLLUPS=False)", fmt(rows_only, 0), fmt(size / rows_only * 1000, 1),
-                 "1.00x"],
+                ["rows + rollups (the writer)", fmt(done.with_rollups, 0), fmt(size / done.with_rollups * 1000, 1),
+                 fmt(done.cpu_with_rollups, 3), f"{done.rows_only / done.with_rollups:.2f}x slower"],
+                ["rows only (LLMOPS_METRICS_ROLLUPS=False)", fmt(done.rows_only, 0),
+                 fmt(size / done.rows_only * 1000, 1), fmt(done.cpu_rows_only, 3), "1.00x"],
             ],
         )
     )  # fmt: skip
