@@ -53,7 +53,6 @@ import statistics
 import sys
 import time
 from bisect import bisect
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -115,12 +114,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--raw-runs", type=int, default=5, help="timed runs of each raw-row baseline (5)")
     parser.add_argument("--chunk", type=int, default=200_000, help="rows per fill transaction (200000)")
     parser.add_argument("--workers", type=int, default=0, help="fill processes (2 on PostgreSQL, 1 elsewhere)")
-    parser.add_argument(
-        "--writer-statements",
-        action="store_true",
-        help="fill the rollups with the writer's own upsert statements (several times slower) rather than the "
-        "same statement with array parameters",
-    )
     parser.add_argument("--write-rows", type=int, default=50_000, help="rows for each write mode (50000)")
     parser.add_argument("--write-rate", type=float, default=500.0, help="requests/s the written rows' times show")
     parser.add_argument("--seed", type=int, default=20261201)
@@ -507,50 +500,13 @@ def rows_copy(rows: list[dict[str, Any]], json_of: dict[int, str]) -> None:
             write((*before(r), json_of[id(r["attempts"])], *after(r)))
 
 
-def upsert_arrays(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:
-    """The statement of `monitoring.rollups._upsert` (INSERT ... ON CONFLICT DO UPDATE SET
-    n = n + excluded.n, rows in the caller's order) with each column sent as one binary
-    array through unnest: one statement per table instead of one per 400 rows, and no
-    parsing of 16 placeholders per row on the client (see the write figures)."""
-    import psycopg
-    from django.db import connection
-
-    from monitoring.models import MetricHistogram, MetricRollup
-
-    if not rows:
-        return
-    model = MetricRollup if table == MetricRollup._meta.db_table else MetricHistogram
-    types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
-    quote = connection.ops.quote_name
-    names = [*keys, *added]
-    updates = ", ".join(f"{quote(n)} = {quote(table)}.{quote(n)} + excluded.{quote(n)}" for n in added)
-    sql = (
-        f"INSERT INTO {quote(table)} ({', '.join(quote(n) for n in names)}) "
-        f"SELECT * FROM unnest({', '.join(f'%s::{types[n]}[]' for n in names)}) "
-        f"ON CONFLICT ({', '.join(quote(n) for n in keys)}) DO UPDATE SET {updates}"
-    )
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)], binary=True)
-
-
 def fill_part(part: tuple) -> FillTimes:
     """Fill some minutes (a worker's share): rows with COPY, rollups with rollups_add, one
     transaction per chunk; a chunk that meets a deadlock (two workers making the same new
     series) is written again."""
-    minutes, offset, key_ids, seed, stream, chunk, writer_statements = part
+    minutes, offset, key_ids, seed, stream, chunk = part
     django_setup()
-    from django.db import connection
-
-    from monitoring import rollups
-
-    writers_upsert = rollups._upsert
-    if connection.vendor == "postgresql" and not writer_statements:
-        rollups._upsert = upsert_arrays
-    try:
-        return _fill_minutes(minutes, offset, key_ids, seed, stream, chunk)
-    finally:
-        rollups._upsert = writers_upsert
+    return _fill_minutes(minutes, offset, key_ids, seed, stream, chunk)
 
 
 def _fill_minutes(minutes: list, offset: int, key_ids: list[int], seed: int, stream: int, chunk: int) -> FillTimes:
@@ -639,10 +595,7 @@ def fill(key_ids: list[int], rows: int, now: float, args: argparse.Namespace) ->
 
     started = time.perf_counter()
     parts = parts_split(minute_counts(rows, now), args.workers)
-    work = [
-        (minutes, offset, key_ids, args.seed, stream, args.chunk, args.writer_statements)
-        for stream, (minutes, offset) in enumerate(parts)
-    ]
+    work = [(minutes, offset, key_ids, args.seed, stream, args.chunk) for stream, (minutes, offset) in enumerate(parts)]
     if len(work) == 1:
         results = [fill_part(work[0])]
     else:
@@ -1123,18 +1076,13 @@ def run_size(rows: int, args: argparse.Namespace, key_ids: list[int]) -> int:
         now = time.time()
         times = fill(key_ids, rows, now, args)
         postgres = connection.vendor == "postgresql"
-        statements = (
-            "the writer's own statements"
-            if args.writer_statements or not postgres
-            else "its statement with array parameters (upsert_arrays)"
-        )
         print(
             f"fill: {rows:,} rows from {datetime.fromtimestamp(now - SPAN_DAYS * DAY, UTC):%Y-%m-%d %H:%M} to "
             f"{datetime.fromtimestamp(now, UTC):%Y-%m-%d %H:%M} UTC in {times.wall:.1f} s "
             f"({rows / times.wall:,.0f} rows/s; target for 10M: well under 20 min): "
             f"{times.workers} worker process(es), "
             f"chunks of {args.chunk:,} rows, each one transaction of the raw rows "
-            f"({'COPY' if postgres else 'bulk_create'}) and rollups_add on the same dicts ({statements})"
+            f"({'COPY' if postgres else 'bulk_create'}) and the writer's rollups_add on the same dicts"
         )
         print(
             f"      fill {times.filled:.1f} s wall; summed over the workers: generating {times.generate:.1f} s, "

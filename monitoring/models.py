@@ -120,7 +120,8 @@ class MetricRollup(models.Model):
 
     resolution = models.IntegerField(choices=Resolution.choices)
     start = models.DateTimeField()
-    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+")
+    # Indexed by the unique constraint, which starts with it.
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+", db_index=False)
     requests = models.BigIntegerField(default=0)
     latency_us = models.BigIntegerField(default=0, help_text="Sum over the requests")
     ttft_count = models.BigIntegerField(default=0)
@@ -136,7 +137,8 @@ class MetricRollup(models.Model):
     escalations = models.BigIntegerField(default=0, help_text="Cascade requests that went past the first step")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["resolution", "start", "series"], name="metric_rollup_unique")]
+        # Series first: a read picks its series, then takes each one's window as a range.
+        constraints = [models.UniqueConstraint(fields=["series", "resolution", "start"], name="metric_rollup_key")]
 
     def __str__(self) -> str:
         return f"{self.get_resolution_display()} {self.start:%Y-%m-%d %H:%M} #{self.series_id}"
@@ -153,7 +155,7 @@ class MetricHistogram(models.Model):
 
     resolution = models.IntegerField(choices=MetricRollup.Resolution.choices)
     start = models.DateTimeField()
-    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+")
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+", db_index=False)
     metric = models.SmallIntegerField(choices=Metric.choices)
     bucket = models.SmallIntegerField()
     count = models.BigIntegerField(default=0)
@@ -161,7 +163,7 @@ class MetricHistogram(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["resolution", "start", "series", "metric", "bucket"], name="metric_histogram_unique"
+                fields=["series", "resolution", "start", "metric", "bucket"], name="metric_histogram_key"
             )
         ]
 

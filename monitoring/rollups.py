@@ -72,12 +72,13 @@ def series_key(row: dict[str, Any]) -> tuple:
 # The cubes besides 0 (every dimension): the dimensions each keeps, with status, error type
 # and cache result, which every read groups by. A read narrowed (or grouped) by no more than
 # a cube's dimensions reads that cube (monitoring.figures).
+# A route names its models, so (model, route) has hardly more series than the model alone and
+# serves both reads by model and the regression checks (per model and route).
 CUBES: dict[int, tuple[str, ...]] = {
     1: (),
-    2: ("model",),
+    2: ("model", "route"),
     3: ("api_key_id",),
     4: ("api_key_id", "model"),
-    5: ("model", "route"),
 }
 ALWAYS = ("status", "error_type", "cache_status")
 _POSITION = {name: index for index, name in enumerate(SERIES_DIMENSIONS)}
@@ -98,24 +99,64 @@ def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
     remembered: a series deleted meanwhile (a test's flush, a cleanup) cannot be pointed at."""
     wanted = set(keys)
     found: dict[tuple, int] = {}
-    names = MetricSeries.DIMENSIONS
-
-    def lookup(missing: set[tuple]) -> None:
-        for start in range(0, len(missing), 100):
-            chunk = list(missing)[start : start + 100]
-            query = reduce(or_, (Q(**dict(zip(names, key, strict=True))) for key in chunk))
-            for row in MetricSeries.objects.filter(query).values_list("id", *names):
-                found[tuple(row[1:])] = row[0]
-
-    lookup(wanted)
+    lookup = _series_arrays if connection.vendor == "postgresql" else _series_lookups
+    lookup(wanted, found)
     missing = wanted - found.keys()
     if missing:
         # Sorted: two writers creating the same series lock them in the same order.
+        names = MetricSeries.DIMENSIONS
         MetricSeries.objects.bulk_create(
             [MetricSeries(**dict(zip(names, key, strict=True))) for key in sorted(missing)], ignore_conflicts=True
         )
-        lookup(missing)
+        lookup(missing, found)
     return found
+
+
+def _series_lookups(keys: set[tuple], found: dict[tuple, int]) -> None:
+    names = MetricSeries.DIMENSIONS
+    keys_list = list(keys)
+    for start in range(0, len(keys_list), 100):
+        chunk = keys_list[start : start + 100]
+        query = reduce(or_, (Q(**dict(zip(names, key, strict=True))) for key in chunk))
+        for row in MetricSeries.objects.filter(query).values_list("id", *names):
+            found[tuple(row[1:])] = row[0]
+
+
+def _series_arrays(keys: set[tuple], found: dict[tuple, int]) -> None:
+    """PostgreSQL: every key in one statement, each dimension sent as one array and joined
+    against the series' unique index."""
+    if not keys:
+        return
+    quote = connection.ops.quote_name
+    names = [MetricSeries._meta.get_field(name).column for name in MetricSeries.DIMENSIONS]
+    types = _array_types(MetricSeries)
+    on = " AND ".join(f"s.{quote(n)} = k.{quote(n)}" for n in names)
+    sql = (
+        f"SELECT s.id, {', '.join(f's.{quote(n)}' for n in names)} FROM {quote(MetricSeries._meta.db_table)} s "
+        f"JOIN unnest({', '.join(f'%s::{types[n]}[]' for n in names)}) AS k({', '.join(quote(n) for n in names)}) "
+        f"ON {on}"
+    )
+    for row in _binary_execute(sql, [list(column) for column in zip(*keys, strict=True)]):
+        found[tuple(row[1:])] = row[0]
+
+
+def _array_types(model: Any) -> dict[str, str]:
+    found = {}
+    for f in model._meta.concrete_fields:
+        kind = f.db_type(connection)
+        found[f.column] = {"serial": "integer", "bigserial": "bigint"}.get(kind, kind.split("(")[0].split(" ")[0])
+    return found
+
+
+def _binary_execute(sql: str, params: list) -> list[tuple]:
+    """Execute with psycopg's binary parameters (arrays travel as arrays, not as text to
+    parse), on the connection Django's own statements in this transaction use."""
+    import psycopg
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, binary=True)
+        return cursor.fetchall() if cursor.description else []
 
 
 def _values(row: dict[str, Any]) -> tuple[int, ...]:
@@ -184,37 +225,50 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
             starts[start] = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(start, UTC))
         return starts[start]
 
-    rollups = sorted((res, start, ids[cube], total) for (res, start, cube), total in sums.items())
+    # In key order (the unique indexes' own), so that two writers adding to the same rows take
+    # their locks in the same order and cannot deadlock.
+    rollups = sorted((ids[cube], res, start, total) for (res, start, cube), total in sums.items())
     histograms = sorted(
-        (res, start, ids[cube], metric, bucket, n) for (res, start, cube, metric, bucket), n in counts.items()
+        (ids[cube], res, start, metric, bucket, n) for (res, start, cube, metric, bucket), n in counts.items()
     )
     _upsert(
         MetricRollup._meta.db_table,
-        ("resolution", "start", "series_id"),
+        ("series_id", "resolution", "start"),
         SUMS,
-        # In key order, so that two writers adding to the same rows take their locks in the
-        # same order and cannot deadlock.
-        [(res, moment(start), series, *total) for res, start, series, total in rollups],
+        [(series, res, moment(start), *total) for series, res, start, total in rollups],
     )
     _upsert(
         MetricHistogram._meta.db_table,
-        ("resolution", "start", "series_id", "metric", "bucket"),
+        ("series_id", "resolution", "start", "metric", "bucket"),
         ("count",),
-        [(res, moment(start), series, metric, bucket, n) for res, start, series, metric, bucket, n in histograms],
+        [(series, res, moment(start), metric, bucket, n) for series, res, start, metric, bucket, n in histograms],
     )
 
 
 def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n, rows in the caller's order. On
+    PostgreSQL each column travels as one binary array through unnest (one statement, nothing
+    to parse per row); elsewhere as VALUES lists of UPSERT_CHUNK rows."""
+    if not rows:
+        return
     quote = connection.ops.quote_name
     columns = ", ".join(quote(name) for name in (*keys, *added))
-    one = "(" + ", ".join(["%s"] * (len(keys) + len(added))) + ")"
     updates = ", ".join(f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added)
-    conflict = ", ".join(quote(name) for name in keys)
+    conflict = f"ON CONFLICT ({', '.join(quote(name) for name in keys)}) DO UPDATE SET {updates}"
+    if connection.vendor == "postgresql":
+        model = MetricRollup if table == MetricRollup._meta.db_table else MetricHistogram
+        types = _array_types(model)
+        arrays = ", ".join(f"%s::{types[name]}[]" for name in (*keys, *added))
+        _binary_execute(
+            f"INSERT INTO {quote(table)} ({columns}) SELECT * FROM unnest({arrays}) {conflict}",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+        return
+    one = "(" + ", ".join(["%s"] * (len(keys) + len(added))) + ")"
     with connection.cursor() as cursor:
         for start in range(0, len(rows), UPSERT_CHUNK):
             chunk = rows[start : start + UPSERT_CHUNK]
             cursor.execute(
-                f"INSERT INTO {quote(table)} ({columns}) VALUES {', '.join([one] * len(chunk))} "
-                f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}",
+                f"INSERT INTO {quote(table)} ({columns}) VALUES {', '.join([one] * len(chunk))} {conflict}",
                 [value for row in chunk for value in row],
             )

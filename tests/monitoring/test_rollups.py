@@ -213,7 +213,9 @@ def test_pruning_drops_raw_rows_and_minute_rollups_past_retention_and_keeps_hour
         ({"model": "sim-large"}, None, 2),
         ({}, 11, 3),
         ({"model": "support"}, 12, 4),
-        ({"model": "sim-small", "route": "support"}, None, 5),
+        ({"model": "sim-small", "route": "support"}, None, 2),
+        ({"route": "support"}, None, 2),
+        ({"route": "support"}, 11, 0),
         ({"prompt": "p@1"}, None, 0),
     ],
 )
