@@ -8,6 +8,7 @@ so several writers (server processes, Celery workers) add to the same rows safel
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -123,40 +124,23 @@ def _series_lookups(keys: set[tuple], found: dict[tuple, int]) -> None:
 
 
 def _series_arrays(keys: set[tuple], found: dict[tuple, int]) -> None:
-    """PostgreSQL: every key in one statement, each dimension sent as one array and joined
-    against the series' unique index."""
+    """PostgreSQL: every key in one statement, sent as one JSON parameter (encoded in C, not
+    adapted value by value) and joined against the series' unique index."""
     if not keys:
         return
     quote = connection.ops.quote_name
-    names = [MetricSeries._meta.get_field(name).column for name in MetricSeries.DIMENSIONS]
-    types = _array_types(MetricSeries)
-    on = " AND ".join(f"s.{quote(n)} = k.{quote(n)}" for n in names)
+    fields = [MetricSeries._meta.get_field(name) for name in MetricSeries.DIMENSIONS]
+    columns = [quote(f.column) for f in fields]
+    kinds = ", ".join(f"{column} {f.db_type(connection)}" for column, f in zip(columns, fields, strict=True))
     sql = (
-        f"SELECT s.id, {', '.join(f's.{quote(n)}' for n in names)} FROM {quote(MetricSeries._meta.db_table)} s "
-        f"JOIN unnest({', '.join(f'%s::{types[n]}[]' for n in names)}) AS k({', '.join(quote(n) for n in names)}) "
-        f"ON {on}"
+        f"SELECT s.id, {', '.join(f's.{c}' for c in columns)} FROM {quote(MetricSeries._meta.db_table)} s "
+        f"JOIN json_to_recordset(%s::json) AS k({kinds}) ON {' AND '.join(f's.{c} = k.{c}' for c in columns)}"
     )
-    for row in _binary_execute(sql, [list(column) for column in zip(*keys, strict=True)]):
-        found[tuple(row[1:])] = row[0]
-
-
-def _array_types(model: Any) -> dict[str, str]:
-    found = {}
-    for f in model._meta.concrete_fields:
-        kind = f.db_type(connection)
-        found[f.column] = {"serial": "integer", "bigserial": "bigint"}.get(kind, kind.split("(")[0].split(" ")[0])
-    return found
-
-
-def _binary_execute(sql: str, params: list) -> list[tuple]:
-    """Execute with psycopg's binary parameters (arrays travel as arrays, not as text to
-    parse), on the connection Django's own statements in this transaction use."""
-    import psycopg
-
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, binary=True)
-        return cursor.fetchall() if cursor.description else []
+    names = [f.column for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [json.dumps([dict(zip(names, key, strict=True)) for key in keys])])
+        for row in cursor.fetchall():
+            found[tuple(row[1:])] = row[0]
 
 
 def _values(row: dict[str, Any]) -> tuple[int, ...]:
@@ -218,13 +202,6 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
                 for (metric, bucket), n in buckets.items() if buckets else ():
                     counts[(resolution, start, cube, metric, bucket)] += n
     ids = series_ids({cube for _, _, cube in sums})
-    starts: dict[int, Any] = {}
-
-    def moment(start: int) -> Any:
-        if start not in starts:
-            starts[start] = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(start, UTC))
-        return starts[start]
-
     # In key order (the unique indexes' own), so that two writers adding to the same rows take
     # their locks in the same order and cannot deadlock.
     rollups = sorted((ids[cube], res, start, total) for (res, start, cube), total in sums.items())
@@ -235,40 +212,46 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
         MetricRollup._meta.db_table,
         ("series_id", "resolution", "start"),
         SUMS,
-        [(series, res, moment(start), *total) for series, res, start, total in rollups],
+        [(series, res, start, *total) for series, res, start, total in rollups],
     )
     _upsert(
         MetricHistogram._meta.db_table,
         ("series_id", "resolution", "start", "metric", "bucket"),
         ("count",),
-        [(series, res, moment(start), metric, bucket, n) for series, res, start, metric, bucket, n in histograms],
+        [(series, res, start, metric, bucket, n) for series, res, start, metric, bucket, n in histograms],
     )
 
 
 def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n, rows in the caller's order. On
-    PostgreSQL each column travels as one binary array through unnest (one statement, nothing
-    to parse per row); elsewhere as VALUES lists of UPSERT_CHUNK rows."""
+    """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n, rows in the caller's order, their
+    values integers ("start" in epoch seconds). On PostgreSQL each column travels as one array
+    literal through unnest (one statement; joining integers into text is all the client does);
+    elsewhere as VALUES lists of UPSERT_CHUNK rows."""
     if not rows:
         return
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(name) for name in (*keys, *added))
+    names = (*keys, *added)
+    at = names.index("start")
+    columns = ", ".join(quote(name) for name in names)
     updates = ", ".join(f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added)
     conflict = f"ON CONFLICT ({', '.join(quote(name) for name in keys)}) DO UPDATE SET {updates}"
-    if connection.vendor == "postgresql":
-        model = MetricRollup if table == MetricRollup._meta.db_table else MetricHistogram
-        types = _array_types(model)
-        arrays = ", ".join(f"%s::{types[name]}[]" for name in (*keys, *added))
-        _binary_execute(
-            f"INSERT INTO {quote(table)} ({columns}) SELECT * FROM unnest({arrays}) {conflict}",
-            [list(column) for column in zip(*rows, strict=True)],
-        )
-        return
-    one = "(" + ", ".join(["%s"] * (len(keys) + len(added))) + ")"
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), UPSERT_CHUNK):
-            chunk = rows[start : start + UPSERT_CHUNK]
+        if connection.vendor == "postgresql":
+            aliases = [f"c{index}" for index in range(len(names))]
+            aliases_selected = [f"to_timestamp({a})" if index == at else a for index, a in enumerate(aliases)]
+            cursor.execute(
+                f"INSERT INTO {quote(table)} ({columns}) SELECT {', '.join(aliases_selected)} "
+                f"FROM unnest({', '.join(['%s::bigint[]'] * len(names))}) AS u({', '.join(aliases)}) {conflict}",
+                ["{" + ",".join(map(str, column)) + "}" for column in zip(*rows, strict=True)],
+            )
+            return
+        moments: dict[int, Any] = {}
+        for start in {row[at] for row in rows}:
+            moments[start] = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(start, UTC))
+        one = "(" + ", ".join(["%s"] * len(names)) + ")"
+        for first in range(0, len(rows), UPSERT_CHUNK):
+            chunk = rows[first : first + UPSERT_CHUNK]
             cursor.execute(
                 f"INSERT INTO {quote(table)} ({columns}) VALUES {', '.join([one] * len(chunk))} {conflict}",
-                [value for row in chunk for value in row],
+                [moments[value] if index == at else value for row in chunk for index, value in enumerate(row)],
             )
