@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.gateway_overhead [--sequential 1000] [--requests 4000]
         [--concurrency 64] [--stream-sequential 300] [--stream-requests 1500] [--no-stream]
+        [--upstream simulated|http] [--metrics-cost]
 
 It builds a throwaway gateway (temporary SQLite database, migrated, seeded, one API key),
 serves it with daphne on a free loopback port, and serves `benchmarks/echo_asgi.py` (a bare
@@ -10,7 +11,26 @@ baseline, i.e. a direct call to an upstream that costs nothing, through the same
 the same client. Gateway requests use the simulated model `sim-small` scripted to answer at
 once (`simulate`: latency, time to first token and token rate 0, 16 output tokens), so
 everything measured on the gateway side is the gateway's own work: Django, the API view,
-authorization, the pipeline, the buffered metric write.
+authorization, the pipeline, the buffered metric write. Every prompt differs from every
+other, across phases too (a per-phase tag), so no answer comes from the answer cache.
+
+With --upstream http the gateway calls a real OpenAI-compatible HTTP upstream instead of
+simulating one: a third daphne serves `benchmarks/echo_asgi.py` again (the baseline's app,
+in a process of its own), and the benchmark adds the catalog model `echo-http` (provider
+`openai`, `base_url` that server's loopback `/v1`, the prices of sim-small). Every gateway
+request then goes through the `openai` provider: the official SDK's AsyncOpenAI, its pooled
+keep-alive connections over loopback, and its parsing of the answer or of the SSE chunks
+(the gateway asks `stream_options.include_usage`, and the echo app sends the usage chunk).
+The key follows the project's rule for a server of one's own: the catalog entry names
+ECHO_UPSTREAM_API_KEY, set on the gateway to a dummy value, and the upstream (started with
+ECHO_API_KEY to the same value and no provider key in its environment) refuses any other;
+the default OPENAI_API_KEY never goes to a non-official host. Gateway requests carry
+`max_tokens` = --output-tokens instead of `simulate` (which only simulated models accept),
+and the echo app answers that many tokens. Overhead is then what a client pays for putting
+the gateway, and one more loopback hop to the upstream, in front of a direct call; an
+extra row gives the upstream's own CPU per request during the gateway's phase. After the
+table the benchmark checks that the upstream served exactly as many answers and streams as
+the gateway was sent (warm-ups included): every gateway answer came from the echo server.
 
 Each scenario (JSON answers, then SSE streams of 16 tokens; one request in flight, then
 `--concurrency` in flight over as many keep-alive connections) runs after a warm-up,
@@ -42,13 +62,15 @@ same difference for the baseline app (which neither setting touches: the runs' n
 this mode each gateway phase's CPU is counted from when the earlier phases' metric rows are
 all written to when its own are, however long the writer takes past the settle.
 
-The exit code is 0 when every request succeeded, 1 otherwise.
+The exit code is 0 when every request succeeded (and, with --upstream http, every one reached
+the upstream once), 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -74,6 +96,10 @@ from benchmarks._harness import (
 
 PATH = "/v1/chat/completions"
 MODEL = "sim-small"
+# --upstream http: the catalog model that proxies the echo app, and its (dummy) key.
+HTTP_MODEL = "echo-http"
+HTTP_KEY_ENV = "ECHO_UPSTREAM_API_KEY"
+HTTP_KEY = "echo-benchmark-dummy-key"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,6 +135,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "e.g. redis://127.0.0.1:6379/14",
     )
     parser.add_argument(
+        "--upstream",
+        choices=("simulated", "http"),
+        default="simulated",
+        help="what the gateway calls: the simulated model sim-small (default), or a real OpenAI-compatible "
+        "HTTP upstream (benchmarks/echo_asgi.py under its own daphne) through the openai provider",
+    )
+    parser.add_argument(
         "--metrics-cost",
         action="store_true",
         help="run twice: rollups and Prometheus on, then both off; print the CPU per request each adds",
@@ -130,16 +163,39 @@ ApiKey.objects.filter(name="benchmark").update(
 )
 """
 
+# --upstream http: an OpenAI-compatible server of one's own, priced and limited as sim-small.
+HTTP_CATALOG = """
+import sys
+from llmops.models import ModelEndpoint
+small = ModelEndpoint.objects.get(name="sim-small")
+row = ModelEndpoint(
+    name=sys.argv[1], provider="openai", upstream_model="echo", base_url=sys.argv[2], api_key_env=sys.argv[3],
+    input_price_per_mtok=small.input_price_per_mtok, output_price_per_mtok=small.output_price_per_mtok,
+    cached_input_price_per_mtok=small.cached_input_price_per_mtok, batch_discount=small.batch_discount,
+    context_window=small.context_window, max_concurrency=small.max_concurrency, enabled=True,
+)
+row.full_clean()  # the checks the admin makes (the key variable's name among them)
+row.save()
+"""
 
-def body_builder(port: int, key: str | None, *, stream: bool, output_tokens: int):
-    """Request bytes for index i; the prompt differs per request so no answer cache can hit."""
-    simulate = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": output_tokens, "error_rate": 0}
+
+def body_builder(
+    port: int, key: str | None, *, stream: bool, output_tokens: int, http_model: str | None = None, tag: str = ""
+):
+    """Request bytes for index i; the prompt differs per request within a phase. With
+    `http_model`, a request for that model with max_tokens instead of `simulate`; `tag`
+    (one per phase) makes the prompts differ between phases too."""
+    if http_model:
+        model, extra = http_model, {"max_tokens": output_tokens}
+    else:
+        simulate = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": output_tokens, "error_rate": 0}
+        model, extra = MODEL, {"simulate": simulate}
     template = json.dumps(
         {
-            "model": MODEL,
-            "messages": [{"role": "user", "content": "benchmark request @@"}],
+            "model": model,
+            "messages": [{"role": "user", "content": f"benchmark request {tag}@@"}],
             "stream": stream,
-            "simulate": simulate,
+            **extra,
         }
     )
     before, after = (part.encode() for part in template.split("@@"))
@@ -177,31 +233,48 @@ async def measure(
     tokens: int,
     settle: float,
     drain: Callable[[int], Awaitable[None]] | None = None,
-) -> LoadResult:
-    """With `drain`, the CPU is counted from when every earlier metric row is written to
-    when this phase's are (`drain(n)` waits for n more rows than were sent before)."""
-    build = body_builder(server.port, key, stream=stream, output_tokens=tokens)
+    http_model: str | None = None,
+    upstream: Daphne | None = None,
+    tag: str = "",
+) -> tuple[LoadResult, float | None]:
+    """The phase's result and, given the `upstream` the server calls, that upstream's CPU
+    seconds over the same span. With `drain`, the CPU is counted from when every earlier
+    metric row is written to when this phase's are (`drain(n)` waits for n more rows than
+    were sent before)."""
+    build = body_builder(server.port, key, stream=stream, output_tokens=tokens, http_model=http_model, tag=tag)
     if drain is not None:
         await drain(0)
     cpu_before = server.cpu_s()
+    upstream_before = upstream.cpu_s() if upstream is not None else 0.0
     result = await run_load(server.port, build, checker(stream), requests=requests, concurrency=concurrency)
     # Let buffered metrics reach the database so their writing is counted.
     await asyncio.sleep(settle)
     if drain is not None:
         await drain(requests)
     result.server_cpu_s = server.cpu_s() - cpu_before
-    return result
+    return result, (upstream.cpu_s() - upstream_before if upstream is not None else None)
 
 
-async def warm(server: Daphne, key: str | None, *, stream: bool, requests: int, tokens: int) -> None:
+async def warm(
+    server: Daphne,
+    key: str | None,
+    *,
+    stream: bool,
+    requests: int,
+    tokens: int,
+    http_model: str | None = None,
+    tag: str = "",
+) -> None:
     if requests:
-        build = body_builder(server.port, key, stream=stream, output_tokens=tokens)
+        build = body_builder(server.port, key, stream=stream, output_tokens=tokens, http_model=http_model, tag=tag)
         warm_result = await run_load(server.port, build, checker(stream), requests=requests, concurrency=8)
         if warm_result.errors:
             raise RuntimeError(f"warm-up of {server.name} failed: {warm_result.error_sample}")
 
 
-def scenario_rows(gateway: LoadResult, baseline: LoadResult, *, stream: bool) -> list[list[str]]:
+def scenario_rows(
+    gateway: LoadResult, baseline: LoadResult, *, stream: bool, upstream_cpu_s: float | None = None
+) -> list[list[str]]:
     rows = []
 
     def add(metric: str, g: float | None, b: float | None, *, overhead: bool = True, digits: int = 3) -> None:
@@ -218,6 +291,14 @@ def scenario_rows(gateway: LoadResult, baseline: LoadResult, *, stream: bool) ->
         )
     add("throughput, req/s", gateway.throughput, baseline.throughput, overhead=False, digits=1)
     add("server CPU, ms/req", gateway.server_cpu_ms_per_request, baseline.server_cpu_ms_per_request)
+    if upstream_cpu_s is not None:
+        # The echo upstream's CPU while the gateway called it, beside the same app called directly.
+        add(
+            "upstream CPU, ms/req",
+            upstream_cpu_s * 1000 / gateway.requests,
+            baseline.server_cpu_ms_per_request,
+            overhead=False,
+        )
     add(
         "client CPU, ms/req",
         gateway.client_cpu_s * 1000 / gateway.requests,
@@ -263,6 +344,16 @@ async def run(
         ]
     settle = args.flush_interval + 0.3
     failures = 0
+    http = args.upstream == "http"
+    http_model = HTTP_MODEL if http else None
+    # Phase n's prompts are "benchmark request pn-<i>": every gateway request is a new question,
+    # answered by the model, never by the answer cache (on for every model by default, streams
+    # included, so a prompt repeated from an earlier phase would be a hit).
+    phases = itertools.count()
+
+    def tag() -> str:
+        return f"p{next(phases)}-"
+
     with workspace() as workdir:
         env = gateway_env(
             workdir,
@@ -271,6 +362,7 @@ async def run(
                 "LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval),
                 "LLMOPS_GC_STATS": "1",
                 **({"REDIS_URL": args.redis} if args.redis else {}),
+                **({HTTP_KEY_ENV: HTTP_KEY} if http else {}),
                 **(extra_env or {}),
             },
         )
@@ -283,20 +375,34 @@ async def run(
         database = str(workdir / "gateway.sqlite3")
         gateway = Daphne("llmops.asgi:application", env, workdir, "gateway")
         baseline = Daphne("benchmarks.echo_asgi:application", env, workdir, "baseline")
+        upstream: Daphne | None = None
+        if http:
+            # No provider key in the upstream's environment: only the dummy it expects.
+            upstream_env = {name: value for name, value in env.items() if not name.endswith("_API_KEY")}
+            upstream = Daphne("benchmarks.echo_asgi:application", {**upstream_env, "ECHO_API_KEY": HTTP_KEY},
+                              workdir, "upstream")  # fmt: skip
+            upstream_url = f"http://127.0.0.1:{upstream.port}/v1"
+            gateway_script(env, HTTP_CATALOG, HTTP_MODEL, upstream_url, HTTP_KEY_ENV)
+        servers = [gateway, baseline, *([upstream] if upstream else [])]
         try:
-            gateway.start()
-            baseline.start()
-            gateway.wait_ready("/healthz")
-            baseline.wait_ready("/healthz")
+            for server in servers:
+                server.start()
+            for server in servers:
+                server.wait_ready("/healthz")
             print(
                 f"gateway overhead benchmark: {os.cpu_count()} CPUs, load average "
                 f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
                 f"set-up {time.perf_counter() - set_up:.1f} s"
             )
+            if upstream is not None:
+                served = f"model {HTTP_MODEL} (provider openai, base_url {upstream_url}, key {HTTP_KEY_ENV})"
+                served += f" proxied to benchmarks.echo_asgi under daphne pid {upstream.pid}"
+            else:
+                served = f"model {MODEL} simulated with latency 0"
             print(
-                f"gateway: daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}, model {MODEL} simulated with "
-                f"latency 0, {args.output_tokens} output tokens; baseline: benchmarks.echo_asgi under daphne "
-                f"pid {baseline.pid} on 127.0.0.1:{baseline.port}"
+                f"gateway: daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}, {served}, {args.output_tokens} "
+                f"output tokens; baseline: benchmarks.echo_asgi under daphne pid {baseline.pid} on "
+                f"127.0.0.1:{baseline.port}"
             )
             print(
                 f"client: raw asyncio HTTP/1.1 keep-alive, one connection per worker; warm-up {args.warmup} "
@@ -304,6 +410,7 @@ async def run(
             )
             print()
             gateway_requests = 0
+            sent = {False: 0, True: 0}  # gateway requests by stream flag, for the upstream's count
 
             async def rows_written(more: int) -> None:
                 # The writer may lag the settle (rollups on a slow database): wait for its rows.
@@ -319,25 +426,33 @@ async def run(
                 if stream not in warmed:
                     warmed.add(stream)
                     await warm(baseline, None, stream=stream, requests=args.warmup, tokens=args.output_tokens)
-                    await warm(gateway, key, stream=stream, requests=args.warmup, tokens=args.output_tokens)
+                    await warm(
+                        gateway, key, stream=stream, requests=args.warmup, tokens=args.output_tokens,
+                        http_model=http_model, tag=tag(),
+                    )  # fmt: skip
                     gateway_requests += args.warmup
+                    sent[stream] += args.warmup
                     await asyncio.sleep(settle)
                 common = dict(stream=stream, requests=requests, concurrency=concurrency, tokens=args.output_tokens)
                 if drain is not None:
                     await drain(0)  # the gateway's writer done before the baseline is measured
-                base_result = await measure(baseline, None, settle=settle, **common)
+                base_result, _ = await measure(baseline, None, settle=settle, **common)
                 gc_since = time.time()
-                gate_result = await measure(gateway, key, settle=settle, drain=drain, **common)
+                gate_result, upstream_cpu = await measure(
+                    gateway, key, settle=settle, drain=drain, http_model=http_model, upstream=upstream, tag=tag(),
+                    **common,
+                )  # fmt: skip
                 if concurrency > 1:
                     gc_lines.append(gc_pause_line(gateway, label, gc_since))
                 gateway_requests += requests
+                sent[stream] += requests
                 for name, result in (("baseline", base_result), ("gateway", gate_result)):
                     if result.errors:
                         failures += result.errors
                         print(f"!! {label}, {name}: {result.errors} failed requests, e.g. {result.error_sample}")
                 if cpu is not None:
                     cpu[label] = (gate_result.server_cpu_ms_per_request, base_result.server_cpu_ms_per_request)
-                scenario = scenario_rows(gate_result, base_result, stream=stream)
+                scenario = scenario_rows(gate_result, base_result, stream=stream, upstream_cpu_s=upstream_cpu)
                 scenario[0][0] = f"{label} ({requests} req)"
                 rows += scenario
             print(table(["scenario", "metric", "gateway", "baseline", "overhead", "ratio"], rows))
@@ -346,8 +461,14 @@ async def run(
             print("DESIGN.md aims for under 1 ms of gateway CPU per request (server CPU row).")
             print(
                 f"gateway profile: {'Redis ' + args.redis if args.redis else 'embedded (local memory)'}; "
-                f"key limits: {'RPM, TPM and a budget set' if args.key_limits else 'none'}"
+                f"key limits: {'RPM, TPM and a budget set' if args.key_limits else 'none'}; "
+                f"upstream: {'HTTP (openai provider -> echo_asgi)' if http else 'simulated'}"
             )
+            if upstream is not None:
+                print(
+                    "upstream CPU row: the echo upstream's daphne over the gateway's phase, per gateway request; "
+                    "its baseline column is the same app called directly."
+                )
             print("\n".join(gc_lines))
             health = gateway.wait_ready("/healthz")
             written = metric_rows(database)
@@ -355,12 +476,23 @@ async def run(
                 f"gateway metric rows written: {written} of {gateway_requests} requests sent; "
                 f"upstream_in_flight_peak {health.get('upstream_in_flight_peak')}"
             )
+            if upstream is not None:
+                counts = upstream.wait_ready("/healthz")
+                got = {False: counts.get("completions"), True: counts.get("streams")}
+                verdict = "every gateway request reached it once" if got == sent else "MISMATCH"
+                print(
+                    f"echo upstream served {got[False]} chat completions (gateway sent {sent[False]}) and "
+                    f"{got[True]} streams (gateway sent {sent[True]}): {verdict}"
+                )
+                if got != sent:
+                    failures += 1
         except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}\n--- baseline log ---\n{baseline.log_tail()}")
+            for server in servers:
+                print(f"--- {server.name} log ---\n{server.log_tail()}")
             raise
         finally:
-            gateway.stop()
-            baseline.stop()
+            for server in servers:
+                server.stop()
     return 1 if failures else 0
 
 

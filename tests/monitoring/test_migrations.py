@@ -23,10 +23,11 @@ def test_route_cube_becomes_cube_two_and_the_model_cube_goes():
     series = apps.get_model("monitoring", "MetricSeries")
     rollup = apps.get_model("monitoring", "MetricRollup")
     blank = dict(api_key_id=0, endpoint="", option="", prompt="", provider="", stream=False, error_type="")
+    blank.update(model="sim-small", status="ok", cache_status="miss")
     at = datetime(2026, 12, 1, tzinfo=UTC)
     made = {}
     for cube, route in ((2, ""), (5, "support"), (0, "support")):
-        one = series.objects.create(cube=cube, model="sim-small", route=route, status="ok", cache_status="miss", **blank)
+        one = series.objects.create(cube=cube, route=route, **blank)
         rollup.objects.create(resolution=3600, start=at, series=one, requests=10 + cube)
         made[cube] = one.id
     try:
