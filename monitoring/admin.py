@@ -59,6 +59,7 @@ class AlertAdmin(admin.ModelAdmin):
         "p_value",
         "recent_samples",
         "baseline_samples",
+        "recent_minutes",
         "resolved_at",
         "notify_outcome",
     )

@@ -266,6 +266,9 @@ class Alert(models.Model):
     p_value = models.FloatField()
     recent_samples = models.BigIntegerField()
     baseline_samples = models.BigIntegerField()
+    recent_minutes = models.PositiveIntegerField(
+        null=True, help_text="The recent window the figures are over: the last third, two thirds or all of the rule's"
+    )
     notified_at = models.DateTimeField(null=True, blank=True, help_text="When the webhook was last called")
     notify_outcome = models.CharField(max_length=200, blank=True, help_text="How the last webhook call went")
 

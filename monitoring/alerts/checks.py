@@ -44,6 +44,7 @@ from monitoring.windows import Window
 logger = logging.getLogger(__name__)
 
 RESOLVE_P = 0.05
+SCAN_PARTS = 3  # recent windows tested for an alert to open: the last third, two thirds, all
 # The smallest worsening each seeded rule alerts on (percent, or percentage points). The
 # effect is read over the whole recent window, which a regression fills minute by minute: a
 # regression well over a rule's minimum is caught within the window, one of exactly the
@@ -73,6 +74,8 @@ class Finding:
     effect: float | None = None  # how much worse: percent of the baseline, or points
     effect_upper: float | None = None  # the upper bound of its one-sided 95% confidence interval
     p_value: float = 1.0
+    windows: int = 1  # how many recent windows the rule's significance level is split between
+    recent_minutes: int | None = None  # this finding's recent window (None: the rule's whole one)
 
     @property
     def judged(self) -> bool:
@@ -81,7 +84,7 @@ class Finding:
 
     @property
     def regressed(self) -> bool:
-        return self.judged and self.p_value < self.rule.alpha and self.effect >= self.rule.min_effect
+        return self.judged and self.p_value < self.rule.alpha / self.windows and self.effect >= self.rule.min_effect
 
     @property
     def recovered(self) -> bool:
@@ -100,6 +103,7 @@ class Finding:
             "effect": None if self.effect is None else round(self.effect, 3),
             "effect_upper": None if self.effect_upper is None else round(self.effect_upper, 3),
             "p_value": self.p_value,
+            "recent_minutes": self.recent_minutes or self.rule.recent_minutes,
             "regressed": self.regressed,
         }
 
@@ -151,14 +155,34 @@ def rule_windows(rule: AlertRule, now: datetime) -> tuple[Window, Window]:
     )
 
 
-def _evaluate(rule: AlertRule, scope: Scope, recent: Side, baseline: Side) -> Finding:
+def scan_windows(recent: Window) -> list[Window]:
+    """The recent window and its last thirds and two thirds (whole minutes), shortest first. A
+    regression a few minutes old fills a short window and a fraction of the whole one: the
+    short window shows it with fewer samples but far less dilution, so it is seen minutes
+    sooner. Each is tested at the rule's level divided by their number (Bonferroni), so a
+    check's chance of a false alarm stays what the rule's level says."""
+    end = int(recent.end.timestamp())
+    minutes = (end - int(recent.start.timestamp())) // MINUTE
+    lengths = sorted({max(1, round(minutes * part / SCAN_PARTS)) for part in range(1, SCAN_PARTS + 1)})
+    return [Window(start=_at(end - length * MINUTE), end=recent.end) for length in lengths]
+
+
+def _evaluate(rule: AlertRule, scope: Scope, recent: Side, baseline: Side, **extra: Any) -> Finding:
     n_recent, n_baseline, judge = MEASURES[rule.metric](recent, baseline)
     if n_recent < rule.min_samples or n_baseline < rule.min_samples:
-        return Finding(rule, *scope, n_recent, n_baseline)  # not judged: no test run
-    return Finding(rule, *scope, n_recent, n_baseline, *judge())
+        return Finding(rule, *scope, n_recent, n_baseline, **extra)  # not judged: no test run
+    return Finding(rule, *scope, n_recent, n_baseline, *judge(), **extra)
 
 
-FIGURES = ("recent_samples", "baseline_samples", "recent_value", "baseline_value", "effect", "p_value")
+FIGURES = (
+    "recent_samples",
+    "baseline_samples",
+    "recent_value",
+    "baseline_value",
+    "effect",
+    "p_value",
+    "recent_minutes",
+)
 
 
 def _figures(finding: Finding) -> dict[str, Any]:
@@ -199,15 +223,33 @@ def regressions_check(*, now: datetime | None = None) -> CheckResult:
     now = now or timezone.now()
     alert_rules_seed()
     rules = list(AlertRule.objects.filter(enabled=True))
-    reads: dict[tuple[Window, Window], tuple[dict[Scope, Side], dict[Scope, Side]]] = {}
+    recent_reads: dict[Window, dict[Scope, Side]] = {}
+    baseline_reads: dict[Window, dict[Scope, Side]] = {}
     findings: list[Finding] = []
     for rule in rules:
-        windows = rule_windows(rule, now)
-        if windows not in reads:
-            reads[windows] = (recent_read(windows[0]), baseline_read(windows[1]))
-        recent, baseline = reads[windows]
-        for scope in sorted(recent):
-            findings.append(_evaluate(rule, scope, recent[scope], baseline.get(scope, EMPTY)))
+        whole, before = rule_windows(rule, now)
+        scans = scan_windows(whole)
+        for window in scans:
+            if window not in recent_reads:
+                recent_reads[window] = recent_read(window)
+        if before not in baseline_reads:
+            baseline_reads[before] = baseline_read(before)
+        baseline = baseline_reads[before]
+        for scope in sorted(recent_reads[scans[-1]]):
+            judged = [
+                _evaluate(
+                    rule,
+                    scope,
+                    recent_reads[window].get(scope, EMPTY),
+                    baseline.get(scope, EMPTY),
+                    windows=len(scans),
+                    recent_minutes=round(window.seconds / MINUTE),
+                )
+                for window in scans
+            ]
+            # The first window that shows a regression opens (or keeps) the alert; recovery is
+            # judged over the whole window, as the alert's hysteresis expects.
+            findings.append(next((finding for finding in judged if finding.regressed), judged[-1]))
 
     open_alerts = {
         (alert.rule_id, alert.model, alert.route): alert

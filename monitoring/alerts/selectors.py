@@ -51,7 +51,8 @@ def alert_message(alert: Alert) -> str:
     return (
         f"{alert.get_metric_display()} of {where}: {_shown(alert.recent_value, unit)} against "
         f"{_shown(alert.baseline_value, unit)} ({effect} worse, p={alert.p_value:.2g}, "
-        f"{alert.recent_samples:,} against {alert.baseline_samples:,} {SAMPLES[alert.metric]})"
+        f"{alert.recent_samples:,} against {alert.baseline_samples:,} {SAMPLES[alert.metric]}"
+        + (f", last {alert.recent_minutes} min)" if alert.recent_minutes else ")")
     )
 
 
@@ -77,6 +78,7 @@ def alert_dump(alert: Alert) -> dict[str, Any]:
         "p_value": alert.p_value,
         "recent_samples": alert.recent_samples,
         "baseline_samples": alert.baseline_samples,
+        "recent_minutes": alert.recent_minutes,
         "rule": None
         if rule is None
         else {
@@ -100,7 +102,9 @@ def alerts_open() -> list[dict[str, Any]]:
     last_checked_at (ISO 8601 strings), unit (of baseline and recent: "ms", "usd", "share"
     from 0 to 1, or "score" from 0 to 1), baseline and recent (the latest check's values),
     effect and effect_unit (how much worse: "%" of the baseline, or percentage "points"),
-    p_value, recent_samples and baseline_samples, rule (id, recent_minutes, baseline_hours,
+    p_value, recent_samples and baseline_samples, recent_minutes (the recent window those are
+    over: the rule's whole one, or its last third or two thirds, where a regression showed
+    first), rule (id, recent_minutes, baseline_hours,
     min_effect, min_samples, alpha; None once the rule is deleted), and message (one line
     saying all that, for a page or a chat)."""
     alerts = Alert.objects.filter(status=Alert.Status.OPEN).select_related("rule").order_by("-opened_at", "-id")

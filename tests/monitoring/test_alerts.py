@@ -27,7 +27,8 @@ from llmops.tasks import metrics_prune_task, regressions_check_task
 from monitoring import recorder
 from monitoring.alerts import alerts_open, regressions_check
 from monitoring.alerts import loop as alerts_loop
-from monitoring.alerts.checks import DEFAULT_MIN_EFFECTS, rule_windows
+from monitoring.alerts.checks import DEFAULT_MIN_EFFECTS, rule_windows, scan_windows
+from monitoring.alerts.selectors import alert_dump
 from monitoring.alerts.stats import (
     fisher_greater,
     mann_whitney_greater,
@@ -110,9 +111,11 @@ def baseline(seed: int = 1, n: int = 1500, **kwargs) -> None:
     record(traffic(n, start=BASELINE, seconds=BASELINE_HOURS * 3600, seed=seed, **kwargs))
 
 
-def recent(seed: int = 2, n: int = 400, *, later: bool = False, **kwargs) -> None:
+def recent(seed: int = 2, n: int = 400, *, later: bool = False, **kwargs) -> list[dict]:
     start = RECENT + timedelta(minutes=15) if later else RECENT
-    record(traffic(n, start=start, seconds=15 * 60 - 1, seed=seed, **kwargs))
+    made = traffic(n, start=start, seconds=15 * 60 - 1, seed=seed, **kwargs)
+    record(made)
+    return made
 
 
 def rules(*metrics: str, **fields) -> list[AlertRule]:
@@ -208,7 +211,12 @@ def test_a_latency_regression_opens_an_alert_the_admin_lists_and_the_webhook_rec
     def answered(rows: list[dict]) -> int:  # cache hits measure the cache, not the model
         return sum(1 for row in rows if row["status"] == "ok" and row["cache_status"] == "miss")
 
-    assert (alert.recent_samples, alert.baseline_samples) == (answered(slower), answered(before))
+    # Opened from the shortest of the recent windows that shows it: the last 5 minutes hold
+    # under the rule's 100 samples, the last 10 enough; its figures are over that window.
+    assert alert.recent_minutes == 10 and "last 10 min" in alert_dump(alert)["message"]
+    window_start = RECENT + timedelta(minutes=5)
+    in_window = [row for row in slower if row["created_at"] >= window_start]
+    assert (alert.recent_samples, alert.baseline_samples) == (answered(in_window), answered(before))
     assert alert.recent_value > alert.baseline_value
     assert alert.notify_outcome == "opened: HTTP 204" and alert.notified_at is not None
     assert open_gauge("latency_p95") == 1
@@ -262,6 +270,24 @@ def test_each_metric_opens_on_its_regression_and_resolves_on_recovery(metric, wo
     result = regressions_check(now=LATER)
     assert [alert.metric for alert in result.resolved] == [metric] and not result.opened
     assert not Alert.objects.filter(status="open").exists()
+
+
+def test_the_recent_window_is_scanned_in_thirds():
+    recent_window, _ = rule_windows(AlertRule(metric="latency_p95", min_effect=10.0), NOW)
+    assert [w.seconds / 60 for w in scan_windows(recent_window)] == [5, 10, 15]
+    assert all(w.end == recent_window.end for w in scan_windows(recent_window))
+
+
+def test_a_regression_of_the_last_minutes_opens_from_the_short_window_at_a_split_level():
+    rules(AlertMetric.LATENCY_P95)
+    before = traffic(1500, start=BASELINE, seconds=BASELINE_HOURS * 3600, seed=1)
+    steady = traffic(500, start=RECENT, seconds=10 * 60 - 1, seed=2)
+    slower = traffic(250, start=RECENT + timedelta(minutes=10), seconds=5 * 60 - 1, seed=3, latency=1.6)
+    record(before + steady + slower)
+    (finding,) = regressions_check(now=NOW).findings
+    assert finding.regressed and finding.recent_minutes == 5 and finding.windows == 3
+    assert finding.p_value < AlertRule(metric="latency_p95").alpha / 3
+    assert Alert.objects.get().recent_minutes == 5
 
 
 def test_stable_noisy_traffic_opens_nothing():
@@ -408,15 +434,22 @@ def test_a_webhook_that_answers_an_error_is_recorded(settings):
 def test_open_alerts_are_listed_for_the_dashboard():
     rules()
     baseline()
-    recent(latency=1.5, errors=0.08)
+    made = recent(latency=1.5, errors=0.08)
     regressions_check(now=NOW)
     listed = {alert["metric"]: alert for alert in alerts_open()}
     assert set(listed) == {"latency_p95", "error_rate"}
     errors = listed["error_rate"]
     assert errors["unit"] == "share" and errors["effect_unit"] == "points"
-    assert errors["recent"] == pytest.approx(0.08, abs=0.002) and errors["baseline"] == pytest.approx(0.01, abs=0.002)
+    # Over the recent window it opened from (the last 10 of the 15 minutes here).
+    since = RECENT + timedelta(minutes=15 - errors["recent_minutes"])
+    shown = [row for row in made if row["created_at"] >= since]
+    share = sum(row["status"] == "error" for row in shown) / len(shown)
+    assert errors["recent_minutes"] == 10 and errors["recent_samples"] == len(shown)
+    assert errors["recent"] == pytest.approx(share) and errors["baseline"] == pytest.approx(0.01, abs=0.002)
     assert errors["opened_at"] == NOW.isoformat() and errors["status"] == "open"
-    assert errors["message"].startswith("error rate of sim-small: 8.00% against 1.00% (+7.0 points worse")
+    assert errors["message"].startswith(
+        f"error rate of sim-small: {share * 100:.2f}% against 1.00% (+{(share - 0.01) * 100:.1f} points worse"
+    )
     assert errors["rule"]["recent_minutes"] == 15
 
 
