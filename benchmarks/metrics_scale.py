@@ -942,6 +942,8 @@ def explain(read: Read) -> list[str]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from monitoring import figures
+
     at = time.perf_counter()
     with CaptureQueriesContext(connection) as captured:
         read.call(window=read.window_obj, where=read.where)
@@ -955,7 +957,8 @@ def explain(read: Read) -> list[str]:
     for query in statements:
         lines.append(f"  {float(query['time']) * 1000:8.1f} ms  {query['sql'][:400]}")
     slowest = max(statements, key=lambda q: float(q["time"]))
-    with connection.cursor() as cursor:
+    # Under the settings the read runs with (monitoring.figures: no JIT, its work_mem).
+    with figures.reading(), connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + slowest["sql"])
         lines += ["  plan of the slowest:", *("    " + row[0] for row in cursor.fetchall())]
     return lines
