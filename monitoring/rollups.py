@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import reduce
+from functools import lru_cache, reduce
 from operator import or_
 from typing import Any
 
@@ -87,12 +87,14 @@ _BLANK = tuple(0 if name == "api_key_id" else (False if name == "stream" else ""
 _KEPT = {cube: {_POSITION[name] for name in (*names, *ALWAYS)} for cube, names in CUBES.items()}
 
 
-def cube_keys(key: tuple) -> list[tuple]:
-    """The series a row of series `key` adds to: its own (cube 0) and one in each cube."""
+@lru_cache(maxsize=1 << 16)
+def cube_keys(key: tuple) -> tuple[tuple, ...]:
+    """The series a row of series `key` adds to: its own (cube 0) and one in each cube.
+    Remembered: a gateway's series recur minute after minute."""
     found = [(0, *key)]
     for cube, kept in _KEPT.items():
         found.append((cube, *(value if index in kept else _BLANK[index] for index, value in enumerate(key))))
-    return found
+    return tuple(found)
 
 
 def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
@@ -189,18 +191,38 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
             minute_counts[key][(LATENCY, bucket_of(latency))] += 1
         if ttft is not None:
             minute_counts[key][(TTFT, bucket_of(ttft))] += 1
-    sums: dict[tuple[int, int, tuple], list[int]] = defaultdict(lambda: [0] * len(SUMS))
-    counts: dict[tuple[int, int, tuple, int, int], int] = defaultdict(int)
+    # Then each cube's minutes. Their hours and days are those minutes added up; where a batch
+    # holds one minute of a cube's series (the usual case: a batch spans seconds) they are that
+    # minute's own sums, shared rather than added again (never changed in place past here).
+    cube_minutes: dict[tuple[tuple, int], list[int]] = {}
+    cube_counts: dict[tuple[tuple, int], Counter] = {}
     for (key, minute), total in minutes.items():
-        buckets = minute_counts.get((key, minute), ())
+        buckets = minute_counts.get((key, minute))
         for cube in cube_keys(key):
-            for resolution in RESOLUTIONS:
-                start = minute - minute % resolution
-                into = sums[(resolution, start, cube)]
+            at = (cube, minute)
+            into = cube_minutes.get(at)
+            if into is None:
+                cube_minutes[at] = list(total)
+            else:
                 for index, value in enumerate(total):
                     into[index] += value
-                for (metric, bucket), n in buckets.items() if buckets else ():
-                    counts[(resolution, start, cube, metric, bucket)] += n
+            if buckets:
+                have = cube_counts.get(at)
+                if have is None:
+                    cube_counts[at] = Counter(buckets)
+                else:
+                    have.update(buckets)
+    sums: dict[tuple[int, int, tuple], list[int]] = {}
+    counts: dict[tuple[int, int, tuple, int, int], int] = defaultdict(int)
+    for (cube, minute), total in cube_minutes.items():
+        buckets = cube_counts.get((cube, minute))
+        for resolution in RESOLUTIONS:
+            start = minute - minute % resolution
+            at = (resolution, start, cube)
+            have = sums.get(at)
+            sums[at] = total if have is None else [a + b for a, b in zip(have, total, strict=True)]
+            for (metric, bucket), n in buckets.items() if buckets else ():
+                counts[(resolution, start, cube, metric, bucket)] += n
     ids = series_ids({cube for _, _, cube in sums})
     # In key order (the unique indexes' own), so that two writers adding to the same rows take
     # their locks in the same order and cannot deadlock.
