@@ -990,8 +990,11 @@ def writes(workload: Workload, args: argparse.Namespace) -> Writes:
     rounds = 5 if args.write_rows >= 5 * size else 1
     per_round = max(size, args.write_rows // rounds)
     warmup = min(args.write_rows, 4 * size)
+    # The rows are timed in a day of their own, the day after tomorrow (UTC), which no read
+    # window reaches and nothing else has rollups in: taking them away again is deleting
+    # that day's rollups (of every cube: the written rows add to the shared ones too).
     now = time.time()
-    earliest = now - (warmup + 2 * rounds * per_round) / args.write_rate  # the last rows written are "now"
+    earliest = now - now % DAY + 2 * DAY
     made = [0]
 
     def batches(count: int, start: float) -> list[list[dict[str, Any]]]:
@@ -1029,14 +1032,10 @@ def writes(workload: Workload, args: argparse.Namespace) -> Writes:
             spent[rollups] += write(prepared, rollups)
             rows[rollups] += per_round
     # Take the written rows and their series away again: the filled data stays as it was.
-    since = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(earliest - earliest % DAY, UTC))
-    series = f"SELECT id FROM {MetricSeries._meta.db_table} WHERE endpoint = %s"
+    since = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(earliest, UTC))
     with connection.cursor() as cursor:
         for model in (MetricHistogram, MetricRollup):
-            cursor.execute(
-                f"DELETE FROM {model._meta.db_table} WHERE start >= %s AND series_id IN ({series})",
-                [since, WRITE_ENDPOINT],
-            )
+            cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE start >= %s", [since])
         for model in (MetricSeries, QueryMetric):
             cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE endpoint = %s", [WRITE_ENDPOINT])
     return Writes(rows[True] / spent[True], rows[False] / spent[False], size,
@@ -1138,7 +1137,8 @@ def run_size(rows: int, args: argparse.Namespace, key_ids: list[int]) -> int:
     size = done.batch
     print(
         f"writes: monitoring.recorder._write, one writer, batches of {size} (LLMOPS_METRICS_BATCH_SIZE), "
-        f"{args.write_rows:,} fresh rows per mode in alternating rounds, times at {args.write_rate:.0f} requests/s; "
+        f"{args.write_rows:,} fresh rows per mode in alternating rounds, timed at {args.write_rate:.0f} requests/s "
+        "in a day of their own; "
         "CPU = this process's (the writer thread's share of a gateway process), not the database's:"
     )
     print(
