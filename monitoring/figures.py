@@ -119,7 +119,8 @@ def reading() -> Iterator[None]:
     thousand, and a sort of those takes twice as long); and index ranges priced as what they
     are, reads of a few pages each (random_page_cost 1.1, as for SSDs: at the default 4 the
     planner scanned a whole histogram table for a week of days, 10x slower)."""
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        # Inside a transaction of the caller's, SET LOCAL would outlast the read: plain then.
         yield
         return
     settings = f"jit = off; work_mem = '{READ_WORK_MEM}'; enable_sort = off; random_page_cost = 1.1"

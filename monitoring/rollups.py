@@ -87,7 +87,7 @@ _BLANK = tuple(0 if name == "api_key_id" else (False if name == "stream" else ""
 _KEPT = {cube: {_POSITION[name] for name in (*names, *ALWAYS)} for cube, names in CUBES.items()}
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=8192)  # about 10 MB at most
 def cube_keys(key: tuple) -> tuple[tuple, ...]:
     """The series a row of series `key` adds to: its own (cube 0) and one in each cube.
     Remembered: a gateway's series recur minute after minute."""

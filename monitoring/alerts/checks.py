@@ -174,6 +174,12 @@ def _evaluate(rule: AlertRule, scope: Scope, recent: Side, baseline: Side, **ext
     return Finding(rule, *scope, n_recent, n_baseline, *judge(), **extra)
 
 
+def windows_recovered(judged: list[Finding]) -> bool:
+    """Whether an open alert recovers: every window that could be judged has, and one could."""
+    seen = [finding for finding in judged if finding.judged]
+    return bool(seen) and all(finding.recovered for finding in seen)
+
+
 FIGURES = (
     "recent_samples",
     "baseline_samples",
@@ -226,6 +232,7 @@ def regressions_check(*, now: datetime | None = None) -> CheckResult:
     recent_reads: dict[Window, dict[Scope, Side]] = {}
     baseline_reads: dict[Window, dict[Scope, Side]] = {}
     findings: list[Finding] = []
+    recovered: dict[int, bool] = {}  # by id(finding): whether every window judged has recovered
     for rule in rules:
         whole, before = rule_windows(rule, now)
         scans = scan_windows(whole)
@@ -247,9 +254,12 @@ def regressions_check(*, now: datetime | None = None) -> CheckResult:
                 )
                 for window in scans
             ]
-            # The first window that shows a regression opens (or keeps) the alert; recovery is
-            # judged over the whole window, as the alert's hysteresis expects.
-            findings.append(next((finding for finding in judged if finding.regressed), judged[-1]))
+            # The first window that shows a regression opens (or keeps) the alert. It recovers
+            # only once every window judged has: a regression minutes old still shows in the
+            # short window while the whole one dilutes it under the minimum.
+            finding = next((finding for finding in judged if finding.regressed), judged[-1])
+            findings.append(finding)
+            recovered[id(finding)] = windows_recovered(judged)
 
     open_alerts = {
         (alert.rule_id, alert.model, alert.route): alert
@@ -265,7 +275,7 @@ def regressions_check(*, now: datetime | None = None) -> CheckResult:
                 new = _alert_open(finding, now)
                 if new is not None:
                     opened.append(new)
-        elif finding.recovered:
+        elif recovered[id(finding)]:
             if _alert_resolve(alert, now, "recovered", _figures(finding)):
                 resolved.append(alert)
         else:

@@ -1,6 +1,8 @@
 """Rollup keys series first (a read takes each series' window as an index range), and the
 (model, route) cube as cube 2: the model-only cube goes, its route-keeping twin (cube 5) takes
-its number."""
+its number. Stop the gateway's writers while it runs: a writer still on the earlier code
+would go on adding to the model-only cube 2 and count its rows twice in reads by model
+(`manage.py rebuild_rollups` repairs that)."""
 
 from django.db import migrations, models
 

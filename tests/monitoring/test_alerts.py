@@ -27,7 +27,7 @@ from llmops.tasks import metrics_prune_task, regressions_check_task
 from monitoring import recorder
 from monitoring.alerts import alerts_open, regressions_check
 from monitoring.alerts import loop as alerts_loop
-from monitoring.alerts.checks import DEFAULT_MIN_EFFECTS, rule_windows, scan_windows
+from monitoring.alerts.checks import DEFAULT_MIN_EFFECTS, Finding, rule_windows, scan_windows, windows_recovered
 from monitoring.alerts.selectors import alert_dump
 from monitoring.alerts.stats import (
     fisher_greater,
@@ -288,6 +288,22 @@ def test_a_regression_of_the_last_minutes_opens_from_the_short_window_at_a_split
     assert finding.regressed and finding.recent_minutes == 5 and finding.windows == 3
     assert finding.p_value < AlertRule(metric="latency_p95").alpha / 3
     assert Alert.objects.get().recent_minutes == 5
+
+
+def test_an_alert_recovers_only_once_every_judged_window_has():
+    rule = AlertRule(metric="latency_p95", min_effect=10.0, min_samples=100)
+
+    def finding(effect: float, upper: float, p: float, samples: int = 500) -> Finding:
+        return Finding(rule, "sim-small", "", samples, 5000, 1.0, 1.0, effect, upper, p, windows=3)
+
+    diluted = finding(4.0, 7.0, 0.01)  # the whole window: shown under the 10% minimum
+    assert diluted.recovered
+    still_slow = finding(11.0, 14.0, 0.001)  # the last third: not significant at alpha/3, not recovered
+    assert not still_slow.regressed and not still_slow.recovered
+    assert not windows_recovered([still_slow, diluted])
+    assert windows_recovered([finding(2.0, 5.0, 0.2), diluted])
+    assert windows_recovered([finding(50.0, 60.0, 1e-9, samples=20), diluted])  # too few samples to judge
+    assert not windows_recovered([finding(50.0, 60.0, 1e-9, samples=20)])  # nothing judged: nothing known
 
 
 def test_stable_noisy_traffic_opens_nothing():
