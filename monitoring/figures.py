@@ -174,7 +174,8 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
         for row in _rows(buckets):
             tally = found[row[0] if width else None]
             metric, bucket, n = row[width:]
-            (tally.latency if metric == LATENCY else tally.ttft)[bucket] += n
+            counts = tally.latency if metric == LATENCY else tally.ttft
+            counts[bucket] = counts.get(bucket, 0) + n  # not +=: Counter's __missing__ is Python
     return found
 
 

@@ -97,6 +97,22 @@ def cube_keys(key: tuple) -> tuple[tuple, ...]:
     return tuple(found)
 
 
+# Histograms are read for successful requests whatever their cache result (a percentile of
+# every answer), except by the regression checks, which leave cache hits out of latency and
+# read the (model, route) cube: every other cube keeps one histogram series for all cache
+# results, a quarter of the rows to add up for a week of percentiles.
+HISTOGRAMS_BY_CACHE = frozenset({next(cube for cube, kept in CUBES.items() if kept == ("model", "route"))})
+_CACHE_AT = 1 + _POSITION["cache_status"]  # in a cube key, after the cube
+
+
+@lru_cache(maxsize=8192)
+def histogram_key(cube_key: tuple) -> tuple:
+    """The series a cube key's latency and TTFT buckets are counted in."""
+    if cube_key[0] in HISTOGRAMS_BY_CACHE:
+        return cube_key
+    return (*cube_key[:_CACHE_AT], _BLANK[_CACHE_AT - 1], *cube_key[_CACHE_AT + 1 :])
+
+
 def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
     """The id of each series, created where missing. Looked up on every write rather than
     remembered: a series deleted meanwhile (a test's flush, a cleanup) cannot be pointed at."""
@@ -216,14 +232,15 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
     counts: dict[tuple[int, int, tuple, int, int], int] = defaultdict(int)
     for (cube, minute), total in cube_minutes.items():
         buckets = cube_counts.get((cube, minute))
+        counted = histogram_key(cube)
         for resolution in RESOLUTIONS:
             start = minute - minute % resolution
             at = (resolution, start, cube)
             have = sums.get(at)
             sums[at] = total if have is None else [a + b for a, b in zip(have, total, strict=True)]
             for (metric, bucket), n in buckets.items() if buckets else ():
-                counts[(resolution, start, cube, metric, bucket)] += n
-    ids = series_ids({cube for _, _, cube in sums})
+                counts[(resolution, start, counted, metric, bucket)] += n
+    ids = series_ids({cube for _, _, cube in sums} | {key for _, _, key, _, _ in counts})
     # In key order (the unique indexes' own), so that two writers adding to the same rows take
     # their locks in the same order and cannot deadlock.
     rollups = sorted((ids[cube], res, start, total) for (res, start, cube), total in sums.items())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -204,6 +205,20 @@ def test_pruning_drops_raw_rows_and_minute_rollups_past_retention_and_keeps_hour
     settings.LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = 1
     metrics_prune(now=NOW)
     assert not MetricRollup.objects.exists() and not MetricHistogram.objects.exists()
+
+
+def test_histograms_keep_cache_results_apart_only_in_the_cube_the_alerts_read():
+    record(rows(400, seed=12))
+    by_cube = defaultdict(set)
+    for cube, cache_status in MetricHistogram.objects.filter(series__status="ok").values_list(
+        "series__cube", "series__cache_status"
+    ):
+        by_cube[cube].add(cache_status)
+    assert by_cube[2] == {"hit", "semantic_hit", "miss", "bypass"}
+    assert all(by_cube[cube] == {""} for cube in (0, 1, 3, 4))
+    # The rollups themselves keep every cache result, in every cube (the hit rates).
+    kept = MetricRollup.objects.filter(series__cube=1, series__status="ok").values_list("series__cache_status")
+    assert {cache for (cache,) in kept} == {"hit", "semantic_hit", "miss", "bypass"}
 
 
 @pytest.mark.parametrize(
