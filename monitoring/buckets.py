@@ -8,7 +8,9 @@ one. Bucket 0 holds everything under 0.1 ms, the last one everything over the to
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from itertools import accumulate
 
 PER_DOUBLING = 18
 FLOOR_MS = 0.1
@@ -47,14 +49,7 @@ def percentiles(counts: Mapping[int, int], shares: Iterable[float]) -> list[floa
     total = sum(counts.values())
     if total <= 0:
         return [None] * len(shares)
-    ordered = sorted((bucket, n) for bucket, n in counts.items() if n > 0)
-    found: list[float | None] = []
-    for share in shares:
-        rank = max(1, math.ceil(share * total))
-        seen = 0
-        for bucket, n in ordered:
-            seen += n
-            if seen >= rank:
-                found.append(bucket_value_ms(bucket))
-                break
-    return found
+    ordered = sorted(item for item in counts.items() if item[1] > 0)
+    running = list(accumulate(n for _, n in ordered))
+    # The first bucket whose running count reaches the rank.
+    return [bucket_value_ms(ordered[bisect_left(running, max(1, math.ceil(share * total)))][0]) for share in shares]

@@ -172,8 +172,8 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
             for block in blocks
         ]
         for row in _rows(buckets):
-            tally = found[row[0] if width else None]
-            metric, bucket, n = row[width:]
+            *key, metric, bucket, n = row
+            tally = found[key[0] if key else None]
             counts = tally.latency if metric == LATENCY else tally.ttft
             counts[bucket] = counts.get(bucket, 0) + n  # not +=: Counter's __missing__ is Python
     return found
