@@ -117,6 +117,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.batches
 	$(PY) -m benchmarks.cascade_quality
 	$(PY) -m benchmarks.metrics_scale
+	$(PY) -m benchmarks.metric_path
 
 worker: $(VENV)/.installed
 	mkdir -p $(PROMETHEUS_DIR)

@@ -75,8 +75,14 @@ class RequestOutcome:
 
 def request_observed(outcome: RequestOutcome) -> None:
     """Record a finished request. Never blocks: the row is buffered and written in bulk."""
+    metric_record(**outcome_row(outcome))
+    prometheus_request_observed(outcome)
+
+
+def outcome_row(outcome: RequestOutcome) -> dict[str, Any]:
+    """The QueryMetric fields of an outcome: its metric row."""
     usage = outcome.usage
-    metric_record(
+    return dict(
         request_id=outcome.request_id,
         created_at=outcome.created_at,
         api_key_id=outcome.api_key_id,
@@ -105,4 +111,3 @@ def request_observed(outcome: RequestOutcome) -> None:
         error_type=outcome.error_type,
         error_message=outcome.error_message[:2000],
     )
-    prometheus_request_observed(outcome)
