@@ -43,7 +43,6 @@ SUMS = (
     "escalations",
 )
 UNRESOLVED = "(unknown)"
-UPSERT_CHUNK = 400  # rows per statement: well under SQLite's and PostgreSQL's parameter limits
 
 
 # A row left out of a field gets the column's default when written: its series must too.
@@ -286,7 +285,7 @@ def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tu
     """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n, rows in the caller's order, their
     values integers ("start" in epoch seconds). On PostgreSQL each column travels as one array
     literal through unnest (one statement; joining integers into text is all the client does);
-    elsewhere as VALUES lists of UPSERT_CHUNK rows."""
+    elsewhere as one prepared statement run for every row."""
     if not rows:
         return
     quote = connection.ops.quote_name
@@ -308,10 +307,9 @@ def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tu
         moments: dict[int, Any] = {}
         for start in {row[at] for row in rows}:
             moments[start] = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(start, UTC))
+        # One prepared statement for every row: the driver binds each row's values in C.
         one = "(" + ", ".join(["%s"] * len(names)) + ")"
-        for first in range(0, len(rows), UPSERT_CHUNK):
-            chunk = rows[first : first + UPSERT_CHUNK]
-            cursor.execute(
-                f"INSERT INTO {quote(table)} ({columns}) VALUES {', '.join([one] * len(chunk))} {conflict}",
-                [moments[value] if index == at else value for row in chunk for index, value in enumerate(row)],
-            )
+        cursor.executemany(
+            f"INSERT INTO {quote(table)} ({columns}) VALUES {one} {conflict}",
+            [(*row[:at], moments[row[at]], *row[at + 1 :]) for row in rows],
+        )
