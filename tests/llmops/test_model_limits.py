@@ -22,16 +22,18 @@ HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture
 async def spent_model(request, seeded, settings):
-    """A simulated model whose provider allows 600 requests a minute, all of this minute's spent."""
+    """A simulated model whose provider allows 120 requests a minute, all of this minute's spent:
+    the next call fits in 0.5 s, time enough for a test's request to find it spent on a busy
+    machine (at 600 a minute, a tenth of a second was not)."""
     model_limits_reset()
     settings.LLMOPS_BATCH_EXECUTOR = "off"
     name = f"limited-{request.node.name[-20:].strip('_[]').replace('_', '-')}"
-    await add_endpoint(name=name, provider="simulated", requests_per_minute=600, fallbacks="")
+    await add_endpoint(name=name, provider="simulated", requests_per_minute=120, fallbacks="")
     if django_settings.LLMOPS_LIMITS_REDIS_URL:
         await redis_for(django_settings.LLMOPS_LIMITS_REDIS_URL).delete(f"llmops:model-rate:{name}")
     catalog.reset()
     endpoint = await catalog.endpoint_get(name)
-    for _ in range(600):
+    for _ in range(120):
         assert await model_rate_take(endpoint, 1) == 0
     assert await model_rate_take(endpoint, 1) > 0
     yield name
@@ -61,14 +63,14 @@ async def test_an_interactive_request_over_its_models_limit_goes_to_the_fallback
 
 
 async def test_an_interactive_request_waits_a_little_rather_than_fail(http, api_key, spent_model, settings):
-    settings.LLMOPS_MODEL_RATE_MAX_WAIT_S = 1.0  # the next request fits in 0.1 s
+    settings.LLMOPS_MODEL_RATE_MAX_WAIT_S = 2.0  # the next request fits in 0.5 s
     response = await http.post("/v1/chat/completions", json={"model": spent_model, **HELLO}, headers=auth(api_key))
     assert response.status_code == 200, response.text
 
 
 async def test_batch_items_wait_for_their_models_limit_and_all_succeed(sdk, spent_model, settings):
     settings.LLMOPS_MODEL_RATE_MAX_WAIT_S = 0  # which applies to interactive requests only
-    settings.LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE = 0.005  # 3 of the 600 a minute
+    settings.LLMOPS_MODEL_RATE_INTERACTIVE_RESERVE = 0.005  # under one of the 120 a minute
     settings.LLMOPS_BATCH_POLL_S = 0.02
     uploaded = await sdk.files.create(
         file=upload([batch_line(f"b{i}", model=spent_model) for i in range(3)]), purpose="batch"
