@@ -123,10 +123,12 @@ def reading() -> Iterator[None]:
         # Inside a transaction of the caller's, SET LOCAL would outlast the read: plain then.
         yield
         return
-    settings = f"jit = off; work_mem = '{READ_WORK_MEM}'; enable_sort = off; random_page_cost = 1.1"
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("; ".join(f"SET LOCAL {setting}" for setting in settings.split("; ")))
+            cursor.execute(
+                f"SET LOCAL jit = off; SET LOCAL work_mem = '{READ_WORK_MEM}'; "
+                "SET LOCAL enable_sort = off; SET LOCAL random_page_cost = 1.1"
+            )
         yield
 
 

@@ -2,9 +2,10 @@
 per-day sums and latency histograms (MetricRollup, MetricHistogram), in the same transaction,
 so that any window's figures are read from a few thousand rows whatever the traffic.
 
-Each write is one upsert statement per table that adds to what is there
-(`ON CONFLICT ... DO UPDATE SET n = n + excluded.n`, the same SQL on SQLite and PostgreSQL),
-so several writers (server processes, Celery workers) add to the same rows safely."""
+Each write is one upsert per table that adds to what is there (`ON CONFLICT ... DO UPDATE
+SET n = n + excluded.n`: on PostgreSQL one statement of unnested arrays, on SQLite one
+prepared statement run for every row), so several writers (server processes, Celery
+workers) add to the same rows safely."""
 
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache, reduce
-from operator import or_
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q
 
 from monitoring.buckets import bucket_of
 from monitoring.models import SERIES_DIMENSIONS, MetricHistogram, MetricRollup, MetricSeries, QueryMetric
@@ -117,7 +116,8 @@ def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
     remembered: a series deleted meanwhile (a test's flush, a cleanup) cannot be pointed at."""
     wanted = set(keys)
     found: dict[tuple, int] = {}
-    lookup = {"postgresql": _series_arrays, "sqlite": _series_json_each}.get(connection.vendor, _series_lookups)
+    # The two databases the project runs on (settings configures no other).
+    lookup = _series_arrays if connection.vendor == "postgresql" else _series_json_each
     lookup(wanted, found)
     missing = wanted - found.keys()
     if missing:
@@ -128,16 +128,6 @@ def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
         )
         lookup(missing, found)
     return found
-
-
-def _series_lookups(keys: set[tuple], found: dict[tuple, int]) -> None:
-    names = MetricSeries.DIMENSIONS
-    keys_list = list(keys)
-    for start in range(0, len(keys_list), 100):
-        chunk = keys_list[start : start + 100]
-        query = reduce(or_, (Q(**dict(zip(names, key, strict=True))) for key in chunk))
-        for row in MetricSeries.objects.filter(query).values_list("id", *names):
-            found[tuple(row[1:])] = row[0]
 
 
 def _series_json_each(keys: set[tuple], found: dict[tuple, int]) -> None:
