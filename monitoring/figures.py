@@ -3,20 +3,21 @@ the same filters and the same arithmetic everywhere (the cache's hit rate includ
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from operator import add
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, Func, Q, QuerySet, Sum
-from django.db.models.functions import Cast
+from django.db.models import Q
 
-from monitoring.buckets import percentiles
-from monitoring.models import MetricHistogram, MetricRollup
+from monitoring.buckets import BucketCounts
+from monitoring.models import MetricHistogram, MetricRollup, MetricSeries
 from monitoring.rollups import COST_UNITS, CUBES, LATENCY, SUMS
 from monitoring.windows import Window, window_blocks, window_step
 
@@ -26,36 +27,36 @@ CENT_MILLIONTHS = Decimal("0.0000000001")
 READ_WORK_MEM = "64MB"  # PostgreSQL's memory for one read's hash aggregates
 
 
-def _summed(name: str) -> Cast:
-    # PostgreSQL sums bigints as numeric, which arrives as Decimal: cast back, to read ints.
-    return Cast(Sum(name), BigIntegerField())
-
-
-SUMMED = {f"{name}_total": _summed(name) for name in SUMS}
-
-
 @dataclass(slots=True)
 class Tally:
     """What a set of rollups add up to."""
 
-    sums: Counter = field(default_factory=Counter)  # SUMS over every request
-    ok_sums: Counter = field(default_factory=Counter)  # SUMS over the successful ones
+    totals: list[int] = field(default_factory=lambda: [0] * len(SUMS))  # SUMS over every request
+    ok_totals: list[int] = field(default_factory=lambda: [0] * len(SUMS))  # over the successful ones
     statuses: Counter = field(default_factory=Counter)
     error_types: Counter = field(default_factory=Counter)
     cache: Counter = field(default_factory=Counter)  # successful requests by cache result
-    latency: Counter = field(default_factory=Counter)  # bucket -> successful requests
-    ttft: Counter = field(default_factory=Counter)
+    latency: BucketCounts = field(default_factory=BucketCounts)  # of successful requests
+    ttft: BucketCounts = field(default_factory=BucketCounts)
 
-    def add(self, status: str, error_type: str, cache_status: str, values: Sequence[int | None]) -> None:
+    def add(self, status: str, error_type: str, cache_status: str, values: Sequence[int]) -> None:
         """Add one row of sums (in the order of SUMS)."""
-        sums = {name: value or 0 for name, value in zip(SUMS, values, strict=True)}
-        self.sums.update(sums)
-        self.statuses[status] += sums["requests"]
+        self.totals = list(map(add, self.totals, values))
+        requests = values[0]
+        self.statuses[status] += requests
         if status == "ok":
-            self.ok_sums.update(sums)
-            self.cache[cache_status] += sums["requests"]
+            self.ok_totals = list(map(add, self.ok_totals, values))
+            self.cache[cache_status] += requests
         elif status == "error":
-            self.error_types[error_type or "unknown"] += sums["requests"]
+            self.error_types[error_type or "unknown"] += requests
+
+    @property
+    def sums(self) -> dict[str, int]:
+        return dict(zip(SUMS, self.totals, strict=True))
+
+    @property
+    def ok_sums(self) -> dict[str, int]:
+        return dict(zip(SUMS, self.ok_totals, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,56 +67,46 @@ class Scope:
     filters: dict[str, Any]
     api_key_id: int | None = None
 
-    def where(self, group: str | None = None) -> Q:
-        """The series to read: those of the smallest cube keeping every dimension the read
-        narrows or groups by (cube 0 keeps them all)."""
+    def series(self, group: str | None = None) -> Q:
+        """The series to read (a Q over MetricSeries): those of the smallest cube keeping
+        every dimension the read narrows or groups by (cube 0 keeps them all)."""
         query = Q()
         used = set()
         for name, value in self.filters.items():
             column = "api_key_id" if name == "api_key" else name
-            query &= Q(**{f"series__{column}": value})
+            query &= Q(**{column: value})
             used.add(column)
         if self.api_key_id is not None:
-            query &= Q(series__api_key_id=self.api_key_id)
+            query &= Q(api_key_id=self.api_key_id)
             used.add("api_key_id")
-        if group and group.startswith("series__"):
-            used.add(group.removeprefix("series__"))
+        if group and group != "start":
+            used.add(group)
         cube = min((c for c, kept in CUBES.items() if used <= set(kept)), key=lambda c: len(CUBES[c]), default=0)
-        return query & Q(series__cube=cube)
+        return query & Q(cube=cube)
 
 
 def series_filter(filters: dict[str, Any], *, api_key_id: int | None) -> Scope:
     return Scope(dict(filters), api_key_id)
 
 
-class Epoch(Func):
-    """A rollup's start as whole seconds since 1970: grouping and reading integers is cheaper
-    than timestamps on both databases (a day's time series groups thousands of rows)."""
-
-    output_field = BigIntegerField()
-
-    def as_sql(self, compiler, connection, **extra):
-        return super().as_sql(compiler, connection, template="CAST(strftime('%%%%s', %(expressions)s) AS INTEGER)")
-
-    def as_postgresql(self, compiler, connection, **extra):
-        return super().as_sql(compiler, connection, template="EXTRACT(EPOCH FROM %(expressions)s)::bigint")
+def _listed(value: list[int] | str) -> list[int]:
+    return value if isinstance(value, list) else json.loads(value)
 
 
-def _blocks(window: Window, *, step: int | None = None) -> list[Q]:
-    """The rollups a window adds up, one Q per resolution and range (each read on its own, as
-    a range of the series-first index, rather than one OR the planner cannot range over)."""
+def _blocks(window: Window, *, step: int | None = None) -> list[tuple[int, datetime, datetime]]:
+    """The rollups a window adds up: (resolution, first start, end) ranges, each read on its
+    own as a range of the series-first indexes."""
     if step is not None:
         first = window.start.timestamp()
-        first_aligned = datetime.fromtimestamp(first - first % step, window.start.tzinfo)
-        return [Q(resolution=step, start__gte=first_aligned, start__lt=window.end)]
-    return [Q(resolution=size, start__gte=first, start__lt=last) for size, first, last in window_blocks(window)]
+        return [(step, datetime.fromtimestamp(first - first % step, window.start.tzinfo), window.end)]
+    return window_blocks(window)
 
 
 @contextmanager
 def reading() -> Iterator[None]:
     """Reads of many rollup rows on PostgreSQL, for this transaction only: no JIT (compiling
     costs more than these aggregates take); their groups hashed in memory rather than sorted
-    (the planner expects a few thousand rows where a week of histograms joins a hundred
+    (the planner expects a few thousand rows where a week of histograms reads a hundred
     thousand, and a sort of those takes twice as long); and index ranges priced as what they
     are, reads of a few pages each (random_page_cost 1.1, as for SSDs: at the default 4 the
     planner scanned a whole histogram table for a week of days, 10x slower)."""
@@ -132,52 +123,104 @@ def reading() -> Iterator[None]:
         yield
 
 
-def _rows(queries: list[QuerySet]) -> list[tuple]:
-    """The rows of values_list queries of the same columns, in one statement (UNION ALL), as
-    the database gives them: tens of thousands of tuples of ints and short strings, which
-    Django's per-value converters would add up to a third of the read to (the sums are cast
-    to bigint in SQL, so they arrive as ints)."""
-    parts = [query.query.sql_with_params() for query in queries]
-    with connection.cursor() as cursor:
-        cursor.execute(" UNION ALL ".join(sql for sql, _ in parts), [p for _, params in parts for p in params])
-        return cursor.fetchall()
+MAX_LISTED = 500  # series ids written into a read; more are selected by a subquery
+
+
+@dataclass(frozen=True, slots=True)
+class _Grouped:
+    """One statement over a rollup table: for each block, the rows of the chosen series
+    grouped by `keys` (column names; "start" comes back as epoch seconds), `columns` of
+    each group, all blocks as one UNION ALL. Written out rather than built by the ORM: the
+    start is grouped as a timestamp and turned into seconds per group, not per row
+    (PostgreSQL's EXTRACT is a numeric, costly for each of a week's 70,000 histogram rows),
+    and rows arrive as plain tuples, without Django's per-value converters."""
+
+    table: str
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    def rows(self, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q) -> list[tuple]:
+        quote = connection.ops.quote_name
+        postgres = connection.vendor == "postgresql"
+        if len(ids) <= MAX_LISTED:
+            within, within_params = ", ".join(["%s"] * len(ids)), list(ids)
+        else:
+            within, within_params = MetricSeries.objects.filter(chosen).values("id").query.sql_with_params()
+        keys = [quote(key) for key in self.keys]
+        if "start" in self.keys and not postgres:
+            keys[self.keys.index("start")] = f"CAST(strftime('%%s', {quote('start')}) AS INTEGER)"
+        selected = ", ".join(f"{column} AS c{n}" for n, column in enumerate([*keys, *self.columns]))
+        parts, params = [], []
+        for resolution, first, last in blocks:
+            parts.append(
+                f"SELECT {selected} FROM {quote(self.table)} WHERE {quote('series_id')} IN ({within}) "
+                f"AND {quote('resolution')} = %s AND {quote('start')} >= %s AND {quote('start')} < %s "
+                f"GROUP BY {', '.join(keys)}"
+            )
+            adapt = connection.ops.adapt_datetimefield_value
+            params += [*within_params, resolution, adapt(first), adapt(last)]
+        sql = " UNION ALL ".join(parts)
+        if "start" in self.keys and postgres:
+            at = self.keys.index("start")
+            outer = [f"c{n}" for n in range(len(keys) + len(self.columns))]
+            outer[at] = f"EXTRACT(EPOCH FROM c{at})::bigint"
+            sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS grouped"
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+
+def _sums(keys: tuple[str, ...]) -> _Grouped:
+    quote = connection.ops.quote_name
+    # PostgreSQL sums bigints as numeric: cast back, to read ints.
+    return _Grouped(MetricRollup._meta.db_table, keys, tuple(f"CAST(SUM({quote(name)}) AS BIGINT)" for name in SUMS))
+
+
+def _buckets(keys: tuple[str, ...]) -> _Grouped:
+    # A group's buckets and counts as two lists, in the order its rows were read (the two
+    # pair up): PostgreSQL's arrays arrive as lists, SQLite's JSON arrays as text.
+    listed = "array_agg" if connection.vendor == "postgresql" else "json_group_array"
+    quote = connection.ops.quote_name
+    columns = (f"{listed}({quote('bucket')})", f"{listed}({quote('count')})")
+    return _Grouped(MetricHistogram._meta.db_table, (*keys, "metric"), columns)
 
 
 def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
     """One Tally per value of `group` (a series field, or "start" with a step: then keyed by
-    epoch seconds) over the window. A plain Q reads the series of cube 0 it selects."""
-    selected = where.where(group) if isinstance(where, Scope) else where & Q(series__cube=0)
-    keys = [group] if group else []
-    annotations: dict[str, Any] = {}
-    if group == "start":
-        keys, annotations = ["at"], {"at": Epoch("start")}
+    epoch seconds) over the window. A plain Q selects series of cube 0.
+
+    The series are read first, then their rollups by series id: ranges of the series-first
+    indexes, with no join, grouped by series (or time) only."""
+    chosen = where.series(group) if isinstance(where, Scope) else where & Q(cube=0)
+    by_time = group == "start"
+    named = [] if by_time or group is None else [group]
+    series = {
+        row[0]: row[1:]
+        for row in MetricSeries.objects.filter(chosen).values_list("id", "status", "error_type", "cache_status", *named)
+    }
     found: dict[Any, Tally] = defaultdict(Tally)
+    if not series:
+        return found
+    answered = [id_ for id_, (status, *_) in series.items() if status == "ok"]
     blocks = _blocks(window, step=step)
-    width = len(keys)
     with reading():
-        rows = [
-            MetricRollup.objects.filter(block & selected)
-            .annotate(**annotations)
-            .values_list(*keys, "series__status", "series__error_type", "series__cache_status")
-            .annotate(**SUMMED)
-            .order_by()
-            for block in blocks
-        ]
-        for row in _rows(rows):
-            found[row[0] if width else None].add(row[width], row[width + 1], row[width + 2], row[width + 3 :])
-        buckets = [
-            MetricHistogram.objects.filter(block & selected & Q(series__status="ok"))
-            .annotate(**annotations)
-            .values_list(*keys, "metric", "bucket")
-            .annotate(n=_summed("count"))
-            .order_by()
-            for block in blocks
-        ]
-        for row in _rows(buckets):
-            *key, metric, bucket, n = row
-            tally = found[key[0] if key else None]
-            counts = tally.latency if metric == LATENCY else tally.ttft
-            counts[bucket] = counts.get(bucket, 0) + n  # not +=: Counter's __missing__ is Python
+        for row in _sums(("start", "series_id") if by_time else ("series_id",)).rows(blocks, list(series), chosen):
+            if by_time:
+                tally, values = found[row[0]], row[2:]
+                status, error_type, cache_status = series[row[1]]
+            else:
+                status, error_type, cache_status, *key = series[row[0]]
+                tally, values = found[key[0] if key else None], row[1:]
+            tally.add(status, error_type, cache_status, values)
+        if not answered:
+            return found
+        # Some 300 rows for a week of hourly points, not 70,000; lists of several series or
+        # blocks are merged in order when a percentile is read, not added up here.
+        keys = ("start",) if by_time else ("series_id",) if named else ()
+        for *key, metric, buckets, counts in _buckets(keys).rows(blocks, answered, chosen & Q(status="ok")):
+            tally = found[key[0] if by_time else series[key[0]][3] if key else None]
+            into = tally.latency if metric == LATENCY else tally.ttft
+            into.add(_listed(buckets), _listed(counts))
     return found
 
 
@@ -212,8 +255,8 @@ def cache_figures(tally: Tally) -> dict[str, Any]:
 def figures(tally: Tally, *, seconds: float | None = None) -> dict[str, Any]:
     sums, ok = tally.sums, tally.ok_sums
     requests, scored = sums["requests"], sums["quality_count"]
-    p50, p95, p99 = _ms(percentiles(tally.latency, (0.5, 0.95, 0.99)))
-    t50, t95 = _ms(percentiles(tally.ttft, (0.5, 0.95)))
+    p50, p95, p99 = _ms(tally.latency.percentiles((0.5, 0.95, 0.99)))
+    t50, t95 = _ms(tally.ttft.percentiles((0.5, 0.95)))
     found: dict[str, Any] = {"requests": requests}
     if seconds is not None:
         found["requests_per_s"] = round(requests / seconds, 4) if seconds else 0.0
@@ -260,7 +303,7 @@ def metrics_models(*, window: Window, where: Scope | Q) -> list[dict[str, Any]]:
     """One row per model named, busiest first."""
     rows = [
         {"model": model, **figures(tally, seconds=window.seconds)}
-        for model, tally in tallies(window, where, group="series__model").items()
+        for model, tally in tallies(window, where, group="model").items()
     ]
     rows.sort(key=lambda row: (-row["requests"], row["model"]))
     return rows
