@@ -142,32 +142,69 @@ class _Grouped:
     def rows(self, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q) -> list[tuple]:
         quote = connection.ops.quote_name
         postgres = connection.vendor == "postgresql"
-        if len(ids) <= MAX_LISTED:
-            within, within_params = ", ".join(["%s"] * len(ids)), list(ids)
-        else:
-            within, within_params = MetricSeries.objects.filter(chosen).values("id").query.sql_with_params()
         keys = [quote(key) for key in self.keys]
         if "start" in self.keys and not postgres:
             keys[self.keys.index("start")] = f"CAST(strftime('%%s', {quote('start')}) AS INTEGER)"
         selected = ", ".join(f"{column} AS c{n}" for n, column in enumerate([*keys, *self.columns]))
-        parts, params = [], []
-        for resolution, first, last in blocks:
-            parts.append(
-                f"SELECT {selected} FROM {quote(self.table)} WHERE {quote('series_id')} IN ({within}) "
-                f"AND {quote('resolution')} = %s AND {quote('start')} >= %s AND {quote('start')} < %s "
-                f"GROUP BY {', '.join(keys)}"
-            )
-            adapt = connection.ops.adapt_datetimefield_value
-            params += [*within_params, resolution, adapt(first), adapt(last)]
-        sql = " UNION ALL ".join(parts)
+        sql, params = _each_block(
+            f"SELECT {selected} FROM {quote(self.table)} WHERE {{where}} GROUP BY {', '.join(keys)}",
+            "",
+            blocks,
+            ids,
+            chosen,
+        )
         if "start" in self.keys and postgres:
             at = self.keys.index("start")
             outer = [f"c{n}" for n in range(len(keys) + len(self.columns))]
             outer[at] = f"EXTRACT(EPOCH FROM c{at})::bigint"
             sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS grouped"
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+        return _fetched(sql, params)
+
+
+def _each_block(
+    template: str, alias: str, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q
+) -> tuple[str, list]:
+    """`template` (a SELECT with a {where} to fill) once per block, as one UNION ALL: the
+    rows of the chosen series (`alias.` the rollup table's name in it) in the block."""
+    quote = connection.ops.quote_name
+    if len(ids) <= MAX_LISTED:
+        within, within_params = ", ".join(["%s"] * len(ids)), list(ids)
+    else:
+        within, within_params = MetricSeries.objects.filter(chosen).values("id").query.sql_with_params()
+    where = template.format(
+        where=f"{alias}{quote('series_id')} IN ({within}) AND {alias}{quote('resolution')} = %s "
+        f"AND {alias}{quote('start')} >= %s AND {alias}{quote('start')} < %s"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [p for size, first, last in blocks for p in (*within_params, size, adapt(first), adapt(last))]
+    return " UNION ALL ".join([where] * len(blocks)), params
+
+
+def _fetched(sql: str, params: list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _buckets_by(name: str, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q) -> list[tuple]:
+    """Per value of the series field `name` and metric, the buckets and their counts summed
+    over its series and the blocks (a table per model adds up hundreds of series: added up
+    in SQL, not in Python)."""
+    quote = connection.ops.quote_name
+    listed = "array_agg" if connection.vendor == "postgresql" else "json_group_array"
+    field = quote(MetricSeries._meta.get_field(name).column)
+    inner, params = _each_block(
+        f"SELECT s.{field} AS k, h.{quote('metric')} AS m, h.{quote('bucket')} AS b, "
+        f"CAST(SUM(h.{quote('count')}) AS BIGINT) AS n "
+        f"FROM {quote(MetricHistogram._meta.db_table)} h JOIN {quote(MetricSeries._meta.db_table)} s "
+        f"ON s.{quote('id')} = h.{quote('series_id')} WHERE {{where}} GROUP BY s.{field}, h.{quote('metric')}, "
+        f"h.{quote('bucket')}",
+        "h.",
+        blocks,
+        ids,
+        chosen,
+    )
+    return _fetched(f"SELECT k, m, {listed}(b), {listed}(n) FROM ({inner}) AS summed GROUP BY k, m", params)
 
 
 def _sums(keys: tuple[str, ...]) -> _Grouped:
@@ -216,9 +253,13 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
             return found
         # Some 300 rows for a week of hourly points, not 70,000; lists of several series or
         # blocks are merged in order when a percentile is read, not added up here.
-        keys = ("start",) if by_time else ("series_id",) if named else ()
-        for *key, metric, buckets, counts in _buckets(keys).rows(blocks, answered, chosen & Q(status="ok")):
-            tally = found[key[0] if by_time else series[key[0]][3] if key else None]
+        ok = chosen & Q(status="ok")
+        if named:
+            rows = _buckets_by(named[0], blocks, answered, ok)
+        else:
+            rows = _buckets(("start",) if by_time else ()).rows(blocks, answered, ok)
+        for *key, metric, buckets, counts in rows:
+            tally = found[key[0] if key else None]
             into = tally.latency if metric == LATENCY else tally.ttft
             into.add(_listed(buckets), _listed(counts))
     return found

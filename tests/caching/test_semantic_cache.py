@@ -26,6 +26,13 @@ pytestmark = [
 URL = "/v1/chat/completions"
 
 
+@pytest.fixture(autouse=True)
+def patient_embedder(settings):
+    # These tests are about what is found, not how fast: on a loaded machine an embedding
+    # can take longer than the 2 s after which a request stops waiting for it (a miss).
+    settings.LLMOPS_EMBED_TIMEOUT_S = 30.0
+
+
 def ask(text: str) -> dict:
     return {
         "model": "sim-small",

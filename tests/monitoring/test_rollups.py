@@ -271,3 +271,25 @@ def test_each_cube_adds_up_to_what_every_dimension_holds(filters, api_key_id, cu
     assert metrics_summary(window=window, where=scope) == metrics_summary(window=window, where=every)
     assert metrics_models(window=window, where=scope) == metrics_models(window=window, where=every)
     assert metrics_timeseries(window=window, where=scope) == metrics_timeseries(window=window, where=every)
+
+
+def test_reads_of_many_series_select_them_by_a_subquery_with_the_same_figures(monkeypatch):
+    from monitoring import figures
+
+    made = rows(1500, seed=12)
+    for n, row in enumerate(made):
+        row["prompt"] = f"p{n % 40}@1"  # 40 prompts: cube 0 holds hundreds of series
+    record(made)
+    window = Window(start=NOW - timedelta(hours=31), end=NOW + timedelta(minutes=1))
+    every = Q(provider="simulated")
+    assert MetricSeries.objects.filter(every, cube=0).count() > 100
+    listed = (
+        metrics_summary(window=window, where=every),
+        metrics_models(window=window, where=every),
+        metrics_timeseries(window=window, where=every),
+    )
+    monkeypatch.setattr(figures, "MAX_LISTED", 10)
+    assert listed[0]["requests"] == 1500
+    assert metrics_summary(window=window, where=every) == listed[0]
+    assert metrics_models(window=window, where=every) == listed[1]
+    assert metrics_timeseries(window=window, where=every) == listed[2]
