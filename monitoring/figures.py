@@ -19,7 +19,7 @@ from django.db.models import Q
 from monitoring.buckets import BucketCounts
 from monitoring.models import MetricHistogram, MetricRollup, MetricSeries
 from monitoring.rollups import COST_UNITS, CUBES, LATENCY, SUMS
-from monitoring.windows import Window, window_blocks, window_step
+from monitoring.windows import Block, Window, window_blocks, window_step
 
 FILTERS = ("model", "route", "prompt", "provider", "api_key")  # what callers may narrow by
 LOOKED_UP = ("hit", "semantic_hit", "miss")  # cache results that were lookups (not bypass)
@@ -93,7 +93,7 @@ def _listed(value: list[int] | str) -> list[int]:
     return value if isinstance(value, list) else json.loads(value)
 
 
-def _blocks(window: Window, *, step: int | None = None) -> list[tuple[int, datetime, datetime]]:
+def _blocks(window: Window, *, step: int | None = None) -> list[Block]:
     """The rollups a window adds up: (resolution, first start, end) ranges, each read on its
     own as a range of the series-first indexes."""
     if step is not None:
@@ -126,44 +126,33 @@ def reading() -> Iterator[None]:
 MAX_LISTED = 500  # series ids written into a read; more are selected by a subquery
 
 
-@dataclass(frozen=True, slots=True)
-class _Grouped:
-    """One statement over a rollup table: for each block, the rows of the chosen series
-    grouped by `keys` (column names; "start" comes back as epoch seconds), `columns` of
-    each group, all blocks as one UNION ALL. Written out rather than built by the ORM: the
-    start is grouped as a timestamp and turned into seconds per group, not per row
-    (PostgreSQL's EXTRACT is a numeric, costly for each of a week's 70,000 histogram rows),
-    and rows arrive as plain tuples, without Django's per-value converters."""
-
-    table: str
-    keys: tuple[str, ...]
-    columns: tuple[str, ...]
-
-    def rows(self, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q) -> list[tuple]:
-        quote = connection.ops.quote_name
-        postgres = connection.vendor == "postgresql"
-        keys = [quote(key) for key in self.keys]
-        if "start" in self.keys and not postgres:
-            keys[self.keys.index("start")] = f"CAST(strftime('%%s', {quote('start')}) AS INTEGER)"
-        selected = ", ".join(f"{column} AS c{n}" for n, column in enumerate([*keys, *self.columns]))
-        sql, params = _each_block(
-            f"SELECT {selected} FROM {quote(self.table)} WHERE {{where}} GROUP BY {', '.join(keys)}",
-            "",
-            blocks,
-            ids,
-            chosen,
-        )
-        if "start" in self.keys and postgres:
-            at = self.keys.index("start")
-            outer = [f"c{n}" for n in range(len(keys) + len(self.columns))]
-            outer[at] = f"EXTRACT(EPOCH FROM c{at})::bigint"
-            sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS grouped"
-        return _fetched(sql, params)
+def _grouped(
+    table: str, keys: tuple[str, ...], columns: list[str], blocks: list[Block], ids: list[int], chosen: Q
+) -> list[tuple]:
+    """For each block, the rows of the chosen series in `table` grouped by `keys` (column
+    names; "start" comes back as epoch seconds), `columns` of each group: one UNION ALL.
+    Written out rather than built by the ORM: the start is grouped as a timestamp and turned
+    into seconds per group, not per row (PostgreSQL's EXTRACT is a numeric, costly for each
+    of a week's 70,000 histogram rows), and rows arrive as plain tuples, without Django's
+    per-value converters."""
+    quote = connection.ops.quote_name
+    postgres = connection.vendor == "postgresql"
+    grouped = [quote(key) for key in keys]
+    at = keys.index("start") if "start" in keys else None
+    if at is not None and not postgres:
+        grouped[at] = f"CAST(strftime('%%s', {quote('start')}) AS INTEGER)"
+    selected = ", ".join(f"{column} AS c{n}" for n, column in enumerate([*grouped, *columns]))
+    sql, params = _each_block(
+        f"SELECT {selected} FROM {quote(table)} WHERE {{where}} GROUP BY {', '.join(grouped)}", "", blocks, ids, chosen
+    )
+    if at is not None and postgres:
+        outer = [f"c{n}" for n in range(len(grouped) + len(columns))]
+        outer[at] = f"EXTRACT(EPOCH FROM c{at})::bigint"
+        sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS grouped"
+    return _fetched(sql, params)
 
 
-def _each_block(
-    template: str, alias: str, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q
-) -> tuple[str, list]:
+def _each_block(template: str, alias: str, blocks: list[Block], ids: list[int], chosen: Q) -> tuple[str, list]:
     """`template` (a SELECT with a {where} to fill) once per block, as one UNION ALL: the
     rows of the chosen series (`alias.` the rollup table's name in it) in the block."""
     quote = connection.ops.quote_name
@@ -186,12 +175,11 @@ def _fetched(sql: str, params: list) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _buckets_by(name: str, blocks: list[tuple[int, datetime, datetime]], ids: list[int], chosen: Q) -> list[tuple]:
+def _buckets_by(name: str, blocks: list[Block], ids: list[int], chosen: Q) -> list[tuple]:
     """Per value of the series field `name` and metric, the buckets and their counts summed
     over its series and the blocks (a table per model adds up hundreds of series: added up
     in SQL, not in Python)."""
     quote = connection.ops.quote_name
-    listed = "array_agg" if connection.vendor == "postgresql" else "json_group_array"
     field = quote(MetricSeries._meta.get_field(name).column)
     inner, params = _each_block(
         f"SELECT s.{field} AS k, h.{quote('metric')} AS m, h.{quote('bucket')} AS b, "
@@ -204,22 +192,14 @@ def _buckets_by(name: str, blocks: list[tuple[int, datetime, datetime]], ids: li
         ids,
         chosen,
     )
-    return _fetched(f"SELECT k, m, {listed}(b), {listed}(n) FROM ({inner}) AS summed GROUP BY k, m", params)
+    return _fetched(f"SELECT k, m, {_list_of('b')}, {_list_of('n')} FROM ({inner}) AS summed GROUP BY k, m", params)
 
 
-def _sums(keys: tuple[str, ...]) -> _Grouped:
-    quote = connection.ops.quote_name
-    # PostgreSQL sums bigints as numeric: cast back, to read ints.
-    return _Grouped(MetricRollup._meta.db_table, keys, tuple(f"CAST(SUM({quote(name)}) AS BIGINT)" for name in SUMS))
-
-
-def _buckets(keys: tuple[str, ...]) -> _Grouped:
-    # A group's buckets and counts as two lists, in the order its rows were read (the two
-    # pair up): PostgreSQL's arrays arrive as lists, SQLite's JSON arrays as text.
-    listed = "array_agg" if connection.vendor == "postgresql" else "json_group_array"
-    quote = connection.ops.quote_name
-    columns = (f"{listed}({quote('bucket')})", f"{listed}({quote('count')})")
-    return _Grouped(MetricHistogram._meta.db_table, (*keys, "metric"), columns)
+def _list_of(column: str) -> str:
+    # A group's values as a list, in the order its rows were read (two over the same rows
+    # pair up): PostgreSQL's arrays arrive as lists, SQLite's JSON arrays as text (_listed).
+    function = "array_agg" if connection.vendor == "postgresql" else "json_group_array"
+    return f"{function}({column})"
 
 
 def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
@@ -241,7 +221,11 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
     answered = [id_ for id_, (status, *_) in series.items() if status == "ok"]
     blocks = _blocks(window, step=step)
     with reading():
-        for row in _sums(("start", "series_id") if by_time else ("series_id",)).rows(blocks, list(series), chosen):
+        quote = connection.ops.quote_name
+        # PostgreSQL sums bigints as numeric: cast back, to read ints.
+        sums = [f"CAST(SUM({quote(name)}) AS BIGINT)" for name in SUMS]
+        keys = ("start", "series_id") if by_time else ("series_id",)
+        for row in _grouped(MetricRollup._meta.db_table, keys, sums, blocks, list(series), chosen):
             if by_time:
                 tally, values = found[row[0]], row[2:]
                 status, error_type, cache_status = series[row[1]]
@@ -257,7 +241,9 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
         if named:
             rows = _buckets_by(named[0], blocks, answered, ok)
         else:
-            rows = _buckets(("start",) if by_time else ()).rows(blocks, answered, ok)
+            listed = [_list_of(quote("bucket")), _list_of(quote("count"))]
+            keys = ("start", "metric") if by_time else ("metric",)
+            rows = _grouped(MetricHistogram._meta.db_table, keys, listed, blocks, answered, ok)
         for *key, metric, buckets, counts in rows:
             tally = found[key[0] if key else None]
             into = tally.latency if metric == LATENCY else tally.ttft
