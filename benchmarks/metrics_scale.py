@@ -4,8 +4,8 @@ against the raw QueryMetric rows, on the database DATABASE_URL names.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/llmops_bench \\
         .venv/bin/python -m benchmarks.metrics_scale [--rows 1000000,10000000] [--tiny]
 
-It DELETES every row of the metric tables (QueryMetric, MetricSeries, MetricRollup,
-MetricHistogram) of that database: it refuses unless the database's name contains "bench"
+It DELETES every row of the metric tables (QueryMetric, MetricSeries, MetricRollup)
+of that database: it refuses unless the database's name contains "bench"
 or --yes is given. Without --tiny it needs PostgreSQL, and says so and exits 0 elsewhere
 (`make bench` on the embedded SQLite default); --tiny (20,000 rows, a few runs) runs on any
 database, SQLite included, as a quick check.
@@ -451,9 +451,9 @@ class FillTimes:
 
 
 def metric_tables() -> list[str]:
-    from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+    from monitoring.models import MetricRollup, MetricSeries, QueryMetric
 
-    return [model._meta.db_table for model in (QueryMetric, MetricHistogram, MetricRollup, MetricSeries)]
+    return [model._meta.db_table for model in (QueryMetric, MetricRollup, MetricSeries)]
 
 
 def tables_empty() -> None:
@@ -634,7 +634,7 @@ def api_keys() -> list[int]:
 def storage_lines() -> list[str]:
     from django.db import connection
 
-    from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+    from monitoring.models import MetricRollup, MetricSeries, QueryMetric
 
     postgres = connection.vendor == "postgresql"
 
@@ -656,7 +656,6 @@ def storage_lines() -> list[str]:
         f"stored: {raw:,} QueryMetric rows{size(QueryMetric)}; "
         f"{MetricSeries.objects.count():,} series{size(MetricSeries)}",
         f"        MetricRollup rows minute / hour / day {per_resolution(MetricRollup)}{size(MetricRollup)}",
-        f"        MetricHistogram rows minute / hour / day {per_resolution(MetricHistogram)}{size(MetricHistogram)}",
     ]
 
 
@@ -984,7 +983,7 @@ def writes(workload: Workload, args: argparse.Namespace) -> Writes:
     from django.test.utils import override_settings
 
     from monitoring import recorder
-    from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+    from monitoring.models import MetricRollup, MetricSeries, QueryMetric
 
     size = settings.LLMOPS_METRICS_BATCH_SIZE
     rounds = 5 if args.write_rows >= 5 * size else 1
@@ -1034,8 +1033,7 @@ def writes(workload: Workload, args: argparse.Namespace) -> Writes:
     # Take the written rows and their series away again: the filled data stays as it was.
     since = connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(earliest, UTC))
     with connection.cursor() as cursor:
-        for model in (MetricHistogram, MetricRollup):
-            cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE start >= %s", [since])
+        cursor.execute(f"DELETE FROM {MetricRollup._meta.db_table} WHERE start >= %s", [since])
         for model in (MetricSeries, QueryMetric):
             cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE endpoint = %s", [WRITE_ENDPOINT])
     return Writes(rows[True] / spent[True], rows[False] / spent[False], size,

@@ -59,28 +59,81 @@ def percentiles(counts: Mapping[int, int], shares: Iterable[float]) -> list[floa
     return _ranked([b for b, _ in ordered], [n for _, n in ordered], list(shares))
 
 
-class BucketCounts:
-    """Bucket counts as a read gives them: a list of buckets and a list of their counts per
-    part (a block of rollups, a series), added in any order. A percentile reads them as they
-    are when they came in ascending order (one part, read in index order), else from their
-    sums per bucket (a week of hourly points is 70,000 counts: a dict per point, added to
-    count by count, cost more than the database's read)."""
+# A histogram is stored packed: one flat list [bucket, count, bucket, count, ...] in ascending
+# bucket order, buckets with no count left out (a rollup row's latency and ttft columns;
+# None for none). Rows add up by merging their lists (packed_add, and the same in SQL).
 
-    __slots__ = ("buckets", "counts")
+
+def packed(counts: Mapping[int, int]) -> list[int] | None:
+    """`counts` (bucket -> count) packed, or None when nothing was counted."""
+    found = [value for item in sorted(counts.items()) if item[1] for value in item]
+    return found or None
+
+
+def unpacked(packed_counts: Sequence[int] | None) -> dict[int, int]:
+    if not packed_counts:
+        return {}
+    return dict(zip(packed_counts[::2], packed_counts[1::2], strict=True))
+
+
+def packed_add(one: Sequence[int] | None, other: Sequence[int] | None) -> list[int] | None:
+    """Two packed histograms added up, packed."""
+    if not one:
+        return list(other) if other else None
+    if not other:
+        return list(one)
+    counts = unpacked(one)
+    for bucket, n in zip(other[::2], other[1::2], strict=True):
+        counts[bucket] = counts.get(bucket, 0) + n
+    return packed(counts)
+
+
+# PostgreSQL's packed_add, for the rollups' upsert (created by migration 0012; the SQLite
+# connection gets packed_add itself, monitoring.apps).
+PACKED_ADD = "llmops_packed_add"
+PACKED_ADD_SQL = f"""
+CREATE OR REPLACE FUNCTION {PACKED_ADD}(one bigint[], other bigint[]) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN one IS NULL THEN other WHEN other IS NULL THEN one ELSE (
+    SELECT array_agg(value ORDER BY bucket, part)
+    FROM (
+      SELECT bucket, SUM(n)::bigint AS n FROM (
+        SELECT one[i] AS bucket, one[i + 1] AS n FROM generate_series(1, cardinality(one), 2) AS i
+        UNION ALL
+        SELECT other[i], other[i + 1] FROM generate_series(1, cardinality(other), 2) AS i
+      ) AS pairs GROUP BY bucket
+    ) AS summed
+    CROSS JOIN LATERAL (VALUES (0, summed.bucket), (1, summed.n)) AS flat(part, value)
+  ) END
+$$"""
+
+
+class BucketCounts:
+    """Bucket counts as reads give them, added in any order: packed histograms (a rollup row's)
+    or a list of buckets with a list of their counts (summed in SQL). A percentile reads the
+    one part as it is when there is one in bucket order (a point of a time series read from
+    one series), else the sums per bucket of them all."""
+
+    __slots__ = ("parts",)
 
     def __init__(self) -> None:
-        self.buckets: list[int] = []
-        self.counts: list[int] = []
+        self.parts: list[tuple[Sequence[int], Sequence[int]]] = []
 
-    def add(self, buckets: list[int], counts: list[int]) -> None:
-        self.buckets += buckets
-        self.counts += counts
+    def add(self, packed_counts: Sequence[int] | None) -> None:
+        if packed_counts:
+            self.parts.append((packed_counts[::2], packed_counts[1::2]))
+
+    def add_lists(self, buckets: Sequence[int], counts: Sequence[int]) -> None:
+        self.parts.append((buckets, counts))
 
     def percentiles(self, shares: Iterable[float]) -> list[float | None]:
-        buckets, counts = self.buckets, self.counts
-        if sorted(buckets) == buckets:  # linear, in C
-            return _ranked(buckets, counts, list(shares))
+        parts = self.parts
+        if not parts:
+            return [None for _ in shares]
+        if len(parts) == 1 and sorted(parts[0][0]) == list(parts[0][0]):  # linear, in C
+            return _ranked(*parts[0], list(shares))
         dense = [0] * (TOP + 1)
-        for bucket, n in zip(buckets, counts, strict=True):
-            dense[bucket] += n
+        for buckets, counts in parts:
+            for bucket, n in zip(buckets, counts, strict=True):
+                dense[bucket] += n
         return _ranked(range(TOP + 1), dense, list(shares))

@@ -17,14 +17,15 @@ from django.db import connection, transaction
 from django.db.models import Q
 
 from monitoring.buckets import BucketCounts
-from monitoring.models import MetricHistogram, MetricRollup, MetricSeries
-from monitoring.rollups import COST_UNITS, CUBES, LATENCY, SUMS
+from monitoring.models import MetricRollup, MetricSeries
+from monitoring.rollups import COST_UNITS, CUBES, SUMS
 from monitoring.windows import Block, Window, window_blocks, window_step
 
 FILTERS = ("model", "route", "prompt", "provider", "api_key")  # what callers may narrow by
 LOOKED_UP = ("hit", "semantic_hit", "miss")  # cache results that were lookups (not bypass)
 CENT_MILLIONTHS = Decimal("0.0000000001")
 READ_WORK_MEM = "64MB"  # PostgreSQL's memory for one read's hash aggregates
+LATENCY, TTFT = MetricRollup.Metric.LATENCY.value, MetricRollup.Metric.TTFT.value
 
 
 @dataclass(slots=True)
@@ -127,14 +128,13 @@ MAX_LISTED = 500  # series ids written into a read; more are selected by a subqu
 
 
 def _grouped(
-    table: str, keys: tuple[str, ...], columns: list[str], blocks: list[Block], ids: list[int], chosen: Q
+    keys: tuple[str, ...], columns: list[str], blocks: list[Block], ids: list[int], chosen: Q, *, group: bool = True
 ) -> list[tuple]:
-    """For each block, the rows of the chosen series in `table` grouped by `keys` (column
-    names; "start" comes back as epoch seconds), `columns` of each group: one UNION ALL.
-    Written out rather than built by the ORM: the start is grouped as a timestamp and turned
-    into seconds per group, not per row (PostgreSQL's EXTRACT is a numeric, costly for each
-    of a week's 70,000 histogram rows), and rows arrive as plain tuples, without Django's
-    per-value converters."""
+    """For each block, the rollups of the chosen series grouped by `keys` (column names;
+    "start" comes back as epoch seconds), `columns` of each group (or, not grouped, of each
+    row): one UNION ALL. Written out rather than built by the ORM: the start is grouped as a
+    timestamp and turned into seconds per group, not per row (PostgreSQL's EXTRACT is a
+    numeric), and rows arrive as plain tuples, without Django's per-value converters."""
     quote = connection.ops.quote_name
     postgres = connection.vendor == "postgresql"
     grouped = [quote(key) for key in keys]
@@ -142,9 +142,9 @@ def _grouped(
     if at is not None and not postgres:
         grouped[at] = f"CAST(strftime('%%s', {quote('start')}) AS INTEGER)"
     selected = ", ".join(f"{column} AS c{n}" for n, column in enumerate([*grouped, *columns]))
-    sql, params = _each_block(
-        f"SELECT {selected} FROM {quote(table)} WHERE {{where}} GROUP BY {', '.join(grouped)}", "", blocks, ids, chosen
-    )
+    grouping = f" GROUP BY {', '.join(grouped)}" if group else ""
+    table = quote(MetricRollup._meta.db_table)
+    sql, params = _each_block(f"SELECT {selected} FROM {table} WHERE {{where}}{grouping}", "", blocks, ids, chosen)
     if at is not None and postgres:
         outer = [f"c{n}" for n in range(len(grouped) + len(columns))]
         outer[at] = f"EXTRACT(EPOCH FROM c{at})::bigint"
@@ -165,7 +165,13 @@ def _each_block(template: str, alias: str, blocks: list[Block], ids: list[int], 
         f"AND {alias}{quote('start')} >= %s AND {alias}{quote('start')} < %s"
     )
     adapt = connection.ops.adapt_datetimefield_value
-    params = [p for size, first, last in blocks for p in (*within_params, size, adapt(first), adapt(last))]
+    repeats = template.count("{where}")  # each with its own parameters
+    params = [
+        p
+        for size, first, last in blocks
+        for _ in range(repeats)
+        for p in (*within_params, size, adapt(first), adapt(last))
+    ]
     return " UNION ALL ".join([where] * len(blocks)), params
 
 
@@ -178,21 +184,30 @@ def _fetched(sql: str, params: list) -> list[tuple]:
 def _buckets_by(name: str, blocks: list[Block], ids: list[int], chosen: Q) -> list[tuple]:
     """Per value of the series field `name` and metric, the buckets and their counts summed
     over its series and the blocks (a table per model adds up hundreds of series: added up
-    in SQL, not in Python)."""
+    in SQL, not in Python): the packed histograms unpacked into (bucket, count) rows."""
     quote = connection.ops.quote_name
     field = quote(MetricSeries._meta.get_field(name).column)
-    inner, params = _each_block(
-        f"SELECT s.{field} AS k, h.{quote('metric')} AS m, h.{quote('bucket')} AS b, "
-        f"CAST(SUM(h.{quote('count')}) AS BIGINT) AS n "
-        f"FROM {quote(MetricHistogram._meta.db_table)} h JOIN {quote(MetricSeries._meta.db_table)} s "
-        f"ON s.{quote('id')} = h.{quote('series_id')} WHERE {{where}} GROUP BY s.{field}, h.{quote('metric')}, "
-        f"h.{quote('bucket')}",
-        "h.",
-        blocks,
-        ids,
-        chosen,
+    joined = (
+        f"{quote(MetricRollup._meta.db_table)} h JOIN {quote(MetricSeries._meta.db_table)} s "
+        f"ON s.{quote('id')} = h.{quote('series_id')}"
     )
-    return _fetched(f"SELECT k, m, {_list_of('b')}, {_list_of('n')} FROM ({inner}) AS summed GROUP BY k, m", params)
+    if connection.vendor == "postgresql":
+        template = (
+            f"SELECT s.{field} AS k, v.m AS m, v.p[i] AS b, v.p[i + 1] AS n FROM {joined} "
+            f"CROSS JOIN LATERAL (VALUES ({LATENCY}, h.latency), ({TTFT}, h.ttft)) AS v(m, p) "
+            "CROSS JOIN LATERAL generate_series(1, cardinality(v.p), 2) AS i WHERE {where}"
+        )
+    else:
+        # A JSON array's elements in order, each count the element after its bucket.
+        template = " UNION ALL ".join(
+            f"SELECT k, m, b, n FROM (SELECT s.{field} AS k, {metric} AS m, e.key AS at, e.value AS b, "
+            f"lead(e.value) OVER (PARTITION BY h.{quote('id')} ORDER BY e.key) AS n "
+            f"FROM {joined}, json_each(h.{quote(column)}) AS e WHERE {{where}}) AS e WHERE at % 2 = 0"
+            for metric, column in ((LATENCY, "latency"), (TTFT, "ttft"))
+        )
+    pairs, params = _each_block(template, "h.", blocks, ids, chosen)
+    summed = f"SELECT k, m, b, CAST(SUM(n) AS BIGINT) AS n FROM ({pairs}) AS pairs GROUP BY k, m, b"
+    return _fetched(f"SELECT k, m, {_list_of('b')}, {_list_of('n')} FROM ({summed}) AS summed GROUP BY k, m", params)
 
 
 def _list_of(column: str) -> str:
@@ -225,7 +240,7 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
         # PostgreSQL sums bigints as numeric: cast back, to read ints.
         sums = [f"CAST(SUM({quote(name)}) AS BIGINT)" for name in SUMS]
         keys = ("start", "series_id") if by_time else ("series_id",)
-        for row in _grouped(MetricRollup._meta.db_table, keys, sums, blocks, list(series), chosen):
+        for row in _grouped(keys, sums, blocks, list(series), chosen):
             if by_time:
                 tally, values = found[row[0]], row[2:]
                 status, error_type, cache_status = series[row[1]]
@@ -235,19 +250,21 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
             tally.add(status, error_type, cache_status, values)
         if not answered:
             return found
-        # Some 300 rows for a week of hourly points, not 70,000; lists of several series or
-        # blocks are merged in order when a percentile is read, not added up here.
         ok = chosen & Q(status="ok")
         if named:
-            rows = _buckets_by(named[0], blocks, answered, ok)
-        else:
-            listed = [_list_of(quote("bucket")), _list_of(quote("count"))]
-            keys = ("start", "metric") if by_time else ("metric",)
-            rows = _grouped(MetricHistogram._meta.db_table, keys, listed, blocks, answered, ok)
-        for *key, metric, buckets, counts in rows:
+            for key, metric, buckets, counts in _buckets_by(named[0], blocks, answered, ok):
+                tally = found[key]
+                (tally.latency if metric == LATENCY else tally.ttft).add_lists(_listed(buckets), _listed(counts))
+            return found
+        # The rows' packed histograms, a few hundred for a week of hourly points: added up
+        # when a percentile is read.
+        keys = ("start",) if by_time else ()
+        for *key, latency, ttft in _grouped(keys, [quote("latency"), quote("ttft")], blocks, answered, ok, group=False):
             tally = found[key[0] if key else None]
-            into = tally.latency if metric == LATENCY else tally.ttft
-            into.add(_listed(buckets), _listed(counts))
+            if latency:
+                tally.latency.add(_listed(latency))
+            if ttft:
+                tally.ttft.add(_listed(ttft))
     return found
 
 

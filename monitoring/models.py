@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -108,10 +110,38 @@ class MetricSeries(models.Model):
         return f"{self.model or '-'} {self.status} {self.cache_status}"
 
 
+class PackedCountsField(models.Field):
+    """A histogram's bucket counts packed as one flat list [bucket, count, ...] in bucket order
+    (monitoring.buckets): bigint[] on PostgreSQL, a JSON array on SQLite."""
+
+    description = "Packed histogram bucket counts"
+
+    def db_type(self, connection) -> str:
+        return "bigint[]" if connection.vendor == "postgresql" else "text"
+
+    def from_db_value(self, value, expression, connection):
+        return json.loads(value) if isinstance(value, str) else value
+
+    def to_python(self, value):
+        return json.loads(value) if isinstance(value, str) else value
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        if value is None:
+            return None
+        value = [int(n) for n in value]
+        return value if connection.vendor == "postgresql" else json.dumps(value, separators=(",", ":"))
+
+
 class MetricRollup(models.Model):
-    """Sums of one series' requests over one minute, hour or day. Only integers, so the sums
-    are the same on every database: costs in 1e-10 dollars (the precision costs are kept
-    with), latencies in microseconds, quality scores in millionths."""
+    """Sums of one series' requests over one minute, hour or day, and the latency and time to
+    first token histograms of them in fixed logarithmic buckets (a percentile over any window
+    adds up the histograms of its rows). Only integers, so the sums are the
+    same on every database: costs in 1e-10 dollars (the precision costs are kept with),
+    latencies in microseconds, quality scores in millionths."""
+
+    class Metric(models.IntegerChoices):
+        LATENCY = 1, "latency"
+        TTFT = 2, "time to first token"
 
     class Resolution(models.IntegerChoices):
         MINUTE = 60, "minute"
@@ -135,6 +165,8 @@ class MetricRollup(models.Model):
     quality_micros = models.BigIntegerField(default=0, help_text="Sum of check scores, in millionths")
     cascades = models.BigIntegerField(default=0, help_text="Requests answered by a cascade")
     escalations = models.BigIntegerField(default=0, help_text="Cascade requests that went past the first step")
+    latency = PackedCountsField(null=True, blank=True, editable=False, help_text="Latency histogram, packed")
+    ttft = PackedCountsField(null=True, blank=True, editable=False, help_text="Time to first token histogram, packed")
 
     class Meta:
         # Series first: a read picks its series, then takes each one's window as a range.
@@ -142,33 +174,6 @@ class MetricRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_resolution_display()} {self.start:%Y-%m-%d %H:%M} #{self.series_id}"
-
-
-class MetricHistogram(models.Model):
-    """How many of one series' requests fell in one logarithmic bucket of latency (or time
-    to first token) over one minute, hour or day. Percentiles over any window merge the
-    bucket counts of its rollups (monitoring.buckets)."""
-
-    class Metric(models.IntegerChoices):
-        LATENCY = 1, "latency"
-        TTFT = 2, "time to first token"
-
-    resolution = models.IntegerField(choices=MetricRollup.Resolution.choices)
-    start = models.DateTimeField()
-    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="+", db_index=False)
-    metric = models.SmallIntegerField(choices=Metric.choices)
-    bucket = models.SmallIntegerField()
-    count = models.BigIntegerField(default=0)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["series", "resolution", "start", "metric", "bucket"], name="metric_histogram_key"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.get_metric_display()} bucket {self.bucket} x{self.count}"
 
 
 class AlertMetric(models.TextChoices):

@@ -1,16 +1,16 @@
 """Rollups: the metric writer adds every batch of rows it writes to per-minute, per-hour and
-per-day sums and latency histograms (MetricRollup, MetricHistogram), in the same transaction,
-so that any window's figures are read from a few thousand rows whatever the traffic.
+per-day sums and latency histograms (MetricRollup), in the same transaction, so that any
+window's figures are read from a few thousand rows whatever the traffic.
 
-Each write is one upsert per table that adds to what is there (`ON CONFLICT ... DO UPDATE
-SET n = n + excluded.n`: on PostgreSQL one statement of unnested arrays, on SQLite one
-prepared statement run for every row), so several writers (server processes, Celery
-workers) add to the same rows safely."""
+Each write is one upsert that adds to what is there (`ON CONFLICT ... DO UPDATE SET n = n +
+excluded.n`, and the packed histograms merged by llmops_packed_add: on PostgreSQL one
+statement of unnested arrays, on SQLite one prepared statement run for every row), so
+several writers (server processes, Celery workers) add to the same rows safely."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,12 +19,10 @@ from typing import Any
 
 from django.db import connection
 
-from monitoring.buckets import bucket_of
-from monitoring.models import SERIES_DIMENSIONS, MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+from monitoring.buckets import PACKED_ADD, bucket_of, packed
+from monitoring.models import SERIES_DIMENSIONS, MetricRollup, MetricSeries, QueryMetric
 
 RESOLUTIONS = tuple(MetricRollup.Resolution.values)  # 60, 3600, 86400
-LATENCY = MetricHistogram.Metric.LATENCY.value
-TTFT = MetricHistogram.Metric.TTFT.value
 COST_UNITS = Decimal("1e10")  # rollup costs are integers of 1e-10 dollars
 SUMS = (
     "requests",
@@ -41,6 +39,7 @@ SUMS = (
     "cascades",
     "escalations",
 )
+HISTOGRAMS = ("latency", "ttft")  # packed, merged rather than added
 UNRESOLVED = "(unknown)"
 
 
@@ -93,22 +92,6 @@ def cube_keys(key: tuple) -> tuple[tuple, ...]:
     for cube, kept in _KEPT.items():
         found.append((cube, *(value if index in kept else _BLANK[index] for index, value in enumerate(key))))
     return tuple(found)
-
-
-# Histograms are read for successful requests whatever their cache result (a percentile of
-# every answer), except by the regression checks, which leave cache hits out of latency and
-# read the (model, route) cube: every other cube keeps one histogram series for all cache
-# results, a quarter of the rows to add up for a week of percentiles.
-HISTOGRAMS_BY_CACHE = frozenset({next(cube for cube, kept in CUBES.items() if kept == ("model", "route"))})
-_CACHE_AT = 1 + _POSITION["cache_status"]  # in a cube key, after the cube
-
-
-@lru_cache(maxsize=8192)
-def histogram_key(cube_key: tuple) -> tuple:
-    """The series a cube key's latency and TTFT buckets are counted in."""
-    if cube_key[0] in HISTOGRAMS_BY_CACHE:
-        return cube_key
-    return (*cube_key[:_CACHE_AT], _BLANK[_CACHE_AT - 1], *cube_key[_CACHE_AT + 1 :])
 
 
 def series_ids(keys: Iterable[tuple]) -> dict[tuple, int]:
@@ -193,6 +176,9 @@ def _values(row: dict[str, Any]) -> tuple[int, ...]:
     )
 
 
+Histograms = tuple[Counter, Counter]  # latency and TTFT: bucket -> requests
+
+
 def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
     """Add written metric rows (the fields of QueryMetric) to the rollups of their minute,
     hour and day, in every cube."""
@@ -201,7 +187,7 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
     # First each series' minutes, then those added up into hours, days and cubes: the work
     # past this loop is per series and minute, not per row.
     minutes: dict[tuple[tuple, int], list[int]] = {}
-    minute_counts: dict[tuple[tuple, int], Counter] = defaultdict(Counter)
+    minute_counts: dict[tuple[tuple, int], Histograms] = {}
     for row in rows:
         at = int(row["created_at"].timestamp())
         key = (series_key(row), at - at % 60)
@@ -209,89 +195,90 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
         total = minutes.get(key)
         if total is None:
             minutes[key] = list(values)
+            counted = minute_counts[key] = (Counter(), Counter())
         else:
             for index, value in enumerate(values):
                 total[index] += value
+            counted = minute_counts[key]
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
         if latency is not None:
-            minute_counts[key][(LATENCY, bucket_of(latency))] += 1
+            counted[0][bucket_of(latency)] += 1
         if ttft is not None:
-            minute_counts[key][(TTFT, bucket_of(ttft))] += 1
-    # Then each cube's minutes. Their hours and days are those minutes added up; where a batch
-    # holds one minute of a cube's series (the usual case: a batch spans seconds) they are that
-    # minute's own sums, shared rather than added again (never changed in place past here).
-    cube_minutes: dict[tuple[tuple, int], list[int]] = {}
-    cube_counts: dict[tuple[tuple, int], Counter] = {}
+            counted[1][bucket_of(ttft)] += 1
+    # Then each cube's minutes, and their hours and days: those minutes added up. Where a
+    # batch holds one minute of a cube's series (the usual case: a batch spans seconds) they
+    # are that minute's own sums, shared rather than added again (never changed in place
+    # past the first loop: what is added makes new ones).
+    cube_minutes: dict[tuple[tuple, int], tuple[list[int], Histograms]] = {}
     for (key, minute), total in minutes.items():
-        buckets = minute_counts.get((key, minute))
+        counted = minute_counts[(key, minute)]
         for cube in cube_keys(key):
             at = (cube, minute)
-            into = cube_minutes.get(at)
-            if into is None:
-                cube_minutes[at] = list(total)
-            else:
-                for index, value in enumerate(total):
-                    into[index] += value
-            if buckets:
-                have = cube_counts.get(at)
-                if have is None:
-                    cube_counts[at] = Counter(buckets)
-                else:
-                    have.update(buckets)
-    sums: dict[tuple[int, int, tuple], list[int]] = {}
-    counts: dict[tuple[int, int, tuple, int, int], int] = defaultdict(int)
-    for (cube, minute), total in cube_minutes.items():
-        buckets = cube_counts.get((cube, minute))
-        counted = histogram_key(cube)
+            have = cube_minutes.get(at)
+            cube_minutes[at] = (total, counted) if have is None else _sum(have, total, counted)
+    found: dict[tuple[int, int, tuple], tuple[list[int], Histograms]] = {}
+    for (cube, minute), (total, counted) in cube_minutes.items():
         for resolution in RESOLUTIONS:
-            start = minute - minute % resolution
-            at = (resolution, start, cube)
-            have = sums.get(at)
-            sums[at] = total if have is None else [a + b for a, b in zip(have, total, strict=True)]
-            for (metric, bucket), n in buckets.items() if buckets else ():
-                counts[(resolution, start, counted, metric, bucket)] += n
-    ids = series_ids({cube for _, _, cube in sums} | {key for _, _, key, _, _ in counts})
-    # In key order (the unique indexes' own), so that two writers adding to the same rows take
+            at = (resolution, minute - minute % resolution, cube)
+            have = found.get(at)
+            found[at] = (total, counted) if have is None else _sum(have, total, counted)
+    ids = series_ids({cube for _, _, cube in found})
+    packs: dict[int, list[int] | None] = {}  # by id(): a shared Counter is packed once
+
+    def packed_once(counts: Counter) -> list[int] | None:
+        done = packs.get(id(counts), False)
+        if done is False:
+            done = packs[id(counts)] = packed(counts)
+        return done
+
+    # In key order (the unique index's own), so that two writers adding to the same rows take
     # their locks in the same order and cannot deadlock.
-    rollups = sorted((ids[cube], res, start, total) for (res, start, cube), total in sums.items())
-    histograms = sorted(
-        (ids[cube], res, start, metric, bucket, n) for (res, start, cube, metric, bucket), n in counts.items()
-    )
     _upsert(
         MetricRollup._meta.db_table,
         ("series_id", "resolution", "start"),
         SUMS,
-        [(series, res, start, *total) for series, res, start, total in rollups],
+        sorted(
+            (ids[cube], res, start, *total, packed_once(latency), packed_once(ttft))
+            for (res, start, cube), (total, (latency, ttft)) in found.items()
+        ),
     )
-    _upsert(
-        MetricHistogram._meta.db_table,
-        ("series_id", "resolution", "start", "metric", "bucket"),
-        ("count",),
-        [(series, res, start, metric, bucket, n) for series, res, start, metric, bucket, n in histograms],
-    )
+
+
+def _sum(have: tuple[list[int], Histograms], total: list[int], counted: Histograms) -> tuple[list[int], Histograms]:
+    sums, (latency, ttft) = have
+    return [a + b for a, b in zip(sums, total, strict=True)], (latency + counted[0], ttft + counted[1])
 
 
 def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n, rows in the caller's order, their
-    values integers ("start" in epoch seconds). On PostgreSQL each column travels as one array
-    literal through unnest (one statement; joining integers into text is all the client does);
-    elsewhere as one prepared statement run for every row."""
+    """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n for the `added` columns and
+    the packed histograms merged (HISTOGRAMS, last in each row), rows in the caller's order,
+    their other values integers ("start" in epoch seconds). On PostgreSQL each column travels
+    as one array literal through unnest (one statement; joining integers into text is all
+    the client does); on SQLite as one prepared statement run for every row."""
     if not rows:
         return
     quote = connection.ops.quote_name
-    names = (*keys, *added)
+    names = (*keys, *added, *HISTOGRAMS)
     at = names.index("start")
     columns = ", ".join(quote(name) for name in names)
-    updates = ", ".join(f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added)
+    updates = ", ".join(
+        [f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added]
+        + [f"{quote(name)} = {PACKED_ADD}({quote(table)}.{quote(name)}, excluded.{quote(name)})" for name in HISTOGRAMS]
+    )
     conflict = f"ON CONFLICT ({', '.join(quote(name) for name in keys)}) DO UPDATE SET {updates}"
+    plain = len(names) - len(HISTOGRAMS)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             aliases = [f"c{index}" for index in range(len(names))]
-            aliases_selected = [f"to_timestamp({a})" if index == at else a for index, a in enumerate(aliases)]
+            selected = [f"to_timestamp({a})" if index == at else a for index, a in enumerate(aliases)]
+            selected[plain:] = [f"{a}::bigint[]" for a in aliases[plain:]]
+            columns_of = list(zip(*rows, strict=True))
             cursor.execute(
-                f"INSERT INTO {quote(table)} ({columns}) SELECT {', '.join(aliases_selected)} "
-                f"FROM unnest({', '.join(['%s::bigint[]'] * len(names))}) AS u({', '.join(aliases)}) {conflict}",
-                ["{" + ",".join(map(str, column)) + "}" for column in zip(*rows, strict=True)],
+                f"INSERT INTO {quote(table)} ({columns}) SELECT {', '.join(selected)} "
+                f"FROM unnest({', '.join(['%s::bigint[]'] * plain + ['%s::text[]'] * len(HISTOGRAMS))}) "
+                f"AS u({', '.join(aliases)}) {conflict}",
+                ["{" + ",".join(map(str, column)) + "}" for column in columns_of[:plain]]
+                + [_array_of_arrays(column) for column in columns_of[plain:]],
             )
             return
         moments: dict[int, Any] = {}
@@ -301,5 +288,17 @@ def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tu
         one = "(" + ", ".join(["%s"] * len(names)) + ")"
         cursor.executemany(
             f"INSERT INTO {quote(table)} ({columns}) VALUES {one} {conflict}",
-            [(*row[:at], moments[row[at]], *row[at + 1 :]) for row in rows],
+            [
+                (*row[:at], moments[row[at]], *row[at + 1 : plain], *(_json(pack) for pack in row[plain:]))
+                for row in rows
+            ],
         )
+
+
+def _array_of_arrays(packs: Iterable[list[int] | None]) -> str:
+    # A text[] literal of bigint[] literals, one per row, cast per row in the statement.
+    return "{" + ",".join("NULL" if p is None else '"{' + ",".join(map(str, p)) + '}"' for p in packs) + "}"
+
+
+def _json(pack: list[int] | None) -> str | None:
+    return None if pack is None else json.dumps(pack, separators=(",", ":"))

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from monitoring.models import SERIES_DIMENSIONS, MetricHistogram, MetricRollup, QueryMetric
+from monitoring.models import SERIES_DIMENSIONS, MetricRollup, QueryMetric
 from monitoring.rollups import rollups_add
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,8 @@ def metrics_prune(*, now: datetime | None = None) -> dict[str, int]:
     minute = MetricRollup.Resolution.MINUTE
     found = {
         "rows": _delete_before(QueryMetric, raw_cutoff, "created_at"),
-        "minute_rollups": _delete_before(MetricRollup, raw_cutoff, "start", resolution=minute)
-        + _delete_before(MetricHistogram, raw_cutoff, "start", resolution=minute),
-        "rollups": _delete_before(MetricRollup, rollup_cutoff, "start", resolution__gt=minute)
-        + _delete_before(MetricHistogram, rollup_cutoff, "start", resolution__gt=minute),
+        "minute_rollups": _delete_before(MetricRollup, raw_cutoff, "start", resolution=minute),
+        "rollups": _delete_before(MetricRollup, rollup_cutoff, "start", resolution__gt=minute),
     }
     if any(found.values()):
         logger.info("Pruned metrics past retention: %s", found)
@@ -69,7 +67,6 @@ def rollups_rebuild() -> int:
     lost: they are rebuilt from what is left. Returns the rows read."""
     read = 0
     with transaction.atomic():
-        MetricHistogram.objects.all().delete()
         MetricRollup.objects.all().delete()
         last_id = 0
         while True:

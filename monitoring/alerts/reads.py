@@ -15,8 +15,8 @@ from operator import or_
 from django.db.models import Count, Max, Q, Sum
 
 from monitoring.figures import LOOKED_UP
-from monitoring.models import MetricHistogram, MetricRollup
-from monitoring.rollups import CUBES, LATENCY
+from monitoring.models import MetricRollup
+from monitoring.rollups import CUBES
 from monitoring.windows import Window, window_blocks
 
 MINUTE, HOUR = 60, 3600
@@ -107,15 +107,16 @@ def _sides(totals: Q, histograms: Q, minutes: Q | None = None) -> dict[Scope, Si
             side = found[(row["series__model"], row["series__route"])]
             _add(side.cost_minutes[row["start"]], row["n"] or 0, row["cost_sum"] or 0)
             _add(side.quality_minutes[row["start"]], row["scored"] or 0, row["micros"] or 0)
-    buckets = (
-        MetricHistogram.objects.filter(histograms & IN_CUBE & Q(series__status="ok", series__cache_status__in=ANSWERED))
-        .values("series__model", "series__route", "metric", "bucket")
-        .annotate(n=Sum("count"))
+    histogram_rows = (
+        MetricRollup.objects.filter(histograms & IN_CUBE & Q(series__status="ok", series__cache_status__in=ANSWERED))
+        .values_list("series__model", "series__route", "latency", "ttft")
         .order_by()
     )
-    for row in buckets:
-        side = found[(row["series__model"], row["series__route"])]
-        (side.latency if row["metric"] == LATENCY else side.ttft)[row["bucket"]] += row["n"]
+    for model, route, latency, ttft in histogram_rows:
+        side = found[(model, route)]
+        for into, packed in ((side.latency, latency), (side.ttft, ttft)):
+            for bucket, n in zip(packed[::2], packed[1::2], strict=True) if packed else ():
+                into[bucket] += n
     return dict(found)
 
 

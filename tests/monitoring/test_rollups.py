@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -10,15 +11,19 @@ import pytest
 from django.db.models import Q
 
 from monitoring import recorder
-from monitoring.buckets import TOP, BucketCounts, bucket_of, bucket_value_ms, percentiles
+from monitoring.buckets import TOP, BucketCounts, bucket_of, bucket_value_ms, packed, percentiles, unpacked
 from monitoring.figures import metrics_models, metrics_summary, metrics_timeseries, series_filter
-from monitoring.models import MetricHistogram, MetricRollup, MetricSeries, QueryMetric
+from monitoring.models import SERIES_DIMENSIONS, MetricRollup, MetricSeries, QueryMetric
+from monitoring.rollups import series_key
 from monitoring.selectors import percentile
 from monitoring.windows import Window, window_blocks, window_resolve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ROLLUP_FIELDS = ("resolution", "start", "series_id", "requests", "cost", "latency_us", "ttft_us", "escalations")
+ROLLUP_FIELDS = (
+    *("resolution", "start", "series_id", "requests", "cost", "latency_us", "ttft_us", "escalations"),
+    *("latency", "ttft"),
+)
 NOW = datetime(2026, 12, 1, 17, 33, 20, tzinfo=UTC)
 
 
@@ -90,16 +95,16 @@ def test_bucket_counts_read_in_parts_give_the_percentiles_of_their_sums():
         part = {bucket_of(rng.lognormvariate(6, 1.2)): rng.randint(1, 40) for _ in range(120)}
         for bucket, n in part.items():
             summed[bucket] = summed.get(bucket, 0) + n
-        parts.add(sorted(part), [part[b] for b in sorted(part)])
+        parts.add(packed(part))  # packed, as a rollup row holds them
     shares = (0.01, 0.5, 0.95, 0.99, 1.0)
     assert parts.percentiles(shares) == percentiles(summed, shares)
     one = BucketCounts()
-    one.add(sorted(summed), [summed[b] for b in sorted(summed)])  # one part in order: read as it is
+    one.add_lists(sorted(summed), [summed[b] for b in sorted(summed)])  # one part in order: read as it is
     assert one.percentiles(shares) == percentiles(summed, shares)
     shuffled = list(summed.items())
     rng.shuffle(shuffled)
     backwards = BucketCounts()
-    backwards.add([b for b, _ in shuffled], [n for _, n in shuffled])
+    backwards.add_lists([b for b, _ in shuffled], [n for _, n in shuffled])
     assert backwards.percentiles(shares) == percentiles(summed, shares)
     assert BucketCounts().percentiles((0.5,)) == [None]
 
@@ -190,8 +195,11 @@ def test_two_writers_add_to_the_same_rollup_rows():
     assert MetricSeries.objects.count() < 400
     minutes = MetricRollup.objects.filter(resolution=60, series__cube=0)
     assert sum(minutes.values_list("requests", flat=True)) == 400
-    days = MetricHistogram.objects.filter(resolution=86400, metric=1, series__cube=0)
-    assert sum(days.values_list("count", flat=True)) == 400
+    # Their histograms merged, not replaced: every request's latency counted once.
+    days = MetricRollup.objects.filter(resolution=86400, series__cube=0)
+    assert sum(sum(unpacked(latency).values()) for latency in days.values_list("latency", flat=True)) == 400
+    streamed = sum(1 for row in made if row["ttft_ms"] is not None)
+    assert sum(sum(unpacked(ttft).values()) for ttft in days.values_list("ttft", flat=True)) == streamed
 
 
 def test_without_rollups_the_rows_are_still_written(settings):
@@ -226,21 +234,50 @@ def test_pruning_drops_raw_rows_and_minute_rollups_past_retention_and_keeps_hour
     assert sum(MetricRollup.objects.filter(resolution=3600, series__cube=0).values_list("requests", flat=True)) == 300
     settings.LLMOPS_METRICS_ROLLUP_RETENTION_DAYS = 1
     metrics_prune(now=NOW)
-    assert not MetricRollup.objects.exists() and not MetricHistogram.objects.exists()
+    assert not MetricRollup.objects.exists()
 
 
-def test_histograms_keep_cache_results_apart_only_in_the_cube_the_alerts_read():
-    record(rows(400, seed=12))
-    by_cube = defaultdict(set)
-    for cube, cache_status in MetricHistogram.objects.filter(series__status="ok").values_list(
-        "series__cube", "series__cache_status"
+def test_each_rollup_row_holds_the_histogram_of_its_own_requests():
+    made = rows(400, seed=12)
+    record(made)
+    # Minute rows of cube 0: one series and minute each, recounted from the raw rows.
+    expected: dict[tuple, Counter] = defaultdict(Counter)
+    ids = {}
+    for series in MetricSeries.objects.filter(cube=0):
+        ids[series.id] = series
+    for row in made:
+        at = int(row["created_at"].timestamp())
+        expected[(series_key(row), at - at % 60)][bucket_of(row["latency_ms"])] += 1
+    found = {}
+    for series_id, start, latency in MetricRollup.objects.filter(resolution=60, series__cube=0).values_list(
+        "series_id", "start", "latency"
     ):
-        by_cube[cube].add(cache_status)
-    assert by_cube[2] == {"hit", "semantic_hit", "miss", "bypass"}
-    assert all(by_cube[cube] == {""} for cube in (0, 1, 3, 4))
-    # The rollups themselves keep every cache result, in every cube (the hit rates).
-    kept = MetricRollup.objects.filter(series__cube=1, series__status="ok").values_list("series__cache_status")
-    assert {cache for (cache,) in kept} == {"hit", "semantic_hit", "miss", "bypass"}
+        key = tuple(getattr(ids[series_id], name) for name in SERIES_DIMENSIONS)
+        found[(key, int(start.timestamp()))] = unpacked(latency)
+    assert found == {key: dict(counts) for key, counts in expected.items()}
+    # Packed in bucket order, no empty bucket kept.
+    for latency in MetricRollup.objects.values_list("latency", flat=True):
+        assert latency[::2] == sorted(set(latency[::2])) and all(n > 0 for n in latency[1::2])
+
+
+def test_packed_histograms_add_up_bucket_by_bucket_in_the_database():
+    from django.db import connection
+
+    from monitoring.buckets import PACKED_ADD, packed_add
+
+    one, other = [3, 1, 70, 2, 90, 5], [1, 4, 70, 3, 200, 1]
+    assert packed_add(one, other) == [1, 4, 3, 1, 70, 5, 90, 5, 200, 1]
+    assert packed_add(None, other) == other and packed_add(one, None) == one
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SELECT {PACKED_ADD}(%s::bigint[], %s::bigint[]), {PACKED_ADD}(NULL, %s::bigint[])",
+                           [one, other, other])  # fmt: skip
+            added, from_nothing = cursor.fetchone()
+        else:
+            cursor.execute(f"SELECT {PACKED_ADD}(%s, %s), {PACKED_ADD}(NULL, %s)",
+                           [json.dumps(one), json.dumps(other), json.dumps(other)])  # fmt: skip
+            added, from_nothing = (json.loads(value) for value in cursor.fetchone())
+    assert added == packed_add(one, other) and from_nothing == other
 
 
 @pytest.mark.parametrize(
