@@ -109,31 +109,27 @@ $$"""
 
 
 class BucketCounts:
-    """Bucket counts as reads give them, added in any order: packed histograms (a rollup row's)
-    or a list of buckets with a list of their counts (summed in SQL). A percentile reads the
-    one part as it is when there is one in bucket order (a point of a time series read from
+    """The packed histograms a read gives (rollup rows'), added in any order. A percentile
+    reads the one histogram as it is when there is one (a point of a time series read from
     one series), else the sums per bucket of them all."""
 
     __slots__ = ("parts",)
 
     def __init__(self) -> None:
-        self.parts: list[tuple[Sequence[int], Sequence[int]]] = []
+        self.parts: list[Sequence[int]] = []
 
     def add(self, packed_counts: Sequence[int] | None) -> None:
         if packed_counts:
-            self.parts.append((packed_counts[::2], packed_counts[1::2]))
-
-    def add_lists(self, buckets: Sequence[int], counts: Sequence[int]) -> None:
-        self.parts.append((buckets, counts))
+            self.parts.append(packed_counts)
 
     def percentiles(self, shares: Iterable[float]) -> list[float | None]:
         parts = self.parts
         if not parts:
             return [None for _ in shares]
-        if len(parts) == 1 and sorted(parts[0][0]) == list(parts[0][0]):  # linear, in C
-            return _ranked(*parts[0], list(shares))
+        if len(parts) == 1:
+            return _ranked(parts[0][::2], parts[0][1::2], list(shares))
         dense = [0] * (TOP + 1)
-        for buckets, counts in parts:
-            for bucket, n in zip(buckets, counts, strict=True):
+        for part in parts:
+            for bucket, n in zip(part[::2], part[1::2], strict=True):
                 dense[bucket] += n
         return _ranked(range(TOP + 1), dense, list(shares))

@@ -25,7 +25,6 @@ FILTERS = ("model", "route", "prompt", "provider", "api_key")  # what callers ma
 LOOKED_UP = ("hit", "semantic_hit", "miss")  # cache results that were lookups (not bypass)
 CENT_MILLIONTHS = Decimal("0.0000000001")
 READ_WORK_MEM = "64MB"  # PostgreSQL's memory for one read's hash aggregates
-LATENCY, TTFT = MetricRollup.Metric.LATENCY.value, MetricRollup.Metric.TTFT.value
 
 
 @dataclass(slots=True)
@@ -181,42 +180,6 @@ def _fetched(sql: str, params: list) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _buckets_by(name: str, blocks: list[Block], ids: list[int], chosen: Q) -> list[tuple]:
-    """Per value of the series field `name` and metric, the buckets and their counts summed
-    over its series and the blocks (a table per model adds up hundreds of series: added up
-    in SQL, not in Python): the packed histograms unpacked into (bucket, count) rows."""
-    quote = connection.ops.quote_name
-    field = quote(MetricSeries._meta.get_field(name).column)
-    joined = (
-        f"{quote(MetricRollup._meta.db_table)} h JOIN {quote(MetricSeries._meta.db_table)} s "
-        f"ON s.{quote('id')} = h.{quote('series_id')}"
-    )
-    if connection.vendor == "postgresql":
-        template = (
-            f"SELECT s.{field} AS k, v.m AS m, v.p[i] AS b, v.p[i + 1] AS n FROM {joined} "
-            f"CROSS JOIN LATERAL (VALUES ({LATENCY}, h.latency), ({TTFT}, h.ttft)) AS v(m, p) "
-            "CROSS JOIN LATERAL generate_series(1, cardinality(v.p), 2) AS i WHERE {where}"
-        )
-    else:
-        # A JSON array's elements in order, each count the element after its bucket.
-        template = " UNION ALL ".join(
-            f"SELECT k, m, b, n FROM (SELECT s.{field} AS k, {metric} AS m, e.key AS at, e.value AS b, "
-            f"lead(e.value) OVER (PARTITION BY h.{quote('id')} ORDER BY e.key) AS n "
-            f"FROM {joined}, json_each(h.{quote(column)}) AS e WHERE {{where}}) AS e WHERE at % 2 = 0"
-            for metric, column in ((LATENCY, "latency"), (TTFT, "ttft"))
-        )
-    pairs, params = _each_block(template, "h.", blocks, ids, chosen)
-    summed = f"SELECT k, m, b, CAST(SUM(n) AS BIGINT) AS n FROM ({pairs}) AS pairs GROUP BY k, m, b"
-    return _fetched(f"SELECT k, m, {_list_of('b')}, {_list_of('n')} FROM ({summed}) AS summed GROUP BY k, m", params)
-
-
-def _list_of(column: str) -> str:
-    # A group's values as a list, in the order its rows were read (two over the same rows
-    # pair up): PostgreSQL's arrays arrive as lists, SQLite's JSON arrays as text (_listed).
-    function = "array_agg" if connection.vendor == "postgresql" else "json_group_array"
-    return f"{function}({column})"
-
-
 def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
     """One Tally per value of `group` (a series field, or "start" with a step: then keyed by
     epoch seconds) over the window. A plain Q selects series of cube 0.
@@ -250,17 +213,13 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
             tally.add(status, error_type, cache_status, values)
         if not answered:
             return found
+        # The rows' packed histograms, a few hundred for a week of hourly points, a few
+        # thousand for a week's table of models: added up when a percentile is read.
         ok = chosen & Q(status="ok")
-        if named:
-            for key, metric, buckets, counts in _buckets_by(named[0], blocks, answered, ok):
-                tally = found[key]
-                (tally.latency if metric == LATENCY else tally.ttft).add_lists(_listed(buckets), _listed(counts))
-            return found
-        # The rows' packed histograms, a few hundred for a week of hourly points: added up
-        # when a percentile is read.
-        keys = ("start",) if by_time else ()
-        for *key, latency, ttft in _grouped(keys, [quote("latency"), quote("ttft")], blocks, answered, ok, group=False):
-            tally = found[key[0] if key else None]
+        keys = ("start",) if by_time else ("series_id",) if named else ()
+        histograms = [quote("latency"), quote("ttft")]
+        for *key, latency, ttft in _grouped(keys, histograms, blocks, answered, ok, group=False):
+            tally = found[key[0] if by_time else series[key[0]][3] if named else None]
             if latency:
                 tally.latency.add(_listed(latency))
             if ttft:
