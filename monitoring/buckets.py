@@ -77,15 +77,21 @@ def unpacked(packed_counts: Sequence[int] | None) -> dict[int, int]:
 
 
 def packed_add(one: Sequence[int] | None, other: Sequence[int] | None) -> list[int] | None:
-    """Two packed histograms added up, packed."""
-    if not one:
-        return list(other) if other else None
-    if not other:
-        return list(one)
-    counts = unpacked(one)
-    for bucket, n in zip(other[::2], other[1::2], strict=True):
-        counts[bucket] = counts.get(bucket, 0) + n
-    return packed(counts)
+    """Two packed histograms added up, packed: each pair of the shorter found in the longer
+    by binary search and added to it, or put in its place (an upsert usually adds a few
+    buckets to a few dozen)."""
+    if not one or not other:
+        return list(one or other or ()) or None
+    found, fewer = (list(one), other) if len(one) >= len(other) else (list(other), one)
+    buckets = found[::2]
+    for bucket, n in zip(fewer[::2], fewer[1::2], strict=True):
+        at = bisect_left(buckets, bucket)
+        if at < len(buckets) and buckets[at] == bucket:
+            found[2 * at + 1] += n
+        else:
+            buckets.insert(at, bucket)
+            found[2 * at : 2 * at] = (bucket, n)
+    return found
 
 
 # PostgreSQL's packed_add, for the rollups' upsert (created by migration 0012; the SQLite

@@ -176,7 +176,9 @@ def _values(row: dict[str, Any]) -> tuple[int, ...]:
     )
 
 
-Histograms = tuple[Counter, Counter]  # latency and TTFT: bucket -> requests
+# A rollup row being made: its sums, its latency and TTFT counts (bucket -> requests), and
+# whether those are its own (False: shared with the minute or cube they were first taken from).
+Made = list  # [list[int], Counter, Counter, bool]
 
 
 def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
@@ -186,42 +188,34 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
         return
     # First each series' minutes, then those added up into hours, days and cubes: the work
     # past this loop is per series and minute, not per row.
-    minutes: dict[tuple[tuple, int], list[int]] = {}
-    minute_counts: dict[tuple[tuple, int], Histograms] = {}
+    minutes: dict[tuple[tuple, int], Made] = {}
     for row in rows:
         at = int(row["created_at"].timestamp())
         key = (series_key(row), at - at % 60)
         values = _values(row)
-        total = minutes.get(key)
-        if total is None:
-            minutes[key] = list(values)
-            counted = minute_counts[key] = (Counter(), Counter())
+        made = minutes.get(key)
+        if made is None:
+            made = minutes[key] = [list(values), Counter(), Counter(), True]
         else:
+            total = made[0]
             for index, value in enumerate(values):
                 total[index] += value
-            counted = minute_counts[key]
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
         if latency is not None:
-            counted[0][bucket_of(latency)] += 1
+            made[1][bucket_of(latency)] += 1
         if ttft is not None:
-            counted[1][bucket_of(ttft)] += 1
+            made[2][bucket_of(ttft)] += 1
     # Then each cube's minutes, and their hours and days: those minutes added up. Where a
     # batch holds one minute of a cube's series (the usual case: a batch spans seconds) they
-    # are that minute's own sums, shared rather than added again (never changed in place
-    # past the first loop: what is added makes new ones).
-    cube_minutes: dict[tuple[tuple, int], tuple[list[int], Histograms]] = {}
-    for (key, minute), total in minutes.items():
-        counted = minute_counts[(key, minute)]
+    # are that minute's own, shared rather than copied; copied when a second is added.
+    cube_minutes: dict[tuple[tuple, int], Made] = {}
+    for (key, minute), made in minutes.items():
         for cube in cube_keys(key):
-            at = (cube, minute)
-            have = cube_minutes.get(at)
-            cube_minutes[at] = (total, counted) if have is None else _sum(have, total, counted)
-    found: dict[tuple[int, int, tuple], tuple[list[int], Histograms]] = {}
-    for (cube, minute), (total, counted) in cube_minutes.items():
+            _added(cube_minutes, (cube, minute), made)
+    found: dict[tuple[int, int, tuple], Made] = {}
+    for (cube, minute), made in cube_minutes.items():
         for resolution in RESOLUTIONS:
-            at = (resolution, minute - minute % resolution, cube)
-            have = found.get(at)
-            found[at] = (total, counted) if have is None else _sum(have, total, counted)
+            _added(found, (resolution, minute - minute % resolution, cube), made)
     ids = series_ids({cube for _, _, cube in found})
     packs: dict[int, list[int] | None] = {}  # by id(): a shared Counter is packed once
 
@@ -239,14 +233,23 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
         SUMS,
         sorted(
             (ids[cube], res, start, *total, packed_once(latency), packed_once(ttft))
-            for (res, start, cube), (total, (latency, ttft)) in found.items()
+            for (res, start, cube), (total, latency, ttft, _) in found.items()
         ),
     )
 
 
-def _sum(have: tuple[list[int], Histograms], total: list[int], counted: Histograms) -> tuple[list[int], Histograms]:
-    sums, (latency, ttft) = have
-    return [a + b for a, b in zip(sums, total, strict=True)], (latency + counted[0], ttft + counted[1])
+def _added(into: dict, at: tuple, made: Made) -> None:
+    have = into.get(at)
+    if have is None:
+        into[at] = [*made[:3], False]
+        return
+    if not have[3]:
+        have[:] = [list(have[0]), Counter(have[1]), Counter(have[2]), True]
+    total = have[0]
+    for index, value in enumerate(made[0]):
+        total[index] += value
+    have[1].update(made[1])
+    have[2].update(made[2])
 
 
 def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:

@@ -272,6 +272,8 @@ def test_packed_histograms_add_up_bucket_by_bucket_in_the_database():
     cast = "::bigint[]" if postgres else ""
     with connection.cursor() as cursor:
         for first, second in cases:
+            # The reference: both unpacked and added bucket by bucket.
+            assert packed_add(first, second) == packed(Counter(unpacked(first)) + Counter(unpacked(second)))
             sent = [v if postgres or v is None else json.dumps(v) for v in (first, second)]
             cursor.execute(f"SELECT {PACKED_ADD}(%s{cast}, %s{cast})", sent)
             added = cursor.fetchone()[0]
