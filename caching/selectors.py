@@ -29,8 +29,8 @@ def cache_stats(*, api_key_id: int | None, since: datetime | None) -> dict[str, 
     start = int(since.timestamp())
     window = Window(start=datetime.fromtimestamp(start - start % MINUTE, UTC), end=datetime.fromtimestamp(end, UTC))
     where = series_filter({}, api_key_id=api_key_id)
-    per_model = tallies(window, where, group="model")
-    overall = tallies(window, where).get(None)
+    per_model = tallies(window, where, group="model", histograms=False)
+    overall = tallies(window, where, histograms=False).get(None)
     return {
         "overall": _shown(cache_figures(overall or Tally())),
         "models": [

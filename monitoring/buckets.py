@@ -104,27 +104,27 @@ PACKED_ADD_SQL = f"""
 CREATE OR REPLACE FUNCTION {PACKED_ADD}(one bigint[], other bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
-  found bigint[]; fewer bigint[]; pairs int; low int; high int; middle int; bucket bigint;
+  merged bigint[]; fewer bigint[]; pairs int; low int; high int; middle int; bucket bigint;
 BEGIN
   IF one IS NULL THEN RETURN other; END IF;
   IF other IS NULL THEN RETURN one; END IF;
-  IF cardinality(one) >= cardinality(other) THEN found := one; fewer := other;
-  ELSE found := other; fewer := one; END IF;
+  IF cardinality(one) >= cardinality(other) THEN merged := one; fewer := other;
+  ELSE merged := other; fewer := one; END IF;
   FOR j IN 1 .. cardinality(fewer) BY 2 LOOP
     bucket := fewer[j];
-    pairs := cardinality(found) / 2;
+    pairs := cardinality(merged) / 2;
     low := 0; high := pairs;  -- the first pair whose bucket is not below this one
     WHILE low < high LOOP
       middle := (low + high) / 2;
-      IF found[2 * middle + 1] < bucket THEN low := middle + 1; ELSE high := middle; END IF;
+      IF merged[2 * middle + 1] < bucket THEN low := middle + 1; ELSE high := middle; END IF;
     END LOOP;
-    IF low < pairs AND found[2 * low + 1] = bucket THEN
-      found[2 * low + 2] := found[2 * low + 2] + fewer[j + 1];
+    IF low < pairs AND merged[2 * low + 1] = bucket THEN
+      merged[2 * low + 2] := merged[2 * low + 2] + fewer[j + 1];
     ELSE
-      found := found[1:2 * low] || fewer[j:j + 1] || found[2 * low + 1:];
+      merged := merged[1:2 * low] || fewer[j:j + 1] || merged[2 * low + 1:];
     END IF;
   END LOOP;
-  RETURN found;
+  RETURN merged;
 END $$"""
 
 

@@ -105,11 +105,10 @@ def _blocks(window: Window, *, step: int | None = None) -> list[Block]:
 @contextmanager
 def reading() -> Iterator[None]:
     """Reads of many rollup rows on PostgreSQL, for this transaction only: no JIT (compiling
-    costs more than these aggregates take); their groups hashed in memory rather than sorted
-    (the planner expects a few thousand rows where a week of histograms reads a hundred
-    thousand, and a sort of those takes twice as long); and index ranges priced as what they
-    are, reads of a few pages each (random_page_cost 1.1, as for SSDs: at the default 4 the
-    planner scanned a whole histogram table for a week of days, 10x slower)."""
+    costs more than these aggregates take); their groups hashed in memory rather than sorted;
+    and index ranges priced as what they are, reads of a few pages each (random_page_cost
+    1.1, as for SSDs: at the default 4 the planner chose to scan whole tables for a week of
+    days, 10x slower)."""
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         # Inside a transaction of the caller's, SET LOCAL would outlast the read: plain then.
         yield
@@ -131,9 +130,10 @@ def _grouped(
 ) -> list[tuple]:
     """For each block, the rollups of the chosen series grouped by `keys` (column names;
     "start" comes back as epoch seconds), `columns` of each group (or, not grouped, of each
-    row): one UNION ALL. Written out rather than built by the ORM: the start is grouped as a
-    timestamp and turned into seconds per group, not per row (PostgreSQL's EXTRACT is a
-    numeric), and rows arrive as plain tuples, without Django's per-value converters."""
+    row): one UNION ALL. Written out rather than built by the ORM: grouped, the start is
+    grouped as a timestamp and turned into seconds per group, not per row (PostgreSQL's
+    EXTRACT is a numeric), and rows arrive as plain tuples, without Django's per-value
+    converters."""
     quote = connection.ops.quote_name
     postgres = connection.vendor == "postgresql"
     grouped = [quote(key) for key in keys]
@@ -142,36 +142,22 @@ def _grouped(
         grouped[at] = f"CAST(strftime('%%s', {quote('start')}) AS INTEGER)"
     selected = ", ".join(f"{column} AS c{n}" for n, column in enumerate([*grouped, *columns]))
     grouping = f" GROUP BY {', '.join(grouped)}" if group else ""
-    table = quote(MetricRollup._meta.db_table)
-    sql, params = _each_block(f"SELECT {selected} FROM {table} WHERE {{where}}{grouping}", "", blocks, ids, chosen)
+    if len(ids) <= MAX_LISTED:
+        within, within_params = ", ".join(["%s"] * len(ids)), list(ids)
+    else:
+        within, within_params = MetricSeries.objects.filter(chosen).values("id").query.sql_with_params()
+    one = (
+        f"SELECT {selected} FROM {quote(MetricRollup._meta.db_table)} WHERE {quote('series_id')} IN ({within}) "
+        f"AND {quote('resolution')} = %s AND {quote('start')} >= %s AND {quote('start')} < %s{grouping}"
+    )
+    sql = " UNION ALL ".join([one] * len(blocks))
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [p for size, first, last in blocks for p in (*within_params, size, adapt(first), adapt(last))]
     if at is not None and postgres:
         outer = [f"c{n}" for n in range(len(grouped) + len(columns))]
         outer[at] = f"EXTRACT(EPOCH FROM c{at})::bigint"
         sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS grouped"
     return _fetched(sql, params)
-
-
-def _each_block(template: str, alias: str, blocks: list[Block], ids: list[int], chosen: Q) -> tuple[str, list]:
-    """`template` (a SELECT with a {where} to fill) once per block, as one UNION ALL: the
-    rows of the chosen series (`alias.` the rollup table's name in it) in the block."""
-    quote = connection.ops.quote_name
-    if len(ids) <= MAX_LISTED:
-        within, within_params = ", ".join(["%s"] * len(ids)), list(ids)
-    else:
-        within, within_params = MetricSeries.objects.filter(chosen).values("id").query.sql_with_params()
-    where = template.format(
-        where=f"{alias}{quote('series_id')} IN ({within}) AND {alias}{quote('resolution')} = %s "
-        f"AND {alias}{quote('start')} >= %s AND {alias}{quote('start')} < %s"
-    )
-    adapt = connection.ops.adapt_datetimefield_value
-    repeats = template.count("{where}")  # each with its own parameters
-    params = [
-        p
-        for size, first, last in blocks
-        for _ in range(repeats)
-        for p in (*within_params, size, adapt(first), adapt(last))
-    ]
-    return " UNION ALL ".join([where] * len(blocks)), params
 
 
 def _fetched(sql: str, params: list) -> list[tuple]:
@@ -180,9 +166,12 @@ def _fetched(sql: str, params: list) -> list[tuple]:
         return cursor.fetchall()
 
 
-def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step: int | None = None) -> dict[Any, Tally]:
+def tallies(
+    window: Window, where: Scope | Q, *, group: str | None = None, step: int | None = None, histograms: bool = True
+) -> dict[Any, Tally]:
     """One Tally per value of `group` (a series field, or "start" with a step: then keyed by
-    epoch seconds) over the window. A plain Q selects series of cube 0.
+    epoch seconds) over the window, with its latency and TTFT histograms unless `histograms`
+    is false (a read of counts alone). A plain Q selects series of cube 0.
 
     The series are read first, then their rollups by series id: ranges of the series-first
     indexes, with no join, grouped by series (or time) only."""
@@ -211,14 +200,14 @@ def tallies(window: Window, where: Scope | Q, *, group: str | None = None, step:
                 status, error_type, cache_status, *key = series[row[0]]
                 tally, values = found[key[0] if key else None], row[1:]
             tally.add(status, error_type, cache_status, values)
-        if not answered:
+        if not answered or not histograms:
             return found
         # The rows' packed histograms, a few hundred for a week of hourly points, a few
         # thousand for a week's table of models: added up when a percentile is read.
         ok = chosen & Q(status="ok")
         keys = ("start",) if by_time else ("series_id",) if named else ()
-        histograms = [quote("latency"), quote("ttft")]
-        for *key, latency, ttft in _grouped(keys, histograms, blocks, answered, ok, group=False):
+        packed = [quote("latency"), quote("ttft")]
+        for *key, latency, ttft in _grouped(keys, packed, blocks, answered, ok, group=False):
             tally = found[key[0] if by_time else series[key[0]][3] if named else None]
             if latency:
                 tally.latency.add(_listed(latency))

@@ -81,8 +81,8 @@ SERIES_DIMENSIONS = (
 
 
 class MetricSeries(models.Model):
-    """One combination of the dimensions metrics are filtered and grouped by. Rollups and
-    histograms point here, so each of their rows is a few integers. Cube 0 holds every
+    """One combination of the dimensions metrics are filtered and grouped by. Rollups point
+    here, so each of their rows holds integers and its histograms only. Cube 0 holds every
     dimension; the others (monitoring.rollups.CUBES) keep only a few, blank the rest, and are
     what a read narrowed by those few (or by none) adds up: far fewer rows."""
 
@@ -138,10 +138,6 @@ class MetricRollup(models.Model):
     adds up the histograms of its rows). Only integers, so the sums are the
     same on every database: costs in 1e-10 dollars (the precision costs are kept with),
     latencies in microseconds, quality scores in millionths."""
-
-    class Metric(models.IntegerChoices):
-        LATENCY = 1, "latency"
-        TTFT = 2, "time to first token"
 
     class Resolution(models.IntegerChoices):
         MINUTE = 60, "minute"

@@ -1,6 +1,7 @@
 """Histograms packed into the rollup rows: each MetricRollup row holds its latency and TTFT
 bucket counts as one list ([bucket, count, ...], monitoring.buckets), instead of a
-MetricHistogram row per bucket (a week of hourly percentiles read 74,000 rows; now 168). The
+MetricHistogram row per bucket (a week of hourly percentiles read 74,000 rows; now a few
+hundred: one per hour and series, a series per cache result). The
 rows are added up by llmops_packed_add, a SQL function on PostgreSQL (made here) and a
 function the SQLite connection is given (monitoring.apps).
 
