@@ -9,12 +9,12 @@ def _packed_add_registered(sender, connection, **kwargs) -> None:
     migration 0012): JSON arrays in, a JSON array out."""
     if connection.vendor != "sqlite":
         return
-    from monitoring.buckets import PACKED_ADD, packed_add
+    from monitoring.buckets import PACKED_ADD, packed_add, packed_text
 
     def added(one: str | None, other: str | None) -> str | None:
         if one is None or other is None:
             return other if one is None else one
-        return json.dumps(packed_add(json.loads(one), json.loads(other)), separators=(",", ":"))
+        return packed_text(packed_add(json.loads(one), json.loads(other)))
 
     connection.connection.create_function(PACKED_ADD, 2, added, deterministic=True)
 

@@ -70,6 +70,12 @@ def packed(counts: Mapping[int, int]) -> list[int] | None:
     return found or None
 
 
+def packed_text(packed_counts: Sequence[int] | None) -> str | None:
+    """A packed histogram as the JSON array SQLite keeps it in (written out: json.dumps costs
+    several times as much for a list of integers)."""
+    return None if packed_counts is None else "[" + ",".join(map(str, packed_counts)) + "]"
+
+
 def unpacked(packed_counts: Sequence[int] | None) -> dict[int, int]:
     if not packed_counts:
         return {}

@@ -6,6 +6,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from monitoring.buckets import packed_text
+
 
 class QueryMetric(models.Model):
     """One row per gateway request, success or failure. Written in bulk, off the hot path."""
@@ -129,7 +131,7 @@ class PackedCountsField(models.Field):
         if value is None:
             return None
         value = [int(n) for n in value]
-        return value if connection.vendor == "postgresql" else json.dumps(value, separators=(",", ":"))
+        return value if connection.vendor == "postgresql" else packed_text(value)
 
 
 class MetricRollup(models.Model):

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.db import connection
 
-from monitoring.buckets import PACKED_ADD, bucket_of, packed
+from monitoring.buckets import PACKED_ADD, bucket_of, packed, packed_text
 from monitoring.models import SERIES_DIMENSIONS, MetricRollup, MetricSeries, QueryMetric
 
 RESOLUTIONS = tuple(MetricRollup.Resolution.values)  # 60, 3600, 86400
@@ -266,7 +266,12 @@ def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tu
     columns = ", ".join(quote(name) for name in names)
     updates = ", ".join(
         [f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added]
-        + [f"{quote(name)} = {PACKED_ADD}({quote(table)}.{quote(name)}, excluded.{quote(name)})" for name in HISTOGRAMS]
+        # Merged only where the row brings one (half the rows have no TTFT): no call otherwise.
+        + [
+            f"{quote(name)} = CASE WHEN excluded.{quote(name)} IS NULL THEN {quote(table)}.{quote(name)} "
+            f"ELSE {PACKED_ADD}({quote(table)}.{quote(name)}, excluded.{quote(name)}) END"
+            for name in HISTOGRAMS
+        ]
     )
     conflict = f"ON CONFLICT ({', '.join(quote(name) for name in keys)}) DO UPDATE SET {updates}"
     plain = len(names) - len(HISTOGRAMS)
@@ -292,7 +297,7 @@ def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tu
         cursor.executemany(
             f"INSERT INTO {quote(table)} ({columns}) VALUES {one} {conflict}",
             [
-                (*row[:at], moments[row[at]], *row[at + 1 : plain], *(_json(pack) for pack in row[plain:]))
+                (*row[:at], moments[row[at]], *row[at + 1 : plain], *(packed_text(pack) for pack in row[plain:]))
                 for row in rows
             ],
         )
@@ -301,7 +306,3 @@ def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tu
 def _array_of_arrays(packs: Iterable[list[int] | None]) -> str:
     # A text[] literal of bigint[] literals, one per row, cast per row in the statement.
     return "{" + ",".join("NULL" if p is None else '"{' + ",".join(map(str, p)) + '}"' for p in packs) + "}"
-
-
-def _json(pack: list[int] | None) -> str | None:
-    return None if pack is None else json.dumps(pack, separators=(",", ":"))
