@@ -75,6 +75,7 @@ import json
 import os
 import platform
 import sqlite3
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -144,10 +145,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-cost",
         action="store_true",
-        help="run twice: rollups and Prometheus on, then both off; print the CPU per request each adds",
+        help="run with rollups and Prometheus on and with both off, alternating (--rounds of each); print the "
+        "CPU per request they add",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="with --metrics-cost: passes of each, alternating (3)")
     args = parser.parse_args(argv)
-    for name in ("sequential", "requests", "concurrency", "stream_sequential", "stream_requests", "output_tokens"):
+    for name in (
+        "sequential", "requests", "concurrency", "stream_sequential", "stream_requests", "output_tokens", "rounds"
+    ):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0 or args.flush_interval < 0:
@@ -501,28 +506,47 @@ METRICS_OFF = {"LLMOPS_METRICS_ROLLUPS": "false", "LLMOPS_PROMETHEUS_ENABLED": "
 
 
 async def metrics_cost(args: argparse.Namespace) -> int:
-    """The same benchmark with the metric path's rollups and Prometheus on, then off."""
-    passes: dict[str, dict[str, tuple]] = {"on": {}, "off": {}}
+    """The same benchmark with the metric path's rollups and Prometheus on and off, in
+    alternating passes (on, off, off, on, ...): a machine's drift over the run falls on both."""
+    passes: dict[str, list[dict[str, tuple]]] = {"on": [], "off": []}
     failed = 0
-    for name, extra in (("on", METRICS_ON), ("off", METRICS_OFF)):
-        print(f"=== pass {name}: {' '.join(f'{k}={v}' for k, v in extra.items())} ===")
-        failed |= await run(args, extra, passes[name])
-        print()
+    for round_ in range(args.rounds):
+        order = (("on", METRICS_ON), ("off", METRICS_OFF))
+        for name, extra in order if round_ % 2 == 0 else order[::-1]:
+            print(f"=== round {round_ + 1}, pass {name}: {' '.join(f'{k}={v}' for k, v in extra.items())} ===")
+            found: dict[str, tuple] = {}
+            failed |= await run(args, extra, found)
+            passes[name].append(found)
+            print()
     rows = []
-    for label, (gate_on, base_on) in passes["on"].items():
-        gate_off, base_off = passes["off"].get(label, (None, None))
+    for label in passes["on"][0]:
+        gate, base = (
+            {name: [p[label][index] for p in runs if p.get(label) and p[label][index] is not None]
+             for name, runs in passes.items()}
+            for index in (0, 1)
+        )  # fmt: skip
+        gate_on, gate_off = (statistics.median(gate[n]) if gate[n] else None for n in ("on", "off"))
+        base_on, base_off = (statistics.median(base[n]) if base[n] else None for n in ("on", "off"))
         added = gate_on - gate_off if gate_on is not None and gate_off is not None else None
         noise = base_on - base_off if base_on is not None and base_off is not None else None
+        spread = (
+            f"{min(gate['on']) - max(gate['off']):+.3f}..{max(gate['on']) - min(gate['off']):+.3f}"
+            if gate["on"] and gate["off"]
+            else "-"
+        )
         verdict = "n/a" if added is None else ("met" if added < 0.1 else "NOT met")
-        rows.append([label, fmt(gate_on, 3), fmt(gate_off, 3), fmt(added, 3), ratio(gate_on, gate_off),
+        rows.append([label, fmt(gate_on, 3), fmt(gate_off, 3), fmt(added, 3), spread, ratio(gate_on, gate_off),
                      fmt(noise, 3), f"< 0.1 ms {verdict}"])  # fmt: skip
-    print("the metric path's CPU per request: gateway server CPU, ms/request, rollups + Prometheus on against off")
-    print(table(["scenario", "on", "off", "added", "ratio", "baseline on - off", "target"], rows))
     print(
-        "added = on - off (the rollups' writer thread is counted: each phase's CPU runs until its metric rows "
-        "are all written); "
+        f"the metric path's CPU per request: gateway server CPU, ms/request, rollups + Prometheus on against off, "
+        f"medians of {args.rounds} passes each"
+    )
+    print(table(["scenario", "on", "off", "added", "range", "ratio", "baseline on - off", "target"], rows))
+    print(
+        "added = on - off of the medians (the rollups' writer thread is counted: each phase's CPU runs until its "
+        "metric rows are all written); range = the smallest and largest difference between any two passes; "
         "'baseline on - off' is the same difference for the bare echo app, which neither setting touches: "
-        "how much two passes differ by chance."
+        "how much passes differ by chance."
     )
     return failed
 
