@@ -75,7 +75,6 @@ import json
 import os
 import platform
 import sqlite3
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -505,6 +504,11 @@ METRICS_ON = {"LLMOPS_METRICS_ROLLUPS": "true", "LLMOPS_PROMETHEUS_ENABLED": "tr
 METRICS_OFF = {"LLMOPS_METRICS_ROLLUPS": "false", "LLMOPS_PROMETHEUS_ENABLED": "false"}
 
 
+def _figures(runs: list[dict[str, tuple]], label: str, index: int) -> list[float]:
+    """One figure of a scenario (0: the gateway's CPU per request, 1: the baseline's) from each pass."""
+    return [found[label][index] for found in runs if found.get(label) and found[label][index] is not None]
+
+
 async def metrics_cost(args: argparse.Namespace) -> int:
     """The same benchmark with the metric path's rollups and Prometheus on and off, in
     alternating passes (on, off, off, on, ...): a machine's drift over the run falls on both."""
@@ -520,13 +524,10 @@ async def metrics_cost(args: argparse.Namespace) -> int:
             print()
     rows = []
     for label in passes["on"][0]:
-        gate, base = (
-            {name: [p[label][index] for p in runs if p.get(label) and p[label][index] is not None]
-             for name, runs in passes.items()}
-            for index in (0, 1)
-        )  # fmt: skip
-        gate_on, gate_off = (statistics.median(gate[n]) if gate[n] else None for n in ("on", "off"))
-        base_on, base_off = (statistics.median(base[n]) if base[n] else None for n in ("on", "off"))
+        gate = {name: _figures(runs, label, 0) for name, runs in passes.items()}
+        base = {name: _figures(runs, label, 1) for name, runs in passes.items()}
+        gate_on, gate_off = (percentile(gate[name], 50) if gate[name] else None for name in ("on", "off"))
+        base_on, base_off = (percentile(base[name], 50) if base[name] else None for name in ("on", "off"))
         added = gate_on - gate_off if gate_on is not None and gate_off is not None else None
         noise = base_on - base_off if base_on is not None and base_off is not None else None
         spread = (

@@ -176,9 +176,37 @@ def _values(row: dict[str, Any]) -> tuple[int, ...]:
     )
 
 
-# A rollup row being made: its sums, its latency and TTFT counts (bucket -> requests), and
-# whether those are its own (False: shared with the minute or cube they were first taken from).
-Made = list  # [list[int], Counter, Counter, bool]
+class _Made:
+    """A rollup row being made: its sums and its latency and TTFT counts (bucket -> requests).
+    One made from another shares the other's until something is added to it, then copies
+    them once (`own`): where a batch holds one minute of a series, the minute, its cubes,
+    hours and days are all that minute's, never copied."""
+
+    __slots__ = ("latency", "own", "sums", "ttft")
+
+    def __init__(self, sums: list[int], latency: Counter, ttft: Counter, *, own: bool) -> None:
+        self.sums, self.latency, self.ttft, self.own = sums, latency, ttft, own
+
+    def shared(self) -> _Made:
+        return _Made(self.sums, self.latency, self.ttft, own=False)
+
+    def add(self, other: _Made) -> None:
+        if not self.own:
+            self.sums, self.latency, self.ttft = list(self.sums), Counter(self.latency), Counter(self.ttft)
+            self.own = True
+        sums = self.sums
+        for index, value in enumerate(other.sums):
+            sums[index] += value
+        self.latency.update(other.latency)
+        self.ttft.update(other.ttft)
+
+
+def _added(into: dict[Any, _Made], at: Any, made: _Made) -> None:
+    have = into.get(at)
+    if have is None:
+        into[at] = made.shared()
+    else:
+        have.add(made)
 
 
 def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
@@ -186,33 +214,30 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
     hour and day, in every cube."""
     if not rows:
         return
-    # First each series' minutes, then those added up into hours, days and cubes: the work
+    # First each series' minutes, then those added up into cubes, hours and days: the work
     # past this loop is per series and minute, not per row.
-    minutes: dict[tuple[tuple, int], Made] = {}
+    minutes: dict[tuple[tuple, int], _Made] = {}
     for row in rows:
         at = int(row["created_at"].timestamp())
         key = (series_key(row), at - at % 60)
         values = _values(row)
         made = minutes.get(key)
         if made is None:
-            made = minutes[key] = [list(values), Counter(), Counter(), True]
+            made = minutes[key] = _Made(list(values), Counter(), Counter(), own=True)
         else:
-            total = made[0]
+            sums = made.sums
             for index, value in enumerate(values):
-                total[index] += value
+                sums[index] += value
         latency, ttft = row.get("latency_ms"), row.get("ttft_ms")
         if latency is not None:
-            made[1][bucket_of(latency)] += 1
+            made.latency[bucket_of(latency)] += 1
         if ttft is not None:
-            made[2][bucket_of(ttft)] += 1
-    # Then each cube's minutes, and their hours and days: those minutes added up. Where a
-    # batch holds one minute of a cube's series (the usual case: a batch spans seconds) they
-    # are that minute's own, shared rather than copied; copied when a second is added.
-    cube_minutes: dict[tuple[tuple, int], Made] = {}
+            made.ttft[bucket_of(ttft)] += 1
+    cube_minutes: dict[tuple[tuple, int], _Made] = {}
     for (key, minute), made in minutes.items():
         for cube in cube_keys(key):
             _added(cube_minutes, (cube, minute), made)
-    found: dict[tuple[int, int, tuple], Made] = {}
+    found: dict[tuple[int, int, tuple], _Made] = {}
     for (cube, minute), made in cube_minutes.items():
         for resolution in RESOLUTIONS:
             _added(found, (resolution, minute - minute % resolution, cube), made)
@@ -228,44 +253,30 @@ def rollups_add(rows: Sequence[dict[str, Any]]) -> None:
     # In key order (the unique index's own), so that two writers adding to the same rows take
     # their locks in the same order and cannot deadlock.
     _upsert(
-        MetricRollup._meta.db_table,
-        ("series_id", "resolution", "start"),
-        SUMS,
         sorted(
-            (ids[cube], res, start, *total, packed_once(latency), packed_once(ttft))
-            for (res, start, cube), (total, latency, ttft, _) in found.items()
-        ),
+            (ids[cube], res, start, *made.sums, packed_once(made.latency), packed_once(made.ttft))
+            for (res, start, cube), made in found.items()
+        )
     )
 
 
-def _added(into: dict, at: tuple, made: Made) -> None:
-    have = into.get(at)
-    if have is None:
-        into[at] = [*made[:3], False]
-        return
-    if not have[3]:
-        have[:] = [list(have[0]), Counter(have[1]), Counter(have[2]), True]
-    total = have[0]
-    for index, value in enumerate(made[0]):
-        total[index] += value
-    have[1].update(made[1])
-    have[2].update(made[2])
-
-
-def _upsert(table: str, keys: Sequence[str], added: Sequence[str], rows: list[tuple]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n for the `added` columns and
-    the packed histograms merged (HISTOGRAMS, last in each row), rows in the caller's order,
-    their other values integers ("start" in epoch seconds). On PostgreSQL each column travels
-    as one array literal through unnest (one statement; joining integers into text is all
-    the client does); on SQLite as one prepared statement run for every row."""
+def _upsert(rows: list[tuple]) -> None:
+    """INSERT INTO the rollups ... ON CONFLICT (series, resolution, start) DO UPDATE SET n = n +
+    excluded.n for the SUMS and the packed histograms merged (HISTOGRAMS), rows of (series id,
+    resolution, start in epoch seconds, *SUMS, *HISTOGRAMS) in the caller's order. On
+    PostgreSQL each column travels as one array literal through unnest (one statement;
+    joining integers into text is all the client does); on SQLite as one prepared statement
+    run for every row."""
     if not rows:
         return
     quote = connection.ops.quote_name
-    names = (*keys, *added, *HISTOGRAMS)
+    table = MetricRollup._meta.db_table
+    keys = ("series_id", "resolution", "start")
+    names = (*keys, *SUMS, *HISTOGRAMS)
     at = names.index("start")
     columns = ", ".join(quote(name) for name in names)
     updates = ", ".join(
-        [f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in added]
+        [f"{quote(name)} = {quote(table)}.{quote(name)} + excluded.{quote(name)}" for name in SUMS]
         # Merged only where the row brings one (half the rows have no TTFT): no call otherwise.
         + [
             f"{quote(name)} = CASE WHEN excluded.{quote(name)} IS NULL THEN {quote(table)}.{quote(name)} "

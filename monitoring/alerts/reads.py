@@ -14,6 +14,7 @@ from operator import or_
 
 from django.db.models import Count, Max, Q, Sum
 
+from monitoring.buckets import unpacked
 from monitoring.figures import LOOKED_UP
 from monitoring.models import MetricRollup
 from monitoring.rollups import CUBES
@@ -114,9 +115,8 @@ def _sides(totals: Q, histograms: Q, minutes: Q | None = None) -> dict[Scope, Si
     )
     for model, route, latency, ttft in histogram_rows:
         side = found[(model, route)]
-        for into, packed in ((side.latency, latency), (side.ttft, ttft)):
-            for bucket, n in zip(packed[::2], packed[1::2], strict=True) if packed else ():
-                into[bucket] += n
+        side.latency.update(unpacked(latency))
+        side.ttft.update(unpacked(ttft))
     return dict(found)
 
 
