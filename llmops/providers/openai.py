@@ -1,8 +1,12 @@
-"""OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp server...), through
-the official SDK's AsyncOpenAI with the catalog entry's base_url."""
+"""OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp server...) at the
+catalog entry's base_url. Chat completions, whole and streamed, go over the lean client of
+`llmops.providers.wire` (aiohttp, plain JSON); embeddings through the official SDK's
+AsyncOpenAI."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +25,9 @@ from llmops.providers.base import (
     is_official_url,
     provider_key,
     upstream_error_from_sdk,
+    upstream_text_scrubbed,
 )
+from llmops.providers.wire import post_events, post_json
 
 PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -64,22 +70,6 @@ def _arguments(endpoint: EndpointConfig, call: ProviderCall) -> dict[str, Any]:
     return args
 
 
-def _token_logprobs(choice: Any) -> list[float] | None:
-    content = choice.logprobs.content if choice.logprobs is not None else None
-    return None if content is None else [token.logprob for token in content]
-
-
-def _usage(raw: Any) -> Usage:
-    if raw is None:
-        return Usage()
-    details = getattr(raw, "prompt_tokens_details", None)
-    return Usage(
-        input_tokens=raw.prompt_tokens or 0,
-        output_tokens=raw.completion_tokens or 0,
-        cached_tokens=(getattr(details, "cached_tokens", 0) or 0) if details else 0,
-    )
-
-
 def _translate(exc: openai.OpenAIError) -> UpstreamError:
     return upstream_error_from_sdk(
         exc,
@@ -89,45 +79,89 @@ def _translate(exc: openai.OpenAIError) -> UpstreamError:
     )
 
 
+def _headers(endpoint: EndpointConfig) -> tuple[str, dict[str, str]]:
+    """The chat completions URL and the headers of a call: the key where provider_key sends
+    one (none at all to a server of one's own named without a key variable), and the
+    gateway's OpenAI organisation and project only to OpenAI's own API."""
+    key = provider_key(endpoint, default_env=DEFAULT_KEY_ENV, official_base_url=OFFICIAL_BASE_URL)
+    base_url = endpoint.base_url or OFFICIAL_BASE_URL
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if is_official_url(base_url, OFFICIAL_BASE_URL):
+        for header, env_name in (("OpenAI-Organization", "OPENAI_ORG_ID"), ("OpenAI-Project", "OPENAI_PROJECT_ID")):
+            if value := os.environ.get(env_name):
+                headers[header] = value
+    return base_url.rstrip("/") + "/chat/completions", headers
+
+
+def _unreadable(what: str) -> UpstreamError:
+    return UpstreamError(f"The upstream answered {what} the gateway cannot read.")
+
+
+def _dict_usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    details = raw.get("prompt_tokens_details")
+    return Usage(
+        input_tokens=raw.get("prompt_tokens") or 0,
+        output_tokens=raw.get("completion_tokens") or 0,
+        cached_tokens=(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    )
+
+
+def _dict_logprobs(choice: dict[str, Any]) -> list[float] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    return None if content is None else [token["logprob"] for token in content]
+
+
 class OpenAIProvider:
     name = "openai"
 
     async def complete(self, endpoint: EndpointConfig, call: ProviderCall) -> Completion:
+        url, headers = _headers(endpoint)
         args = _arguments(endpoint, call)
         if call.logprobs:
             # Only when asked: a request without it stays exactly what it was.
             args["logprobs"] = True
+        answer = await post_json(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S)
         try:
-            response = await _client(endpoint).chat.completions.create(**args)
-        except openai.OpenAIError as exc:
-            raise _translate(exc) from exc
-        choice = response.choices[0]
-        return Completion(
-            text=choice.message.content or "",
-            finish_reason=choice.finish_reason or "stop",
-            usage=_usage(response.usage),
-            logprobs=_token_logprobs(choice) if call.logprobs else None,
-        )
+            choice = answer["choices"][0]
+            return Completion(
+                text=choice["message"].get("content") or "",
+                finish_reason=choice.get("finish_reason") or "stop",
+                usage=_dict_usage(answer.get("usage")),
+                logprobs=_dict_logprobs(choice) if call.logprobs else None,
+            )
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise _unreadable("a chat completion") from exc
 
     async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
-        try:
-            stream = await _client(endpoint).chat.completions.create(
-                **_arguments(endpoint, call), stream=True, stream_options={"include_usage": True}
-            )
-            finish_reason = None
-            usage = Usage()
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = _usage(chunk.usage)
-                    if chunk.choices:
-                        choice = chunk.choices[0]
-                        if choice.delta and choice.delta.content:
-                            yield StreamDelta(text=choice.delta.content)
-                        if choice.finish_reason:
-                            finish_reason = choice.finish_reason
-        except openai.OpenAIError as exc:
-            raise _translate(exc) from exc
+        url, headers = _headers(endpoint)
+        args = {**_arguments(endpoint, call), "stream": True, "stream_options": {"include_usage": True}}
+        finish_reason = None
+        usage = Usage()
+        async for _, data in post_events(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S):
+            if data.startswith("[DONE]"):
+                break
+            try:
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    error = chunk["error"]
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise UpstreamError(upstream_text_scrubbed(f"Upstream error: {message}"))
+                if chunk.get("usage") is not None:
+                    usage = _dict_usage(chunk["usage"])
+                choices = chunk.get("choices")
+                if choices:
+                    choice = choices[0]
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield StreamDelta(text=text)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                raise _unreadable("a stream chunk") from exc
         yield StreamDelta(finish_reason=finish_reason or "stop", usage=usage)
 
     async def embed(self, endpoint: EndpointConfig, texts: list[str]) -> Embeddings:
