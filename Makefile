@@ -94,9 +94,10 @@ run: $(VENV)/.installed
 	$(PY) manage.py seed_catalog
 	@echo "llmops gateway on http://$(HOST):$(PORT)  (API: /v1, docs: /api/docs/, admin: /admin/, Prometheus: /metrics)"
 	@$(WORKER_NOTE)
-	@# An endpoint string, not -b/-p: those listen with a backlog of 50, and a burst of new
-	@# connections beyond that is dropped by the kernel and retried a second later.
-	$(WORKER_BESIDE) $(VENV)/bin/daphne -e tcp:port=$(PORT):interface=$(HOST):backlog=1024 llmops.asgi:application
+	@# One daphne per core on one port (manage.py serve; PROCESSES=N, or LLMOPS_SERVER_PROCESSES),
+	@# each socket with a listen backlog of 1024 (daphne's -b/-p listen with 50, and a burst of
+	@# new connections beyond that is dropped by the kernel and retried a second later).
+	$(WORKER_BESIDE) $(PY) manage.py serve --host $(HOST) --port $(PORT) $(if $(PROCESSES),--processes $(PROCESSES))
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 from typing import Any
 
@@ -96,6 +97,12 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "breakers": breaker_states(await _catalog_models()),
         "breaker_redis_errors": SharedStateHealth.errors,
         "metrics": {"pending": METRICS.pending(), "dropped": METRICS.dropped, "rollups_missed": RollupHealth.missed},
+        # Which server process answered (manage.py serve starts several on one port).
+        "process": {
+            "index": int(os.environ.get("LLMOPS_PROCESS_INDEX", "0")),
+            "count": int(os.environ.get("LLMOPS_SERVER_PROCESSES", "1")),
+            "pid": os.getpid(),
+        },
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
     }

@@ -289,6 +289,8 @@ LLMOPS_MAX_BODY_BYTES = env_int("LLMOPS_MAX_BODY_BYTES", 4 * 1024 * 1024, minimu
 DATA_UPLOAD_MAX_MEMORY_SIZE = LLMOPS_MAX_BODY_BYTES
 LLMOPS_SSE_KEEPALIVE_S = env_float("LLMOPS_SSE_KEEPALIVE_S", 10.0, minimum=0.01)
 LLMOPS_WS_MAX_CHATS = env_int("LLMOPS_WS_MAX_CHATS", 8, minimum=1)
+# `manage.py serve` (make run): gateway processes on one port; one process uses one core.
+LLMOPS_SERVER_PROCESSES = env_int("LLMOPS_SERVER_PROCESSES", os.cpu_count() or 1, minimum=1)
 LLMOPS_UPSTREAM_TIMEOUT_S = env_float("LLMOPS_UPSTREAM_TIMEOUT_S", 120.0, minimum=0.1)
 # Key variables a catalog entry may name besides those ending in _API_KEY (never a gateway
 # secret: llmops.models.GATEWAY_SECRET_ENVS).

@@ -1,0 +1,92 @@
+"""`manage.py serve`: several daphne processes on one port, each saying on /healthz which
+one it is; one that dies is started again; SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks._harness import http_get
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _get(port: int, path: str) -> dict:
+    status, body = http_get(port, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _processes_seen(port: int, wanted: int, timeout: float = 60) -> dict[int, int]:
+    """index -> pid of the processes /healthz answered from, until `wanted` were seen."""
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < wanted and time.monotonic() < deadline:
+        try:
+            process = _get(port, "/healthz")["process"]
+        except OSError:
+            time.sleep(0.1)
+            continue
+        assert process["count"] == wanted
+        seen[process["index"]] = process["pid"]
+    return seen
+
+
+@pytest.fixture
+def served(tmp_path):
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("DATABASE_URL", "REDIS_URL"))}
+    env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "LLMOPS_ALLOW_INSECURE_SECRET_KEY": "true"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    server = subprocess.Popen(
+        [*manage, "serve", "--processes", "2", "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = server.stdout.readline()
+        assert "with 2 daphne process(es)" in line, line
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        yield server, port
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_two_processes_share_one_port_and_say_which_answered(served):
+    server, port = served
+    seen = _processes_seen(port, 2)
+    assert set(seen) == {0, 1} and len(set(seen.values())) == 2
+
+    # One dies: it is started again on its socket, the other goes on answering meanwhile.
+    os.kill(seen[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    restarted = seen
+    while restarted.get(0) == seen[0] and time.monotonic() < deadline:
+        restarted = _processes_seen(port, 2)
+    assert restarted[0] != seen[0] and restarted[1] == seen[1]
+
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    assert not any(_alive(pid) for pid in restarted.values())
+    with pytest.raises(OSError):
+        _get(port, "/healthz")
