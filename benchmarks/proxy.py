@@ -1,0 +1,347 @@
+"""What users run: the load generator -> the gateway -> a real OpenAI-compatible HTTP
+upstream in a process of its own, against the same generator calling that upstream
+directly, and against LiteLLM's proxy in front of the same upstream when it is installed.
+
+    .venv/bin/python -m benchmarks.proxy [--profile embedded|prod] [--processes 1,2]
+        [--litellm auto|install|off] [--requests 4000] [--sequential 1000] ...
+
+The upstream is `benchmarks.fast_upstream` (an instant server on a bare asyncio protocol).
+The gateway is `manage.py serve` (one daphne per process on one port) with its catalog
+model `echo-http` (provider openai, base_url the upstream, a dummy key variable); every
+gateway request has a new prompt, so none is an answer-cache hit. LiteLLM runs from a
+virtual environment of its own (.venv-litellm; `--litellm install` makes it with
+`pip install 'litellm[proxy]'`; `auto` uses it when present and says why not otherwise),
+one worker, the same upstream.
+
+Scenarios: one request at a time; 16 and 64 connections in a closed loop; 16-token streams
+one at a time and 16 at once. Figures: requests/s, latency added to the direct call (p50,
+p99), CPU of the server's processes per request or stream, the gateway's largest collector
+pause and its generation-2 collections (LLMOPS_GC_STATS, /healthz), resident memory of the
+server's processes before and after; each with its ratio to the direct call and to LiteLLM
+from the same run. Then the 64-connection run again for each process count of
+--processes (default 1,2): requests/s and its ratio to one process, and the load
+generator's share of the machine's CPU (it shares the cores).
+
+--profile prod runs the gateway on PostgreSQL and Redis (a throwaway database on
+127.0.0.1:5432 and an empty Redis database on 127.0.0.1:6379, as the tests use)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks._harness import (
+    ROOT,
+    LoadResult,
+    fmt,
+    free_port,
+    gateway_env,
+    gateway_script,
+    http_get,
+    prepare_gateway,
+    process_cpu_s,
+    process_memory_kb,
+    process_tree,
+    raise_open_files,
+    ratio,
+    run_load,
+    services_profile,
+    services_unreachable,
+    table,
+    workspace,
+)
+from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HTTP_MODEL, body_builder, checker
+
+LITELLM_VENV = ROOT / ".venv-litellm"
+TOKENS = 16
+
+
+@dataclass
+class Server:
+    """A server under test: a process tree serving HTTP on `port`."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def pids(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                total += process_cpu_s(pid)
+        return total
+
+    def rss_mb(self) -> float:
+        return sum(process_memory_kb(pid)[0] for pid in self.pids()) / 1024
+
+    def wait_ready(self, path: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                if http_get(self.port, path, timeout=2)[0] == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not answer {path} in {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start(name: str, command: list[str], env: dict[str, str], workdir: Path, port: int) -> Server:
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    return Server(name, port, process, log)
+
+
+def litellm_reason(mode: str) -> str | None:
+    """Why LiteLLM is not measured, or None (installing it first with mode "install")."""
+    if mode == "off":
+        return "--litellm off"
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists() and mode == "install":
+        print(f"installing LiteLLM's proxy into {LITELLM_VENV} (a virtual environment of its own)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "litellm[proxy]"]
+        if subprocess.run(pip).returncode != 0:
+            return "pip install 'litellm[proxy]' failed"
+    if not binary.exists():
+        return f"not installed in {LITELLM_VENV} (run with --litellm install)"
+    return None
+
+
+def litellm_version() -> str:
+    done = subprocess.run(
+        [str(LITELLM_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip() or "?"
+
+
+@dataclass
+class Phase:
+    label: str
+    stream: bool
+    requests: int
+    concurrency: int
+
+
+@dataclass
+class Measured:
+    result: LoadResult
+    cpu_ms: float  # server CPU per request
+    rss_before: float
+    rss_after: float
+    gc_longest_ms: float | None = None
+    gc_full: int | None = None
+
+
+def gc_state(server: Server, since: float, processes: int) -> tuple[float | None, int | None]:
+    """The longest collector pause since `since` over every gateway process, and their
+    generation-2 collections in all (each /healthz reaches one process: asked until all answered)."""
+    seen: dict[int, dict] = {}
+    for _ in range(50 * processes):
+        _, body = http_get(server.port, f"/healthz?gc_since={since:.3f}")
+        state = json.loads(body)
+        seen[state["process"]["pid"]] = state.get("gc") or {}
+        if len(seen) >= processes:
+            break
+    pauses = [s.get("longest_pause_ms_since") for s in seen.values() if s]
+    if not pauses:
+        return None, None
+    return max(pauses), sum(s["collections"][2] for s in seen.values())
+
+
+async def measure(server: Server, phase: Phase, key: str | None, model: str | None, tag: str,
+                  gc_processes: int = 0) -> Measured:  # fmt: skip
+    build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag)
+    warm = await run_load(server.port, build, checker(phase.stream), requests=200, concurrency=8)
+    if warm.errors:
+        raise RuntimeError(f"warm-up of {server.name} failed: {warm.error_sample}")
+    build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag + "m")
+    full_before = gc_state(server, time.time(), gc_processes)[1] if gc_processes else None
+    rss_before = server.rss_mb()
+    since = time.time()
+    cpu_before = server.cpu_s()
+    result = await run_load(server.port, build, checker(phase.stream), requests=phase.requests,
+                            concurrency=phase.concurrency)  # fmt: skip
+    await asyncio.sleep(0.3)  # buffered metric rows: their writing is counted
+    cpu_ms = (server.cpu_s() - cpu_before) * 1000 / phase.requests
+    measured = Measured(result, cpu_ms, rss_before, server.rss_mb())
+    if gc_processes:
+        longest, full_after = gc_state(server, since, gc_processes)
+        measured.gc_longest_ms = longest
+        if full_after is not None and full_before is not None:
+            measured.gc_full = full_after - full_before
+    if result.errors:
+        raise RuntimeError(f"{server.name}, {phase.label}: {result.errors} errors, e.g. {result.error_sample}")
+    return measured
+
+
+def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str = "gateway") -> Server:
+    port = free_port()
+    command = [sys.executable, "manage.py", "serve", "--processes", str(processes), "--port", str(port)]
+    gateway = start(name, command, env, workdir, port)
+    gateway.wait_ready("/healthz")
+    return gateway
+
+
+def rows_for(phase: Phase, figures: dict[str, Measured]) -> list[list[str]]:
+    direct, gateway, litellm = figures["direct"], figures["gateway"], figures.get("litellm")
+    rows = []
+
+    def add(metric: str, of: Callable[[Measured], float | None], digits: int = 3, vs_direct: bool = True) -> None:
+        g = of(gateway)
+        d = of(direct) if vs_direct else None
+        lite = of(litellm) if litellm is not None else None
+        rows.append([phase.label if not rows else "", metric, fmt(g, digits), fmt(d, digits) if vs_direct else "",
+                     ratio(g, d) if vs_direct else "", fmt(lite, digits), ratio(g, lite)])  # fmt: skip
+
+    add("requests/s", lambda m: m.result.throughput, 1)
+    add("added latency p50, ms", lambda m: m.result.pct(50) - direct.result.pct(50), vs_direct=False)
+    add("added latency p99, ms", lambda m: m.result.pct(99) - direct.result.pct(99), vs_direct=False)
+    add(f"server CPU, ms/{'stream' if phase.stream else 'request'}", lambda m: m.cpu_ms)
+    rows.append(["", "largest GC pause, ms (gen-2 runs)", f"{fmt(gateway.gc_longest_ms)} ({gateway.gc_full})",
+                 "", "", "n/a", ""])  # fmt: skip
+    add("resident MB before", lambda m: m.rss_before, 1)
+    add("resident MB after", lambda m: m.rss_after, 1)
+    return rows
+
+
+async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], workdir: Path, litellm: bool) -> int:
+    env = gateway_env(workdir, {**profile_env, HTTP_KEY_ENV: HTTP_KEY, "LLMOPS_GC_STATS": "1"})
+    key = prepare_gateway(env)
+    upstream_port = free_port()
+    upstream_env = {name: value for name, value in env.items() if not name.endswith("_API_KEY")}
+    upstream = start("upstream", [sys.executable, "-m", "benchmarks.fast_upstream", str(upstream_port)],
+                     {**upstream_env, "ECHO_API_KEY": HTTP_KEY}, workdir, upstream_port)  # fmt: skip
+    upstream.wait_ready("/healthz")
+    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    gateway_script(env, HTTP_CATALOG, HTTP_MODEL, upstream_url, HTTP_KEY_ENV)
+    servers = [upstream]
+    try:
+        gateway = start_gateway(env, workdir, 1)
+        servers.append(gateway)
+        lite = None
+        if litellm:
+            config = workdir / "litellm.yaml"
+            config.write_text(textwrap.dedent(f"""\
+                model_list:
+                  - model_name: {HTTP_MODEL}
+                    litellm_params: {{model: openai/echo, api_base: "{upstream_url}", api_key: "{HTTP_KEY}"}}
+                """))  # fmt: skip
+            port = free_port()
+            lite_env = {**upstream_env, "LITELLM_LOG": "ERROR"}
+            lite = start("litellm", [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--port",
+                                     str(port), "--num_workers", "1"], lite_env, workdir, port)  # fmt: skip
+            lite.wait_ready("/health/liveliness")
+            servers.append(lite)
+        phases = [
+            Phase("1 at a time", False, args.sequential, 1),
+            Phase("16 connections", False, args.requests, 16),
+            Phase("64 connections", False, args.requests, 64),
+            Phase("streams, 1 at a time", True, args.stream_sequential, 1),
+            Phase("streams, 16 at once", True, args.stream_requests, 16),
+        ]
+        rows: list[list[str]] = []
+        for number, phase in enumerate(phases):
+            figures = {
+                "direct": await measure(upstream, phase, HTTP_KEY, HTTP_MODEL, f"d{number}-"),
+                "gateway": await measure(gateway, phase, key, HTTP_MODEL, f"g{number}-", gc_processes=1),
+            }
+            if lite is not None:
+                figures["litellm"] = await measure(lite, phase, None, HTTP_MODEL, f"l{number}-")
+            rows += rows_for(phase, figures)
+        headers = ["scenario", "figure", "gateway", "direct", "vs direct", "LiteLLM", "vs LiteLLM"]
+        print(table(headers, rows))
+        print()
+        gateway.stop()
+        servers.remove(gateway)
+        scale_rows = []
+        phase = Phase("64 connections", False, args.requests, 64)
+        one = None
+        for count in args.processes:
+            served = start_gateway(env, workdir, count, name=f"gateway-{count}")
+            servers.append(served)
+            measured = await measure(served, phase, key, HTTP_MODEL, f"s{count}-", gc_processes=count)
+            served.stop()
+            servers.remove(served)
+            result = measured.result
+            one = one or result.throughput
+            share = result.client_cpu_s / result.wall_s / (os.cpu_count() or 1)
+            scale_rows.append([f"{count} process(es)", fmt(result.throughput, 1), ratio(result.throughput, one),
+                               fmt(measured.cpu_ms, 3), f"{share:.0%}", fmt(measured.gc_longest_ms)])  # fmt: skip
+        print(table(["gateway, 64 connections", "requests/s", "vs 1 process", "CPU ms/req",
+                     "generator's CPU share", "largest GC pause, ms"], scale_rows))  # fmt: skip
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=["embedded", "prod"], default="embedded")
+    parser.add_argument("--litellm", choices=["auto", "install", "off"], default="auto")
+    parser.add_argument("--processes", default="1,2", help="process counts for the scaling run (1,2)")
+    parser.add_argument("--sequential", type=int, default=1000, help="requests one at a time (1000)")
+    parser.add_argument("--requests", type=int, default=4000, help="requests at 16 and 64 connections (4000)")
+    parser.add_argument("--stream-sequential", type=int, default=300, help="streams one at a time (300)")
+    parser.add_argument("--stream-requests", type=int, default=1500, help="streams 16 at once (1500)")
+    args = parser.parse_args(argv)
+    args.processes = [int(part) for part in args.processes.split(",") if part.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_open_files(4096)
+    reason = litellm_reason(args.litellm)
+    print(
+        f"proxy benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, profile {args.profile}; "
+        f"upstream benchmarks.fast_upstream; {TOKENS} tokens per answer; LiteLLM: "
+        + (f"{litellm_version()} ({LITELLM_VENV}, 1 worker)" if reason is None else f"skipped, {reason}")
+    )
+    with workspace() as workdir:
+        if args.profile == "prod":
+            problem = services_unreachable()
+            if problem:
+                print(f"--profile prod needs PostgreSQL and Redis: {problem}")
+                return 1
+            with services_profile() as profile_env:
+                return asyncio.run(run_profile(args, profile_env, workdir, reason is None))
+        return asyncio.run(run_profile(args, {}, workdir, reason is None))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
