@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import platform
+import secrets
 import signal
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HT
 
 LITELLM_VENV = ROOT / ".venv-litellm"
 TOKENS = 16
+LITELLM_KEY = "sk-" + secrets.token_hex(32)
 
 
 @dataclass
@@ -261,7 +263,12 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
                     litellm_params: {{model: openai/echo, api_base: "{upstream_url}", api_key: "{HTTP_KEY}"}}
                 """))  # fmt: skip
             port = free_port()
-            lite_env = {**upstream_env, "LITELLM_LOG": "ERROR"}
+            # None of the gateway's services: LiteLLM would take DATABASE_URL for its own.
+            lite_env = {name: value for name, value in upstream_env.items() if not name.endswith("_URL")}
+            lite_env |= {
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_MASTER_KEY": LITELLM_KEY,
+            }  # it checks a key, as the gateway does
             lite = start("litellm", [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--port",
                                      str(port), "--num_workers", "1"], lite_env, workdir, port)  # fmt: skip
             lite.wait_ready("/health/liveliness")
@@ -280,7 +287,7 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
                 "gateway": await measure(gateway, phase, key, HTTP_MODEL, f"g{number}-", gc_processes=1),
             }
             if lite is not None:
-                figures["litellm"] = await measure(lite, phase, None, HTTP_MODEL, f"l{number}-")
+                figures["litellm"] = await measure(lite, phase, LITELLM_KEY, HTTP_MODEL, f"l{number}-")
             rows += rows_for(phase, figures)
         headers = ["scenario", "figure", "gateway", "direct", "vs direct", "LiteLLM", "vs LiteLLM"]
         print(table(headers, rows))
