@@ -288,7 +288,7 @@ async def measured_run(
         outcomes=outcome_delta(outcomes_after, outcomes_before),
         gc_longest_ms=gc_state.get("longest_pause_ms_since"),
         gc_longest_by_generation=gc_state.get("longest_pause_ms_since_by_generation"),
-        gc_full_cpu_ms=gc_state.get("longest_full_collection_cpu_ms_since"),
+        gc_full_cpu_ms=gc_state.get("longest_collection_cpu_ms_since"),
         gc_collections=collections,
         breaker_opened=breaker(state, model).get("times_opened", 0) - opened_before,
         started_at=gc_since,

@@ -319,7 +319,7 @@ def gc_pause_line(gateway: Daphne, label: str, since: float) -> str:
     verdict = "n/a" if longest is None else ("met" if longest < 20 else "NOT met")
     return (
         f"largest GC pause in the gateway during {label}: {fmt(longest)} ms (target under 20 ms: {verdict}; "
-        f"CPU of the longest full collection {fmt(state.get('longest_full_collection_cpu_ms_since'))} ms); "
+        f"the longest CPU time of a collection {fmt(state.get('longest_collection_cpu_ms_since'))} ms); "
         f"collections gen0/gen1/gen2 since start {'/'.join(map(str, state.get('collections') or [])) or 'n/a'}"
     )
 

@@ -67,7 +67,11 @@ if not settings.CELERY_BROKER_URL and settings.LLMOPS_MONITORING_START_WITH_SERV
 gc.collect()
 gc.freeze()
 
+from llmops import collector  # noqa: E402
 from llmops.gcstats import install_from_env  # noqa: E402
+
+# Full collections at idle moments, not under load (llmops/collector.py).
+collector.start()
 
 # Opt-in (LLMOPS_GC_STATS=1): the collector's pauses from here on, shown on /healthz.
 install_from_env()

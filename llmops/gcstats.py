@@ -1,13 +1,13 @@
 """How long the garbage collector stops this process: opt-in (LLMOPS_GC_STATS=1), for
 benchmarks and diagnosis, shown on /healthz under "gc" only when on.
 
-One `gc.callbacks` hook, two perf_counter calls per collection (and, for the rare full
-collections, two thread_time calls: their CPU time). It counts collections per
+One `gc.callbacks` hook, two perf_counter and two thread_time calls per collection (its
+pause and its CPU time). It counts collections per
 generation and keeps their total and longest pause (per generation), and the longest pause
 of each wall-clock second of the last hour, so that a benchmark can ask for the longest
 pause since a moment of its own (`/healthz?gc_since=<unix time>`) without resetting
 anything. Pauses are wall-clock time: on a busy machine they include time the process
-spent descheduled in the middle of a collection; a full collection's CPU time does not."""
+spent descheduled in the middle of a collection; a collection's CPU time does not (longest_collection_cpu_ms)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ _started = 0.0
 _started_cpu = 0.0
 _collections = [0, 0, 0]
 _pause_total_s = 0.0
-_longest_s = [0.0, 0.0, 0.0, 0.0]  # per generation, then the CPU time of the longest full collection
+_longest_s = [0.0, 0.0, 0.0, 0.0]  # per generation, then the longest CPU time of any collection
 # unix second -> the same four figures (s) for that second, oldest first
 _by_second: dict[int, list[float]] = {}
 _wall_offset = 0.0  # time.time() - time.perf_counter(), taken once at install
@@ -36,11 +36,10 @@ def _hook(phase: str, info: dict[str, Any]) -> None:
     generation = info.get("generation", 2)
     if phase == "start":
         _started = now
-        if generation == 2:
-            _started_cpu = time.thread_time()
+        _started_cpu = time.thread_time()
         return
     pause = now - _started
-    cpu = time.thread_time() - _started_cpu if generation == 2 else 0.0
+    cpu = time.thread_time() - _started_cpu
     _collections[generation] += 1
     _pause_total_s += pause
     if pause > _longest_s[generation]:
@@ -89,7 +88,7 @@ def gc_snapshot(since: float | None = None) -> dict[str, Any] | None:
         "pause_total_ms": round(_pause_total_s * 1000, 3),
         "longest_pause_ms": round(max(_longest_s[:3]) * 1000, 3),
         "longest_pause_ms_by_generation": [round(pause * 1000, 3) for pause in _longest_s[:3]],
-        "longest_full_collection_cpu_ms": round(_longest_s[3] * 1000, 3),
+        "longest_collection_cpu_ms": round(_longest_s[3] * 1000, 3),
         "frozen_objects": gc.get_freeze_count(),
     }
     if since is not None:
@@ -110,5 +109,5 @@ def gc_snapshot(since: float | None = None) -> dict[str, Any] | None:
         state["since"] = since
         state["longest_pause_ms_since"] = round(max(longest[:3]) * 1000, 3)
         state["longest_pause_ms_since_by_generation"] = [round(pause * 1000, 3) for pause in longest[:3]]
-        state["longest_full_collection_cpu_ms_since"] = round(longest[3] * 1000, 3)
+        state["longest_collection_cpu_ms_since"] = round(longest[3] * 1000, 3)
     return state

@@ -289,6 +289,11 @@ LLMOPS_MAX_BODY_BYTES = env_int("LLMOPS_MAX_BODY_BYTES", 4 * 1024 * 1024, minimu
 DATA_UPLOAD_MAX_MEMORY_SIZE = LLMOPS_MAX_BODY_BYTES
 LLMOPS_SSE_KEEPALIVE_S = env_float("LLMOPS_SSE_KEEPALIVE_S", 10.0, minimum=0.01)
 LLMOPS_WS_MAX_CHATS = env_int("LLMOPS_WS_MAX_CHATS", 8, minimum=1)
+# Full garbage collections at idle moments (llmops/collector.py): at most this often, and at
+# least this often when the server is never idle.
+LLMOPS_GC_IDLE = env_bool("LLMOPS_GC_IDLE", True)
+LLMOPS_GC_FULL_EVERY_S = env_float("LLMOPS_GC_FULL_EVERY_S", 30.0, minimum=1.0)
+LLMOPS_GC_FULL_MAX_S = env_float("LLMOPS_GC_FULL_MAX_S", 600.0, minimum=1.0)
 # `manage.py serve` (make run): gateway processes on one port; one process uses one core.
 LLMOPS_SERVER_PROCESSES = env_int("LLMOPS_SERVER_PROCESSES", os.cpu_count() or 1, minimum=1)
 LLMOPS_UPSTREAM_TIMEOUT_S = env_float("LLMOPS_UPSTREAM_TIMEOUT_S", 120.0, minimum=0.1)

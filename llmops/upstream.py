@@ -31,6 +31,7 @@ class InFlight:
 
     current = 0
     peak = 0
+    entered = 0  # calls ever started (the idle collector's sign of activity)
     by_model: dict[str, int] = {}
     _lock = threading.Lock()
 
@@ -38,6 +39,7 @@ class InFlight:
     def enter(cls, model: str) -> None:
         with cls._lock:
             cls.current += 1
+            cls.entered += 1
             cls.by_model[model] = cls.by_model.get(model, 0) + 1
             if cls.current > cls.peak:
                 cls.peak = cls.current
