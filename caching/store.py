@@ -1,5 +1,6 @@
-"""The answer cache's hot layer (Redis through django-redis, or local memory on the
-embedded default) and the CacheEntry records written behind it, off the hot path.
+"""The answer cache's hot layer (Redis, called on the gateway's asyncio client, or local
+memory on the embedded default) and the CacheEntry records written behind it, off the hot
+path.
 
 Redis failing never fails a request: the error is counted, logged at most once a minute,
 and the hot layer is skipped for LLMOPS_CACHE_RETRY_AFTER_S seconds, which are misses."""
@@ -13,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
@@ -24,6 +25,7 @@ from django.test.signals import setting_changed
 from caching.models import CacheEntry
 from llmops.buffered import BufferedWriter
 from llmops.fail_open import FailOpen
+from llmops.shared_redis import redis_for
 from llmops.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -81,20 +83,29 @@ def _caches_changed(*, setting: str, **_: Any) -> None:
         _backend = None
 
 
-async def _call(method: str, *args: Any) -> Any:
+def _redis() -> tuple[Any, Any] | None:
+    """(the asyncio Redis client of this event loop, django-redis's client) for the
+    answers alias on Redis, or None when it is in local memory."""
     backend = _answers()
-    function = getattr(backend, method)
     if isinstance(backend, LocMemCache):
-        return function(*args)  # in memory: nothing to wait for
-    # Redis I/O runs on the shared worker pool, not a thread made for this request.
-    return await sync_to_async(function, thread_sensitive=False)(*args)
+        return None
+    return redis_for(settings.CACHES["answers"]["LOCATION"]), backend.client
 
 
 async def hot_get(key: str) -> CachedAnswer | None:
     if not HotLayerHealth.usable():
         return None
     try:
-        data = await _call("get", PREFIX + key)
+        found = _redis()
+        if found is None:
+            data = _answers().get(PREFIX + key)  # in memory: nothing to wait for
+        else:
+            # No thread hop: the gateway's asyncio client, with django-redis's key and value
+            # format (its serializer and compressor), so that the Django cache API (the
+            # admin's purge, hot_delete) sees the same entries.
+            connection, client = found
+            raw = await connection.get(client.make_key(PREFIX + key))
+            data = None if raw is None else client.decode(raw)
         answer = CachedAnswer.load(key, data) if data else None
     except Exception as exc:
         HotLayerHealth.failed(exc)
@@ -107,7 +118,13 @@ async def hot_set(answer: CachedAnswer, ttl_seconds: int) -> None:
     if not HotLayerHealth.usable():
         return
     try:
-        await _call("set", PREFIX + answer.key, answer.dump(), ttl_seconds)
+        found = _redis()
+        if found is None:
+            _answers().set(PREFIX + answer.key, answer.dump(), ttl_seconds)
+        elif ttl_seconds > 0:
+            connection, client = found
+            key, value = client.make_key(PREFIX + answer.key), client.encode(answer.dump())
+            await connection.set(key, value, px=ttl_seconds * 1000)
     except Exception as exc:
         HotLayerHealth.failed(exc)
         return
