@@ -99,7 +99,7 @@ def _unreadable(what: str) -> UpstreamError:
     return UpstreamError(f"The upstream answered {what} the gateway cannot read.")
 
 
-def _dict_usage(raw: Any) -> Usage:
+def usage_from(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
     details = raw.get("prompt_tokens_details")
@@ -115,6 +115,20 @@ def _dict_logprobs(choice: dict[str, Any]) -> list[float] | None:
     return None if content is None else [token["logprob"] for token in content]
 
 
+def completion_from(answer: dict[str, Any], *, logprobs: bool = False) -> Completion:
+    """A `chat.completion` body (JSON, as the API and its Batch API's results send it)."""
+    try:
+        choice = answer["choices"][0]
+        return Completion(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=usage_from(answer.get("usage")),
+            logprobs=_dict_logprobs(choice) if logprobs else None,
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise _unreadable("a chat completion") from exc
+
+
 class OpenAIProvider:
     name = "openai"
 
@@ -125,16 +139,7 @@ class OpenAIProvider:
             # Only when asked: a request without it stays exactly what it was.
             args["logprobs"] = True
         answer = await post_json(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S)
-        try:
-            choice = answer["choices"][0]
-            return Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=choice.get("finish_reason") or "stop",
-                usage=_dict_usage(answer.get("usage")),
-                logprobs=_dict_logprobs(choice) if call.logprobs else None,
-            )
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise _unreadable("a chat completion") from exc
+        return completion_from(answer, logprobs=call.logprobs)
 
     async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
         url, headers = _headers(endpoint)
@@ -151,7 +156,7 @@ class OpenAIProvider:
                     message = error.get("message") if isinstance(error, dict) else error
                     raise UpstreamError(upstream_text_scrubbed(f"Upstream error: {message}"))
                 if chunk.get("usage") is not None:
-                    usage = _dict_usage(chunk["usage"])
+                    usage = usage_from(chunk["usage"])
                 choices = chunk.get("choices")
                 if choices:
                     choice = choices[0]

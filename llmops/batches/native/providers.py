@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 import anthropic
 import httpx2
 import openai
-from openai.types.chat import ChatCompletion
 
 from llmops.catalog import EndpointConfig
 from llmops.providers import anthropic as anthropic_provider
@@ -158,15 +157,11 @@ class OpenAIBatches:
     def _result(row: dict[str, Any]) -> Result:
         response, error = row.get("response") or {}, row.get("error") or {}
         status, body = response.get("status_code"), response.get("body")
-        if status == 200 and isinstance(body, dict):
-            completion = ChatCompletion.construct(**body)
-            if completion.choices:
-                choice = completion.choices[0]
-                return Completion(
-                    text=choice.message.content or "",
-                    finish_reason=choice.finish_reason or "stop",
-                    usage=openai_provider._usage(completion.usage),
-                )
+        if status == 200 and isinstance(body, dict) and body.get("choices"):
+            try:
+                return openai_provider.completion_from(body)
+            except UpstreamError as exc:
+                return exc
         if error.get("code") == "batch_expired":
             return EXPIRED
         if error.get("code") == "batch_cancelled":
