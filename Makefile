@@ -108,6 +108,8 @@ test: lint $(VENV)/.semantic $(VENV)/.browser
 	$(PY) tests/run_profiles.py
 
 bench: $(VENV)/.installed
+	$(PY) -m benchmarks.proxy
+	$(PY) -m benchmarks.upstream_clients
 	$(PY) -m benchmarks.gateway_overhead
 	$(PY) -m benchmarks.inflight
 	$(PY) -m benchmarks.view_layer

@@ -451,3 +451,19 @@ async def test_embed_refuses_a_gateway_secret_as_its_key(fake_embeddings, monkey
         await OpenAIProvider().embed(EndpointConfig.from_model(row), ["hello"])
     assert "bad-embed" in caught.value.message and "django-secret" not in caught.value.message
     assert fake_embeddings.requests == []
+
+
+def test_the_upstream_proxy_comes_from_the_environment_with_no_proxy_honoured(monkeypatch):
+    from llmops.providers import wire
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://plain-proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "vllm.internal,127.0.0.1")
+    wire._proxy.cache_clear()
+    try:
+        assert wire._proxy("https://api.openai.com/v1/chat/completions") == "http://proxy.internal:3128"
+        assert wire._proxy("http://gpu-box:8000/v1/chat/completions") == "http://plain-proxy.internal:3128"
+        assert wire._proxy("http://vllm.internal:8000/v1/chat/completions") is None
+        assert wire._proxy("http://127.0.0.1:8000/v1/chat/completions") is None
+    finally:
+        wire._proxy.cache_clear()
