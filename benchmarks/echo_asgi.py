@@ -118,6 +118,17 @@ def _token_count(data: dict[str, Any]) -> int:
     return int(data.get("max_completion_tokens") or data.get("max_tokens") or 16)
 
 
+def request_shape(body: bytes) -> tuple[int, bool, bool]:
+    """(tokens to answer, whether to stream, whether to send the usage chunk) of a request body."""
+    try:
+        data = json.loads(body)
+        count = _token_count(data)
+        stream = bool(data.get("stream"))
+        return count, stream, stream and bool((data.get("stream_options") or {}).get("include_usage"))
+    except (ValueError, TypeError, AttributeError):
+        return 16, False, False
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
@@ -130,13 +141,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     ):
         await _answer(send, 401, UNAUTHORIZED)
         return
-    try:
-        data = json.loads(body)
-        count = _token_count(data)
-        stream = bool(data.get("stream"))
-        usage = stream and bool((data.get("stream_options") or {}).get("include_usage"))
-    except (ValueError, TypeError, AttributeError):
-        count, stream, usage = 16, False, False
+    count, stream, usage = request_shape(body)
     if stream:
         served["streams"] += 1
         events = _streams.get((count, usage)) or _streams.setdefault((count, usage), _stream_events(count, usage))

@@ -4,11 +4,11 @@ machine the upstream takes as little CPU as it can from the gateway it stands be
 
 POST (any path): a `chat.completion`, or with `"stream": true` OpenAI's SSE wire format in
 chunked transfer encoding (a role chunk, one chunk per token, a finish chunk, the usage chunk
-when `stream_options.include_usage`, `data: [DONE]`), all written at once. The answer has
-`max_completion_tokens` or `max_tokens` tokens, else 16 (the shapes of benchmarks.echo_asgi,
-whose builders it uses). GET: `{"status": "ok", "completions": N, "streams": M}`, the
-answers served, so that whoever started it can check what reached it. With ECHO_API_KEY set
-it answers 401 to any request without `Authorization: Bearer <that value>`.
+when `stream_options.include_usage`, `data: [DONE]`), all written at once, with as many
+tokens as benchmarks.echo_asgi would send (its builders). GET: `{"status": "ok",
+"completions": N, "streams": M}`, the answers served, so that whoever started it can check
+what reached it. With ECHO_API_KEY set it answers 401 to any request without
+`Authorization: Bearer <that value>`.
 
     python -m benchmarks.fast_upstream PORT
 """
@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from benchmarks.echo_asgi import UNAUTHORIZED, _completion, _stream_events
+from benchmarks.echo_asgi import UNAUTHORIZED, _completion, _stream_events, request_shape
 
 EXPECTED = f"bearer {os.environ['ECHO_API_KEY']}".encode() if os.environ.get("ECHO_API_KEY") else None
 served = {"completions": 0, "streams": 0}
@@ -45,13 +45,7 @@ def answer(head: bytes, body: bytes) -> bytes:
         return _response(b"200 OK", b"application/json", json.dumps({"status": "ok", **served}).encode())
     if EXPECTED is not None and EXPECTED not in head.lower():
         return _response(b"401 Unauthorized", b"application/json", UNAUTHORIZED)
-    try:
-        data = json.loads(body)
-        count = int(data.get("max_completion_tokens") or data.get("max_tokens") or 16)
-        stream = bool(data.get("stream"))
-        usage = stream and bool((data.get("stream_options") or {}).get("include_usage"))
-    except (ValueError, TypeError, AttributeError):
-        count, stream, usage = 16, False, False
+    count, stream, usage = request_shape(body)
     if stream:
         served["streams"] += 1
         found = _streamed.get((count, usage))

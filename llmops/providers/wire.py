@@ -140,12 +140,15 @@ async def _failed(response: aiohttp.ClientResponse) -> UpstreamError:
     )
 
 
+async def _post(url: str, headers: dict[str, str], body: dict[str, Any], timeout: float) -> Any:
+    data = json.dumps(body).encode()
+    return (await session()).post(url, data=data, headers=headers, timeout=_timeout(timeout), proxy=_proxy(url))
+
+
 async def post_json(url: str, headers: dict[str, str], body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """POST a JSON body; the JSON answer, or UpstreamError."""
     try:
-        async with (await session()).post(
-            url, data=json.dumps(body), headers=headers, timeout=_timeout(timeout)
-        ) as response:
+        async with await _post(url, headers, body, timeout) as response:
             if response.status >= 400:
                 raise await _failed(response)
             raw = await response.read()
@@ -168,9 +171,7 @@ async def post_events(
     """POST a JSON body and yield the answer's server-sent events as (event, data), the
     data lines of an event joined with newlines; UpstreamError on a failure at any point."""
     try:
-        async with (await session()).post(
-            url, data=json.dumps(body), headers=headers, timeout=_timeout(timeout)
-        ) as response:
+        async with await _post(url, headers, body, timeout) as response:
             if response.status >= 400:
                 raise await _failed(response)
             pending = b""
