@@ -56,7 +56,7 @@ def served(tmp_path):
         yield server, port
     finally:
         if server.poll() is None:
-            server.kill()
+            server.kill()  # its server processes die with it (PR_SET_PDEATHSIG)
             server.wait()
 
 
@@ -90,3 +90,14 @@ def test_two_processes_share_one_port_and_say_which_answered(served):
     assert not any(_alive(pid) for pid in restarted.values())
     with pytest.raises(OSError):
         _get(port, "/healthz")
+
+
+def test_server_processes_do_not_outlive_a_killed_serve(served):
+    server, port = served
+    pids = _processes_seen(port, 2)
+    server.kill()
+    server.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids.values())

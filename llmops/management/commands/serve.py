@@ -17,6 +17,8 @@ breakers; everywhere, each model's concurrency slots and the in-flight count."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -30,7 +32,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 RESTART_PAUSE_S = 1.0
+PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 15.0
+
+
+def _die_with_parent() -> None:
+    """In a server process, before daphne starts: SIGTERM when this command dies, even by
+    SIGKILL, so that no server process outlives it (Linux's PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
@@ -85,7 +95,7 @@ class Command(BaseCommand):
             # daphne's fd endpoint (twisted/plugins/fd_endpoint.py) takes the address family's number.
             endpoint = f"fd:fileno={fileno}" + (f":domain={int(socket.AF_INET6)}" if ":" in host else "")
             command = [daphne, "-e", endpoint, app]
-            return subprocess.Popen(command, env=env, pass_fds=[fileno])
+            return subprocess.Popen(command, env=env, pass_fds=[fileno], preexec_fn=_die_with_parent)
 
         def stop(signum: int, _frame: Any) -> None:
             nonlocal stopping
