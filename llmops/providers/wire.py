@@ -131,10 +131,12 @@ def transport_error(exc: BaseException) -> UpstreamError:
 
 
 async def _failed(response: aiohttp.ClientResponse) -> UpstreamError:
+    raw = b""
     try:
-        raw = await response.content.read(MAX_ERROR_BODY)
+        while len(raw) < MAX_ERROR_BODY and (piece := await response.content.read(MAX_ERROR_BODY - len(raw))):
+            raw += piece
     except (aiohttp.ClientError, TimeoutError):
-        raw = b""
+        pass  # what arrived is the message
     return upstream_error_from_status(
         response.status, _error_message(response.status, raw), response.headers.get("retry-after")
     )
