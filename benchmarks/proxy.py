@@ -67,6 +67,7 @@ from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HT
 
 LITELLM_VENV = ROOT / ".venv-litellm"
 TOKENS = 16
+WARMUP = 200  # requests before each measured phase, per server (--warmup)
 LITELLM_KEY = "sk-" + secrets.token_hex(32)
 
 
@@ -192,7 +193,7 @@ def gc_state(server: Server, since: float, processes: int) -> tuple[float | None
 async def measure(server: Server, phase: Phase, key: str | None, model: str | None, tag: str,
                   gc_processes: int = 0) -> Measured:  # fmt: skip
     build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag)
-    warm = await run_load(server.port, build, checker(phase.stream), requests=200, concurrency=8)
+    warm = await run_load(server.port, build, checker(phase.stream), requests=WARMUP, concurrency=8)
     if warm.errors:
         raise RuntimeError(f"warm-up of {server.name} failed: {warm.error_sample}")
     build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag + "m")
@@ -301,6 +302,8 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
             rows += rows_for(phase, figures)
         headers = ["scenario", "figure", "gateway", "direct", "vs direct", "LiteLLM", "vs LiteLLM"]
         print(table(headers, rows))
+        print("ratios: the gateway's figure / the direct call's and / LiteLLM's, from this run; added latency: "
+              "p50 and p99 minus the direct call's")  # fmt: skip
         print()
         gateway.stop()
         servers.remove(gateway)
@@ -335,13 +338,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=4000, help="requests at 16 and 64 connections (4000)")
     parser.add_argument("--stream-sequential", type=int, default=300, help="streams one at a time (300)")
     parser.add_argument("--stream-requests", type=int, default=1500, help="streams 16 at once (1500)")
+    parser.add_argument("--warmup", type=int, default=WARMUP, help=f"requests before each phase ({WARMUP})")
     args = parser.parse_args(argv)
     args.processes = [int(part) for part in args.processes.split(",") if part.strip()]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    global WARMUP
     args = parse_args(argv)
+    WARMUP = args.warmup
     raise_open_files(4096)
     reason = litellm_reason(args.litellm)
     print(

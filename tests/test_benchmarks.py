@@ -27,6 +27,9 @@ pytestmark = [
          "--stream-sequential", "10", "--stream-requests", "20", "--warmup", "5"],
         ["benchmarks.gateway_overhead", "--upstream", "http", "--sequential", "20", "--requests", "40",
          "--concurrency", "8", "--stream-sequential", "10", "--stream-requests", "20", "--warmup", "5"],
+        ["benchmarks.proxy", "--litellm", "off", "--sequential", "20", "--requests", "60", "--stream-sequential",
+         "10", "--stream-requests", "20", "--warmup", "10"],
+        ["benchmarks.upstream_clients", "--requests", "60", "--streams", "40"],
         ["benchmarks.metric_path", "--requests", "600", "--rounds", "2"],
         ["benchmarks.inflight", "--requests", "32", "--latency-ms", "200", "--warmup", "5"],
         ["benchmarks.view_layer", "--requests", "16", "--warmup", "4", "--rounds", "1", "--concurrency", "4"],
@@ -42,7 +45,8 @@ pytestmark = [
         ["benchmarks.batches", "--items", "1000", "--sequential", "5", "--interactive", "20", "--rate", "20",
          "--seed-items", "100"],
     ],
-    ids=["gateway_overhead", "gateway_overhead_http", "metric_path", "inflight", "view_layer", "cache", "streaming",
+    ids=["gateway_overhead", "gateway_overhead_http", "proxy", "upstream_clients",
+         "metric_path", "inflight", "view_layer", "cache", "streaming",
          "failover", "routing", "batches"],
 )  # fmt: skip
 def test_the_benchmark_runs_and_prints_its_ratios(command):
