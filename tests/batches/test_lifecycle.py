@@ -120,6 +120,9 @@ async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_
     ids = [f"d{i}" for i in range(10)]
     batch = await created(sdk, [batch_line(i, f"q {i}", model="fake-gpt") for i in ids])
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 1
+    # One item at a time, 0.2 s each: the runner is stopped after its third answer, long
+    # before its sixth (the five items below must still be unanswered).
+    fake_openai.delay_s = 0.2
     # A runner that died: it recorded three answers, held four items whose lease has
     # lapsed, and one whose lease still runs (it may live yet); two were never taken.
     first = asyncio.ensure_future(batch_run(batch.id))
@@ -146,6 +149,7 @@ async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_
 
     await die()
     asked_before = len(fake_openai.requests)
+    fake_openai.delay_s = 0.0
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 64
     assert await batch_run(batch.id) == "ended"
 
