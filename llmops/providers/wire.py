@@ -15,6 +15,7 @@ the upstream's own message, scrubbed of secrets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import urllib.request
@@ -132,11 +133,10 @@ def transport_error(exc: BaseException) -> UpstreamError:
 
 async def _failed(response: aiohttp.ClientResponse) -> UpstreamError:
     raw = b""
-    try:
+    # A connection that breaks or stalls mid-body: what arrived before is the message.
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         while len(raw) < MAX_ERROR_BODY and (piece := await response.content.read(MAX_ERROR_BODY - len(raw))):
             raw += piece
-    except (aiohttp.ClientError, TimeoutError):
-        pass  # what arrived is the message
     return upstream_error_from_status(
         response.status, _error_message(response.status, raw), response.headers.get("retry-after")
     )
@@ -144,14 +144,18 @@ async def _failed(response: aiohttp.ClientResponse) -> UpstreamError:
 
 async def _post(url: str, headers: dict[str, str], body: dict[str, Any], timeout: float) -> Any:
     data = json.dumps(body).encode()
-    return (await session()).post(url, data=data, headers=headers, timeout=_timeout(timeout), proxy=_proxy(url))
+    # No redirects followed (as the SDKs' httpx follows none): a host in the catalog cannot
+    # send the request, and the key it carries, on to another; a 3xx is an upstream error.
+    return (await session()).post(
+        url, data=data, headers=headers, timeout=_timeout(timeout), proxy=_proxy(url), allow_redirects=False
+    )
 
 
 async def post_json(url: str, headers: dict[str, str], body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """POST a JSON body; the JSON answer, or UpstreamError."""
     try:
         async with await _post(url, headers, body, timeout) as response:
-            if response.status >= 400:
+            if response.status >= 300:
                 raise await _failed(response)
             raw = await response.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -174,7 +178,7 @@ async def post_events(
     data lines of an event joined with newlines; UpstreamError on a failure at any point."""
     try:
         async with await _post(url, headers, body, timeout) as response:
-            if response.status >= 400:
+            if response.status >= 300:
                 raise await _failed(response)
             pending = b""
             event, data = "", []

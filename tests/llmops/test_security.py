@@ -399,3 +399,18 @@ def test_the_built_in_key_set_by_hand_stops_start_up_too():
 def test_start_up_goes_on_when_allowed_in_debug_or_with_a_secret_key(env):
     done = start_up(**env)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_redirect_does_not_take_the_key_to_another_host(fake_openai, monkeypatch, stream):
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-for-this-server")
+    elsewhere = FakeOpenAI().start()
+    try:
+        fake_openai.fail(307, headers={"location": f"{elsewhere.base_url}/chat/completions"})
+        config = endpoint(name="groq", provider="openai", base_url=fake_openai.base_url, api_key_env="GROQ_API_KEY")
+        with pytest.raises(UpstreamError) as caught:
+            await ask(OpenAIProvider(), config, stream=stream)
+        assert caught.value.status == 502
+        assert elsewhere.requests == []
+    finally:
+        elsewhere.stop()
