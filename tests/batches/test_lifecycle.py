@@ -120,9 +120,9 @@ async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_
     ids = [f"d{i}" for i in range(10)]
     batch = await created(sdk, [batch_line(i, f"q {i}", model="fake-gpt") for i in ids])
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 1
-    # One item at a time, 0.2 s each: the runner is stopped after its third answer, long
-    # before its sixth (the five items below must still be unanswered).
-    fake_openai.delay_s = 0.2
+    # One item at a time; the upstream answers three and holds the fourth, so the runner is
+    # stopped with exactly three answers recorded (the five items below are unanswered).
+    fake_openai.hold_after(3)
     # A runner that died: it recorded three answers, held four items whose lease has
     # lapsed, and one whose lease still runs (it may live yet); two were never taken.
     first = asyncio.ensure_future(batch_run(batch.id))
@@ -133,6 +133,7 @@ async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_
     await until(three_done)
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
+    fake_openai.release()
     rows = [item for item in await items_of(batch.id) if item.status != ItemStatus.SUCCEEDED]
     recorded = {item.custom_id for item in await items_of(batch.id) if item.status == ItemStatus.SUCCEEDED}
     lapsed, live = rows[:4], rows[4]
@@ -149,7 +150,6 @@ async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_
 
     await die()
     asked_before = len(fake_openai.requests)
-    fake_openai.delay_s = 0.0
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 64
     assert await batch_run(batch.id) == "ended"
 
@@ -266,24 +266,44 @@ async def test_a_runner_stopped_mid_batch_gives_back_every_slot_and_item(sdk, se
     assert row.status == "in_progress" and row.heartbeat_at is None
 
 
-async def test_the_embedded_executor_resumes_a_batch_after_a_restart(sdk, settings):
+async def test_the_embedded_executor_resumes_a_batch_after_a_restart(
+    sdk, settings, fake_openai, monkeypatch, upstream_under_test
+):
+    monkeypatch.setenv("LLMOPS_TEST_OPENAI_API_KEY", "sk-fake")
+    await add_endpoint(
+        name="fake-gpt",
+        provider="openai",
+        upstream_model="gpt-fake-1",
+        base_url=fake_openai.base_url,
+        api_key_env="LLMOPS_TEST_OPENAI_API_KEY",
+    )
+    catalog.reset()
     settings.LLMOPS_BATCH_EXECUTOR = "in_process"
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 4
+    # Four answers, then the upstream holds every call: the server stops mid-batch.
+    fake_openai.hold_after(4)
     ids = [f"r{i}" for i in range(16)]
-    batch = await created(sdk, [batch_line(i, f"q {i}", **SLOW) for i in ids])
+    batch = await created(sdk, [batch_line(i, f"q {i}", model="fake-gpt") for i in ids])
 
-    async def started():
-        return (await batch_row(batch.id)).completed >= 2
+    async def four_done():
+        return (await batch_row(batch.id)).completed >= 4
 
-    await until(started)
-    await asyncio.to_thread(EXECUTOR.stop)  # the server stops
+    await until(four_done)
+    # The server stops: its runner and the calls it has in flight are given up at once
+    # (not when the held calls time out, nor after the runner took more items).
+    began = time.monotonic()
+    await asyncio.to_thread(EXECUTOR.stop)
+    assert time.monotonic() - began < settings.LLMOPS_UPSTREAM_TIMEOUT_S
     stopped = await batch_row(batch.id)
-    assert stopped.status == "in_progress" and stopped.completed < len(ids)
+    assert stopped.status == "in_progress" and (stopped.completed, stopped.failed) == (4, 0)
+    fake_openai.release()
     EXECUTOR.start()  # and starts again
     ended = await batch_ended(sdk, batch.id)
     assert ended.status == "completed" and ended.request_counts.completed == len(ids)
     out, errors = await both_files(sdk, ended)
     assert errors == [] and sorted(line["custom_id"] for line in out) == sorted(ids)
+    answered = [r.body["messages"][0]["content"] for r in fake_openai.requests if r.path.endswith("/completions")]
+    assert sorted(set(answered)) == sorted(f"q {i}" for i in ids)
 
 
 async def test_an_answer_the_database_refuses_holds_back_no_other_answer_of_its_turn():

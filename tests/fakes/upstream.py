@@ -93,7 +93,9 @@ class FakeUpstream:
     Script it per test: `fail(...)` queues error answers (each used once, in order, before
     the normal answer), `delay_s` holds every response head back (to trigger timeouts),
     `event_delay_s` spaces stream events (the first goes at once), `break_stream(...)` fails
-    the next stream after some text. With `notice_hangups`, a request held back by
+    the next stream after some text, `hold_after(n)` answers n requests and holds every
+    later one until `release()` (how a test stops a client at a known point, not a time).
+    With `notice_hangups`, a request held back by
     `delay_s` whose client closes the connection meanwhile is given up at once and kept in
     `hangups` (how a test sees that the gateway closed an upstream call it no longer needs)."""
 
@@ -105,6 +107,8 @@ class FakeUpstream:
         self.event_delay_s = 0.0
         self.notice_hangups = False
         self.hangups: list[RecordedRequest] = []
+        self._hold_after: int | None = None
+        self._released = threading.Event()
         self._failures: deque[Failure] = deque()
         self._stream_break: StreamBreak | None = None
         self._lock = threading.Lock()
@@ -129,6 +133,15 @@ class FakeUpstream:
 
     def break_stream(self, after: int, message: str = "The upstream failed mid-stream.", **kwargs: Any) -> None:
         self._stream_break = StreamBreak(after, message, **kwargs)
+
+    def hold_after(self, answered: int) -> None:
+        """Answer `answered` more requests, then hold each later one until `release()`."""
+        with self._lock:
+            self._hold_after = len(self.requests) + answered
+            self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
 
     def pause(self, seconds: float) -> None:
         # An Event, not time.sleep: stop() wakes every paused handler at once.
@@ -196,7 +209,13 @@ class FakeUpstream:
         with self._lock:
             self.requests.append(request)
             failure = self._failures.popleft() if self._failures else None
+            held = self._hold_after is not None and len(self.requests) > self._hold_after
         try:
+            if held:
+                while not (self._released.wait(0.01) or self._stopping.is_set()):
+                    pass
+                if self._stopping.is_set():
+                    return
             if self.delay_s:
                 if self.notice_hangups:
                     if self._wait_or_hangup(handler, request, self.delay_s):
