@@ -24,6 +24,7 @@ from django.test.signals import setting_changed
 
 from caching.models import CacheEntry
 from llmops.buffered import BufferedWriter
+from llmops.bulk import rows_insert
 from llmops.fail_open import FailOpen
 from llmops.shared_redis import redis_for
 from llmops.usage import Usage
@@ -183,11 +184,8 @@ def _apply(batch: list[tuple[Any, ...]]) -> None:
     with transaction.atomic():
         # A refresh that computed no vector keeps the one the entry had.
         for with_vector, update in ((True, UPDATED_ON_REFRESH), (False, UPDATED_KEEPING_VECTOR)):
-            rows = [CacheEntry(**f) for f in stores.values() if (f.get("embedding") is not None) == with_vector]
-            if rows:
-                CacheEntry.objects.bulk_create(
-                    rows, update_conflicts=True, unique_fields=["key_hash"], update_fields=update
-                )
+            rows = [f for f in stores.values() if (f.get("embedding") is not None) == with_vector]
+            rows_insert(CacheEntry, rows, conflict=("key_hash", update))
         for key, (count, saved, when) in hits.items():
             CacheEntry.objects.filter(key_hash=key).update(
                 hit_count=F("hit_count") + count, cost_saved_usd=F("cost_saved_usd") + saved, last_hit_at=when

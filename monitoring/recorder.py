@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 
 from llmops.buffered import BufferedWriter
+from llmops.bulk import rows_insert
 from monitoring.models import QueryMetric
 from monitoring.rollups import rollups_add
 
@@ -20,7 +21,7 @@ def _rows_write(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Write the rows; returns those written (with the api_key_id they were written with)."""
     try:
         with transaction.atomic():
-            QueryMetric.objects.bulk_create([QueryMetric(**row) for row in batch])
+            rows_insert(QueryMetric, batch)
         return batch
     except (OperationalError, InterfaceError):
         raise
