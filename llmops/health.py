@@ -102,6 +102,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
             "index": int(os.environ.get("LLMOPS_PROCESS_INDEX", "0")),
             "count": int(os.environ.get("LLMOPS_SERVER_PROCESSES", "1")),
             "pid": os.getpid(),
+            "event_loop": _loop_name(),
         },
         "upstream_in_flight": InFlight.current,
         "upstream_in_flight_peak": InFlight.peak,
@@ -111,6 +112,11 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     if gc_state is not None:
         body["gc"] = gc_state
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _loop_name() -> str:
+    """ "uvloop" or "asyncio": the event loop this process serves on."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 def _gc_since(request: HttpRequest) -> float | None:

@@ -1,8 +1,9 @@
-"""`manage.py serve`: several daphne processes on one port, each saying on /healthz which
-one it is; one that dies is started again; SIGTERM stops them all."""
+"""`manage.py serve`: several daphne processes on one port, on uvloop, each saying on /healthz
+which one it is; one that dies is started again; SIGTERM stops them all."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ def _processes_seen(port: int, wanted: int, timeout: float = 60) -> dict[int, in
             time.sleep(0.1)
             continue
         assert process["count"] == wanted
+        assert process["event_loop"] == ("uvloop" if sys.platform != "win32" else "asyncio")  # llmops/server.py
         seen[process["index"]] = process["pid"]
     return seen
 
@@ -101,3 +103,11 @@ def test_server_processes_do_not_outlive_a_killed_serve(served):
     while any(_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids.values())
+
+
+def test_llmops_uvloop_false_keeps_asyncios_own_loop(monkeypatch):
+    from llmops.server import loop_policy_install
+
+    monkeypatch.setenv("LLMOPS_UVLOOP", "false")
+    before = asyncio.get_event_loop_policy()
+    assert loop_policy_install() == "asyncio" and asyncio.get_event_loop_policy() is before

@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -86,7 +85,6 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         port = sockets[0].getsockname()[1]
-        daphne = str(Path(sys.executable).parent / "daphne")
         stopping = False
 
         def start(index: int) -> subprocess.Popen[bytes]:
@@ -94,7 +92,8 @@ class Command(BaseCommand):
             fileno = sockets[index].fileno()
             # daphne's fd endpoint (twisted/plugins/fd_endpoint.py) takes the address family's number.
             endpoint = f"fd:fileno={fileno}" + (f":domain={int(socket.AF_INET6)}" if ":" in host else "")
-            command = [daphne, "-e", endpoint, app]
+            # daphne's command line, on uvloop unless LLMOPS_UVLOOP is off (llmops/server.py).
+            command = [sys.executable, "-m", "llmops.server", "-e", endpoint, app]
             return subprocess.Popen(command, env=env, pass_fds=[fileno], preexec_fn=_die_with_parent)
 
         def stop(signum: int, _frame: Any) -> None:
