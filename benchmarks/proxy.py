@@ -35,6 +35,7 @@ import os
 import platform
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -224,30 +225,39 @@ def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str 
     return gateway
 
 
-def gc_pair(measured: Measured) -> str:
-    return f"{fmt(measured.gc_cpu_ms)} / {fmt(measured.gc_longest_ms)}"
+def gc_pair(passes: list[Measured]) -> str:
+    """The largest collector pause over the passes, CPU / wall, and the generation-2 runs in all."""
+    cpu = [m.gc_cpu_ms for m in passes if m.gc_cpu_ms is not None]
+    wall = [m.gc_longest_ms for m in passes if m.gc_longest_ms is not None]
+    full = [m.gc_full for m in passes if m.gc_full is not None]
+    return f"{fmt(max(cpu, default=None))} / {fmt(max(wall, default=None))} ({sum(full) if full else 'n/a'})"
 
 
-def rows_for(phase: Phase, figures: dict[str, Measured]) -> list[list[str]]:
-    direct, gateway, litellm = figures["direct"], figures["gateway"], figures.get("litellm")
+def rows_for(phase: Phase, passes: list[dict[str, Measured]]) -> list[list[str]]:
+    """A phase's figures, each the median over the passes (the servers take turns in every
+    pass, so a slow moment of the machine falls on all of them); the last column gives the
+    ratio to LiteLLM pass by pass, to show the spread."""
     rows = []
 
-    def add(metric: str, of: Callable[[Measured], float | None], digits: int = 3, vs_direct: bool = True) -> None:
-        g = of(gateway)
-        d = of(direct) if vs_direct else None
-        lite = of(litellm) if litellm is not None else None
-        rows.append([phase.label if not rows else "", metric, fmt(g, digits), fmt(d, digits) if vs_direct else "",
-                     ratio(g, d) if vs_direct else "", fmt(lite, digits), ratio(g, lite)])  # fmt: skip
+    def add(metric: str, of: Callable[[Measured, Measured], float], digits: int = 3, vs_direct: bool = True) -> None:
+        def median_of(name: str) -> float | None:
+            values = [of(figures[name], figures["direct"]) for figures in passes if name in figures]
+            return statistics.median(values) if values else None
 
-    add("requests/s", lambda m: m.result.throughput, 1)
-    add("added latency p50, ms", lambda m: m.result.pct(50) - direct.result.pct(50), vs_direct=False)
-    add("added latency p99, ms", lambda m: m.result.pct(99) - direct.result.pct(99), vs_direct=False)
-    add(f"server CPU, ms/{'stream' if phase.stream else 'request'}", lambda m: m.cpu_ms)
-    gc_figure = f"{gc_pair(gateway)} ({gateway.gc_full})"
-    rows.append(["", "largest GC pause CPU / wall, ms (gen-2 runs)", gc_figure,
-                 "", "", "n/a", ""])  # fmt: skip
-    add("resident MB before", lambda m: m.rss_before, 1)
-    add("resident MB after", lambda m: m.rss_after, 1)
+        g, d, lite = median_of("gateway"), median_of("direct"), median_of("litellm")
+        each = [ratio(of(f["gateway"], f["direct"]), of(f["litellm"], f["direct"])) for f in passes if "litellm" in f]
+        rows.append([phase.label if not rows else "", metric, fmt(g, digits), fmt(d, digits) if vs_direct else "",
+                     ratio(g, d) if vs_direct else "", fmt(lite, digits), ratio(g, lite),
+                     " ".join(r.rstrip("x") for r in each)])  # fmt: skip
+
+    add("requests/s", lambda m, _: m.result.throughput, 1)
+    add("added latency p50, ms", lambda m, d: m.result.pct(50) - d.result.pct(50), vs_direct=False)
+    add("added latency p99, ms", lambda m, d: m.result.pct(99) - d.result.pct(99), vs_direct=False)
+    add(f"server CPU, ms/{'stream' if phase.stream else 'request'}", lambda m, _: m.cpu_ms)
+    gateway = [figures["gateway"] for figures in passes]
+    rows.append(["", "largest GC pause CPU / wall, ms (gen-2 runs)", gc_pair(gateway), "", "", "n/a", "", ""])
+    add("resident MB before", lambda m, _: m.rss_before, 1)
+    add("resident MB after", lambda m, _: m.rss_after, 1)
     return rows
 
 
@@ -293,17 +303,23 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         ]
         rows: list[list[str]] = []
         for number, phase in enumerate(phases):
-            figures = {
-                "direct": await measure(upstream, phase, HTTP_KEY, HTTP_MODEL, f"d{number}-"),
-                "gateway": await measure(gateway, phase, key, HTTP_MODEL, f"g{number}-", gc_processes=1),
-            }
-            if lite is not None:
-                figures["litellm"] = await measure(lite, phase, LITELLM_KEY, HTTP_MODEL, f"l{number}-")
-            rows += rows_for(phase, figures)
-        headers = ["scenario", "figure", "gateway", "direct", "vs direct", "LiteLLM", "vs LiteLLM"]
+            passes = []
+            for turn in range(args.passes):
+                tag = f"{number}.{turn}-"
+                figures = {
+                    "direct": await measure(upstream, phase, HTTP_KEY, HTTP_MODEL, "d" + tag),
+                    "gateway": await measure(gateway, phase, key, HTTP_MODEL, "g" + tag, gc_processes=1),
+                }
+                if lite is not None:
+                    figures["litellm"] = await measure(lite, phase, LITELLM_KEY, HTTP_MODEL, "l" + tag)
+                passes.append(figures)
+            rows += rows_for(phase, passes)
+        headers = ["scenario", "figure", "gateway", "direct", "vs direct", "LiteLLM", "vs LiteLLM", "each pass"]
         print(table(headers, rows))
-        print("ratios: the gateway's figure / the direct call's and / LiteLLM's, from this run; added latency: "
-              "p50 and p99 minus the direct call's")  # fmt: skip
+        print(f"figures: medians over {args.passes} pass(es), the servers taking turns in each; ratios: the "
+              "gateway's figure / the direct call's and / LiteLLM's, from this run; each pass: the ratio to "
+              "LiteLLM pass by pass; added latency: p50 and p99 minus the direct call's; GC pause: the "
+              "largest over the passes")  # fmt: skip
         print()
         gateway.stop()
         servers.remove(gateway)
@@ -313,16 +329,19 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         for count in args.processes:
             served = start_gateway(env, workdir, count, name=f"gateway-{count}")
             servers.append(served)
-            measured = await measure(served, phase, key, HTTP_MODEL, f"s{count}-", gc_processes=count)
+            runs = [await measure(served, phase, key, HTTP_MODEL, f"s{count}.{turn}-", gc_processes=count)
+                    for turn in range(args.passes)]  # fmt: skip
             served.stop()
             servers.remove(served)
-            result = measured.result
-            one = one or result.throughput
-            share = result.client_cpu_s / result.wall_s / (os.cpu_count() or 1)
-            scale_rows.append([f"{count} process(es)", fmt(result.throughput, 1), ratio(result.throughput, one),
-                               fmt(measured.cpu_ms, 3), f"{share:.0%}", gc_pair(measured)])  # fmt: skip
+            throughput = statistics.median(m.result.throughput for m in runs)
+            one = one or throughput
+            share = statistics.median(m.result.client_cpu_s / m.result.wall_s for m in runs) / (os.cpu_count() or 1)
+            scale_rows.append([f"{count} process(es)", fmt(throughput, 1), ratio(throughput, one),
+                               fmt(statistics.median(m.cpu_ms for m in runs), 3), f"{share:.0%}",
+                               gc_pair(runs)])  # fmt: skip
         print(table(["gateway, 64 connections", "requests/s", "vs 1 process", "CPU ms/req",
-                     "generator's CPU share", "largest GC pause CPU / wall, ms"], scale_rows))  # fmt: skip
+                     "generator's CPU share", "largest GC pause CPU / wall, ms (gen-2)"], scale_rows))  # fmt: skip
+        print(f"medians over {args.passes} pass(es) per process count")
     finally:
         for server in reversed(servers):
             server.stop()
@@ -338,6 +357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=4000, help="requests at 16 and 64 connections (4000)")
     parser.add_argument("--stream-sequential", type=int, default=300, help="streams one at a time (300)")
     parser.add_argument("--stream-requests", type=int, default=1500, help="streams 16 at once (1500)")
+    parser.add_argument("--passes", type=int, default=3, help="passes per scenario, medians reported (3)")
     parser.add_argument("--warmup", type=int, default=WARMUP, help=f"requests before each phase ({WARMUP})")
     args = parser.parse_args(argv)
     args.processes = [int(part) for part in args.processes.split(",") if part.strip()]

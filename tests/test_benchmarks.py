@@ -28,7 +28,7 @@ pytestmark = [
         ["benchmarks.gateway_overhead", "--upstream", "http", "--sequential", "20", "--requests", "40",
          "--concurrency", "8", "--stream-sequential", "10", "--stream-requests", "20", "--warmup", "5"],
         ["benchmarks.proxy", "--litellm", "off", "--sequential", "20", "--requests", "60", "--stream-sequential",
-         "10", "--stream-requests", "20", "--warmup", "10"],
+         "10", "--stream-requests", "20", "--warmup", "10", "--passes", "2"],
         ["benchmarks.upstream_clients", "--requests", "60", "--streams", "40"],
         ["benchmarks.metric_path", "--requests", "600", "--rounds", "2"],
         ["benchmarks.inflight", "--requests", "32", "--latency-ms", "200", "--warmup", "5"],
