@@ -1,13 +1,17 @@
-"""Claude models through the official SDK's AsyncAnthropic. OpenAI-style messages are mapped
-to Anthropic's `system` + alternating `messages` shape, and the answer back."""
+"""Claude models. OpenAI-style messages are mapped to Anthropic's `system` + alternating
+`messages` shape, and the answer back. Messages, whole and streamed, go through the lean
+client (llmops/providers/wire.py) with the API version and headers the official SDK sends;
+the SDK's AsyncAnthropic serves the native batches (llmops/batches/native)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import httpx2
+from anthropic._constants import ANTHROPIC_API_VERSION
 from anthropic.types import CacheControlEphemeralParam, TextBlockParam
 from django.conf import settings
 
@@ -22,7 +26,9 @@ from llmops.providers.base import (
     estimate_tokens,
     provider_key,
     upstream_error_from_sdk,
+    upstream_text_scrubbed,
 )
+from llmops.providers.wire import post_events, post_json
 
 DEFAULT_MAX_TOKENS = 1024
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -137,12 +143,14 @@ def _arguments(endpoint: EndpointConfig, call: ProviderCall) -> dict[str, Any]:
 
 
 def _usage(raw: Any, output_tokens: int | None = None) -> Usage:
-    read = getattr(raw, "cache_read_input_tokens", 0) or 0
-    written = getattr(raw, "cache_creation_input_tokens", 0) or 0
+    """Usage from Anthropic's `usage` (a JSON object, or the SDK's model in native batches)."""
+    get = raw.get if isinstance(raw, dict) else lambda name, default=None: getattr(raw, name, default)
+    read = get("cache_read_input_tokens", 0) or 0
+    written = get("cache_creation_input_tokens", 0) or 0
     # Anthropic's input_tokens leaves out cache reads and writes; ours counts every input token.
     return Usage(
-        input_tokens=(getattr(raw, "input_tokens", 0) or 0) + read + written,
-        output_tokens=output_tokens if output_tokens is not None else (getattr(raw, "output_tokens", 0) or 0),
+        input_tokens=(get("input_tokens", 0) or 0) + read + written,
+        output_tokens=output_tokens if output_tokens is not None else (get("output_tokens", 0) or 0),
         cached_tokens=read,
         cache_write_tokens=written,
     )
@@ -157,43 +165,76 @@ def _translate(exc: anthropic.AnthropicError | httpx2.TransportError) -> Upstrea
     )
 
 
+def _request(endpoint: EndpointConfig) -> tuple[str, dict[str, str]]:
+    """The Messages URL and the headers of a call: the API version the SDK is written for,
+    and the key where provider_key sends one (as the SDK does, `Authorization: Bearer`)."""
+    key = provider_key(endpoint, default_env=DEFAULT_KEY_ENV, official_base_url=OFFICIAL_BASE_URL)
+    base_url = endpoint.base_url or OFFICIAL_BASE_URL
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "anthropic-version": ANTHROPIC_API_VERSION,
+    }
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return base_url.rstrip("/") + "/v1/messages", headers
+
+
+def _unreadable(what: str) -> UpstreamError:
+    return UpstreamError(f"The upstream answered {what} the gateway cannot read.")
+
+
+def _stream_error(data: dict[str, Any]) -> UpstreamError:
+    """An `error` event mid-stream (overloaded, say): transient like a 5xx answer."""
+    error = data.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    return UpstreamError(upstream_text_scrubbed(f"Upstream error: {message}"))
+
+
 class AnthropicProvider:
     name = "anthropic"
 
     async def complete(self, endpoint: EndpointConfig, call: ProviderCall) -> Completion:
+        url, headers = _request(endpoint)
+        message = await post_json(url, headers, _arguments(endpoint, call), settings.LLMOPS_UPSTREAM_TIMEOUT_S)
         try:
-            message = await _client(endpoint).messages.create(**_arguments(endpoint, call))
-        except anthropic.AnthropicError as exc:
-            raise _translate(exc) from exc
-        text = "".join(block.text for block in message.content if block.type == "text")
-        return Completion(
-            text=text,
-            finish_reason=STOP_REASONS.get(message.stop_reason or "", "stop"),
-            usage=_usage(message.usage),
-        )
+            text = "".join(block["text"] for block in message["content"] if block.get("type") == "text")
+            return Completion(
+                text=text,
+                finish_reason=STOP_REASONS.get(message.get("stop_reason") or "", "stop"),
+                usage=_usage(message.get("usage") or {}),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise _unreadable("a message") from exc
 
     async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
-        start_usage: Any = None
+        url, headers = _request(endpoint)
+        start_usage: Any = {}
         output_tokens = 0
         finish_reason = "stop"
-        try:
-            stream = await _client(endpoint).messages.create(**_arguments(endpoint, call), stream=True)
-            async with stream:
-                async for event in stream:
-                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        yield StreamDelta(text=event.delta.text)
-                    elif event.type == "message_start":
-                        start_usage = event.message.usage
-                        output_tokens = start_usage.output_tokens or 0
-                        # The input side (cache reads and writes included) is known now: pass it
-                        # on, so a stream cut short is still billed at the right rates.
-                        yield StreamDelta(usage=_usage(start_usage, output_tokens))
-                    elif event.type == "message_delta":
-                        # Output tokens in message_delta are cumulative: take the last, never add.
-                        output_tokens = event.usage.output_tokens or output_tokens
-                        finish_reason = STOP_REASONS.get(event.delta.stop_reason or "", "stop")
-        except (anthropic.AnthropicError, httpx2.TransportError) as exc:
-            # The SDK's stream iterator lets httpx2's read timeouts and broken connections
-            # through unwrapped (the openai SDK wraps them), so both kinds are caught here.
-            raise _translate(exc) from exc
+        args = {**_arguments(endpoint, call), "stream": True}
+        async for event, raw in post_events(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S):
+            try:
+                data = json.loads(raw)
+                kind = data.get("type") or event
+                if kind == "content_block_delta":
+                    delta = data["delta"]
+                    if delta.get("type") == "text_delta":
+                        yield StreamDelta(text=delta["text"])
+                elif kind == "message_start":
+                    start_usage = data["message"].get("usage") or {}
+                    output_tokens = start_usage.get("output_tokens") or 0
+                    # The input side (cache reads and writes included) is known now: pass it
+                    # on, so a stream cut short is still billed at the right rates.
+                    yield StreamDelta(usage=_usage(start_usage, output_tokens))
+                elif kind == "message_delta":
+                    # Output tokens in message_delta are cumulative: take the last, never add.
+                    output_tokens = (data.get("usage") or {}).get("output_tokens") or output_tokens
+                    finish_reason = STOP_REASONS.get((data.get("delta") or {}).get("stop_reason") or "", "stop")
+                elif kind == "error":
+                    raise _stream_error(data)
+                elif kind == "message_stop":
+                    break
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise _unreadable("a stream event") from exc
         yield StreamDelta(finish_reason=finish_reason, usage=_usage(start_usage, output_tokens))

@@ -9,6 +9,7 @@ from decimal import Decimal
 import anthropic
 import openai
 import pytest
+from anthropic._constants import ANTHROPIC_API_VERSION
 
 from llmops.catalog import EndpointConfig
 from llmops.models import ModelEndpoint
@@ -82,7 +83,8 @@ async def test_it_answers_with_the_upstream_text_usage_and_finish_reason(sdk, mo
     assert "system" not in request.body
     assert bool(request.body.get("stream")) is stream
     assert presented_key(request) == KEY
-    assert request.headers["anthropic-version"]
+    # The API version the SDK is written for, as the SDK itself would send it.
+    assert request.headers["anthropic-version"] == ANTHROPIC_API_VERSION
 
     [metric] = await flushed_metrics()
     assert (metric.status, metric.stream, metric.provider) == ("ok", stream, "anthropic")
