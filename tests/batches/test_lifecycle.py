@@ -37,6 +37,19 @@ def _nobody_runs_batches(settings):
     settings.LLMOPS_BATCH_POLL_S = 0.02
 
 
+async def fake_gpt_added(fake_openai, monkeypatch):
+    """The catalog model `fake-gpt`, answered by the fake OpenAI upstream."""
+    monkeypatch.setenv("LLMOPS_TEST_OPENAI_API_KEY", "sk-fake")
+    await add_endpoint(
+        name="fake-gpt",
+        provider="openai",
+        upstream_model="gpt-fake-1",
+        base_url=fake_openai.base_url,
+        api_key_env="LLMOPS_TEST_OPENAI_API_KEY",
+    )
+    catalog.reset()
+
+
 async def created(sdk, lines, window="24h"):
     uploaded = await sdk.files.create(file=upload(lines), purpose="batch")
     return await sdk.batches.create(
@@ -108,15 +121,7 @@ async def test_a_batch_past_its_window_expires_keeping_its_results(sdk, settings
 async def test_a_dead_runners_items_are_taken_over_and_recorded_answers_are_not_asked_again(
     sdk, fake_openai, monkeypatch, settings, upstream_under_test
 ):
-    monkeypatch.setenv("LLMOPS_TEST_OPENAI_API_KEY", "sk-fake")
-    await add_endpoint(
-        name="fake-gpt",
-        provider="openai",
-        upstream_model="gpt-fake-1",
-        base_url=fake_openai.base_url,
-        api_key_env="LLMOPS_TEST_OPENAI_API_KEY",
-    )
-    catalog.reset()
+    await fake_gpt_added(fake_openai, monkeypatch)
     ids = [f"d{i}" for i in range(10)]
     batch = await created(sdk, [batch_line(i, f"q {i}", model="fake-gpt") for i in ids])
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 1
@@ -198,15 +203,7 @@ async def test_a_recorded_answer_is_never_overwritten():
 async def test_a_transient_failure_is_run_again_and_a_lasting_one_fails_the_item(
     sdk, fake_openai, monkeypatch, settings, upstream_under_test
 ):
-    monkeypatch.setenv("LLMOPS_TEST_OPENAI_API_KEY", "sk-fake")
-    await add_endpoint(
-        name="fake-gpt",
-        provider="openai",
-        upstream_model="gpt-fake-1",
-        base_url=fake_openai.base_url,
-        api_key_env="LLMOPS_TEST_OPENAI_API_KEY",
-    )
-    catalog.reset()
+    await fake_gpt_added(fake_openai, monkeypatch)
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 1  # one at a time: the failures land on the first item
     settings.LLMOPS_BATCH_ITEM_RUNS = 2
     fake_openai.fail(503, "overloaded", retry_after="0")  # the first run of the first item
@@ -226,16 +223,8 @@ async def test_a_transient_failure_is_run_again_and_a_lasting_one_fails_the_item
 
 
 async def test_identical_items_are_sent_to_the_provider_once(sdk, fake_openai, monkeypatch, settings, seeded):
-    monkeypatch.setenv("LLMOPS_TEST_OPENAI_API_KEY", "sk-fake")
-    await add_endpoint(
-        name="fake-gpt",
-        provider="openai",
-        upstream_model="gpt-fake-1",
-        base_url=fake_openai.base_url,
-        api_key_env="LLMOPS_TEST_OPENAI_API_KEY",
-    )
+    await fake_gpt_added(fake_openai, monkeypatch)
     assert await CachePolicy.objects.filter(enabled=True).aexists()  # the seeded default policy
-    catalog.reset()
     fake_openai.delay_s = 0.2  # all ten are in flight together
     batch = await created(sdk, [batch_line(f"same-{i}", "The same question", model="fake-gpt") for i in range(10)])
     await batch_run(batch.id)
@@ -269,15 +258,7 @@ async def test_a_runner_stopped_mid_batch_gives_back_every_slot_and_item(sdk, se
 async def test_the_embedded_executor_resumes_a_batch_after_a_restart(
     sdk, settings, fake_openai, monkeypatch, upstream_under_test
 ):
-    monkeypatch.setenv("LLMOPS_TEST_OPENAI_API_KEY", "sk-fake")
-    await add_endpoint(
-        name="fake-gpt",
-        provider="openai",
-        upstream_model="gpt-fake-1",
-        base_url=fake_openai.base_url,
-        api_key_env="LLMOPS_TEST_OPENAI_API_KEY",
-    )
-    catalog.reset()
+    await fake_gpt_added(fake_openai, monkeypatch)
     settings.LLMOPS_BATCH_EXECUTOR = "in_process"
     settings.LLMOPS_BATCH_RUNNER_ITEMS = 4
     # Four answers, then the upstream holds every call: the server stops mid-batch.
