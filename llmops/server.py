@@ -3,8 +3,10 @@
     python -m llmops.server [daphne's arguments]
 
 daphne runs Twisted on an asyncio event loop it makes at import; with uvloop's policy set
-first, that loop is uvloop's (libuv, in C). Measured through a real HTTP upstream
-(`python -m benchmarks.proxy`), it takes about a fifth off the gateway's CPU per request.
+first, that loop is uvloop's (libuv, in C). Measured through a real HTTP upstream (three
+passes, benchmarks.proxy's gateway and upstream), it took about a fifth off the gateway's
+CPU per request on the embedded default; on the production profile the change was within
+the noise.
 LLMOPS_UVLOOP=false keeps asyncio's own loop (uvloop is not built for Windows)."""
 
 from __future__ import annotations

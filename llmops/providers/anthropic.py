@@ -5,6 +5,7 @@ the SDK's AsyncAnthropic serves the native batches (llmops/batches/native)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,9 +27,8 @@ from llmops.providers.base import (
     estimate_tokens,
     provider_key,
     upstream_error_from_sdk,
-    upstream_text_scrubbed,
 )
-from llmops.providers.wire import post_events, post_json
+from llmops.providers.wire import post_events, post_json, stream_error, unreadable
 
 DEFAULT_MAX_TOKENS = 1024
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -180,17 +180,6 @@ def _request(endpoint: EndpointConfig) -> tuple[str, dict[str, str]]:
     return base_url.rstrip("/") + "/v1/messages", headers
 
 
-def _unreadable(what: str) -> UpstreamError:
-    return UpstreamError(f"The upstream answered {what} the gateway cannot read.")
-
-
-def _stream_error(data: dict[str, Any]) -> UpstreamError:
-    """An `error` event mid-stream (overloaded, say): transient like a 5xx answer."""
-    error = data.get("error")
-    message = error.get("message") if isinstance(error, dict) else error
-    return UpstreamError(upstream_text_scrubbed(f"Upstream error: {message}"))
-
-
 class AnthropicProvider:
     name = "anthropic"
 
@@ -205,7 +194,7 @@ class AnthropicProvider:
                 usage=_usage(message.get("usage") or {}),
             )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise _unreadable("a message") from exc
+            raise unreadable("a message") from exc
 
     async def stream(self, endpoint: EndpointConfig, call: ProviderCall) -> AsyncIterator[StreamDelta]:
         url, headers = _request(endpoint)
@@ -213,28 +202,31 @@ class AnthropicProvider:
         output_tokens = 0
         finish_reason = "stop"
         args = {**_arguments(endpoint, call), "stream": True}
-        async for event, raw in post_events(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S):
-            try:
-                data = json.loads(raw)
-                kind = data.get("type") or event
-                if kind == "content_block_delta":
-                    delta = data["delta"]
-                    if delta.get("type") == "text_delta":
-                        yield StreamDelta(text=delta["text"])
-                elif kind == "message_start":
-                    start_usage = data["message"].get("usage") or {}
-                    output_tokens = start_usage.get("output_tokens") or 0
-                    # The input side (cache reads and writes included) is known now: pass it
-                    # on, so a stream cut short is still billed at the right rates.
-                    yield StreamDelta(usage=_usage(start_usage, output_tokens))
-                elif kind == "message_delta":
-                    # Output tokens in message_delta are cumulative: take the last, never add.
-                    output_tokens = (data.get("usage") or {}).get("output_tokens") or output_tokens
-                    finish_reason = STOP_REASONS.get((data.get("delta") or {}).get("stop_reason") or "", "stop")
-                elif kind == "error":
-                    raise _stream_error(data)
-                elif kind == "message_stop":
-                    break
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise _unreadable("a stream event") from exc
+        # Closed here, not when the collector finds it: the upstream response is given back at
+        # once on every way out (message_stop, an error, the caller closing this stream).
+        async with contextlib.aclosing(post_events(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S)) as events:
+            async for event, raw in events:
+                try:
+                    data = json.loads(raw)
+                    kind = data.get("type") or event
+                    if kind == "content_block_delta":
+                        delta = data["delta"]
+                        if delta.get("type") == "text_delta":
+                            yield StreamDelta(text=delta["text"])
+                    elif kind == "message_start":
+                        start_usage = data["message"].get("usage") or {}
+                        output_tokens = start_usage.get("output_tokens") or 0
+                        # The input side (cache reads and writes included) is known now: pass it
+                        # on, so a stream cut short is still billed at the right rates.
+                        yield StreamDelta(usage=_usage(start_usage, output_tokens))
+                    elif kind == "message_delta":
+                        # Output tokens in message_delta are cumulative: take the last, never add.
+                        output_tokens = (data.get("usage") or {}).get("output_tokens") or output_tokens
+                        finish_reason = STOP_REASONS.get((data.get("delta") or {}).get("stop_reason") or "", "stop")
+                    elif kind == "error":
+                        raise stream_error(data.get("error"))
+                    elif kind == "message_stop":
+                        break
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise unreadable("a stream event") from exc
         yield StreamDelta(finish_reason=finish_reason, usage=_usage(start_usage, output_tokens))

@@ -5,6 +5,7 @@ AsyncOpenAI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -25,9 +26,8 @@ from llmops.providers.base import (
     is_official_url,
     provider_key,
     upstream_error_from_sdk,
-    upstream_text_scrubbed,
 )
-from llmops.providers.wire import post_events, post_json
+from llmops.providers.wire import post_events, post_json, stream_error, unreadable
 
 PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "user")
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -95,10 +95,6 @@ def _headers(endpoint: EndpointConfig) -> tuple[str, dict[str, str]]:
     return base_url.rstrip("/") + "/chat/completions", headers
 
 
-def _unreadable(what: str) -> UpstreamError:
-    return UpstreamError(f"The upstream answered {what} the gateway cannot read.")
-
-
 def usage_from(raw: Any) -> Usage:
     if not isinstance(raw, dict):
         return Usage()
@@ -126,7 +122,7 @@ def completion_from(answer: dict[str, Any], *, logprobs: bool = False) -> Comple
             logprobs=_dict_logprobs(choice) if logprobs else None,
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise _unreadable("a chat completion") from exc
+        raise unreadable("a chat completion") from exc
 
 
 class OpenAIProvider:
@@ -146,27 +142,28 @@ class OpenAIProvider:
         args = {**_arguments(endpoint, call), "stream": True, "stream_options": {"include_usage": True}}
         finish_reason = None
         usage = Usage()
-        async for _, data in post_events(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S):
-            if data.startswith("[DONE]"):
-                break
-            try:
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    error = chunk["error"]
-                    message = error.get("message") if isinstance(error, dict) else error
-                    raise UpstreamError(upstream_text_scrubbed(f"Upstream error: {message}"))
-                if chunk.get("usage") is not None:
-                    usage = usage_from(chunk["usage"])
-                choices = chunk.get("choices")
-                if choices:
-                    choice = choices[0]
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield StreamDelta(text=text)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise _unreadable("a stream chunk") from exc
+        # Closed here, not when the collector finds it: the upstream response is given back at
+        # once on every way out ([DONE], an error, the caller closing this stream).
+        async with contextlib.aclosing(post_events(url, headers, args, settings.LLMOPS_UPSTREAM_TIMEOUT_S)) as events:
+            async for _, data in events:
+                if data.startswith("[DONE]"):
+                    break
+                try:
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise stream_error(chunk["error"])
+                    if chunk.get("usage") is not None:
+                        usage = usage_from(chunk["usage"])
+                    choices = chunk.get("choices")
+                    if choices:
+                        choice = choices[0]
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield StreamDelta(text=text)
+                        if choice.get("finish_reason"):
+                            finish_reason = choice["finish_reason"]
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                    raise unreadable("a stream chunk") from exc
         yield StreamDelta(finish_reason=finish_reason or "stop", usage=usage)
 
     async def embed(self, endpoint: EndpointConfig, texts: list[str]) -> Embeddings:

@@ -125,6 +125,18 @@ def _error_message(status: int, raw: bytes) -> str:
     return f"Upstream error {status}: {text}" if text else f"Upstream error {status}"
 
 
+def unreadable(what: str) -> UpstreamError:
+    """An answer the gateway cannot parse (`what`: "a chat completion", "a stream event")."""
+    return UpstreamError(f"The upstream answered {what} the gateway cannot read.")
+
+
+def stream_error(error: Any) -> UpstreamError:
+    """An error the upstream sent inside a stream that had begun (OpenAI's {"error"} chunk,
+    Anthropic's `error` event): a 502 with its message, scrubbed of secrets."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return UpstreamError(upstream_text_scrubbed(f"Upstream error: {message}"))
+
+
 def transport_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError and asyncio's both
         return UpstreamError(TIMED_OUT, status=504, error_type="upstream_timeout")

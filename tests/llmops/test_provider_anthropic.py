@@ -3,7 +3,9 @@ provider module's AsyncAnthropic -> a fake Anthropic server on a loopback port, 
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 from decimal import Decimal
 
 import anthropic
@@ -334,3 +336,27 @@ def test_the_fake_is_a_faithful_anthropic(fake_anthropic: FakeAnthropic):
     assert caught.value.status_code == 529
     assert caught.value.type == "overloaded_error"
     client.close()
+
+
+async def test_a_stream_left_after_its_first_piece_gives_its_upstream_response_back_at_once(model, fake_anthropic):
+    # Closed by the provider, never left to the collector: an async generator dropped
+    # unfinished reaches the loop's finalizer hook, which this test watches.
+    fake_anthropic.event_delay_s = 0.05
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    first_iter, finalizer = sys.get_asyncgen_hooks()
+    dropped = []
+
+    def watched(generator):
+        dropped.append(generator.__qualname__)
+        finalizer(generator)
+
+    sys.set_asyncgen_hooks(firstiter=first_iter, finalizer=watched)
+    try:
+        stream = AnthropicProvider().stream(config, ProviderCall(messages=HELLO))
+        await anext(stream)
+        await stream.aclose()
+        del stream
+        gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(firstiter=first_iter, finalizer=finalizer)
+    assert dropped == []

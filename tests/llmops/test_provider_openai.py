@@ -3,7 +3,9 @@ module's AsyncOpenAI -> a fake OpenAI server on a loopback port, and back."""
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 from decimal import Decimal
 
 import openai
@@ -467,3 +469,27 @@ def test_the_upstream_proxy_comes_from_the_environment_with_no_proxy_honoured(mo
         assert wire._proxy("http://127.0.0.1:8000/v1/chat/completions") is None
     finally:
         wire._proxy.cache_clear()
+
+
+async def test_a_stream_left_after_its_first_piece_gives_its_upstream_response_back_at_once(model, fake_openai):
+    # Closed by the provider, never left to the collector: an async generator dropped
+    # unfinished reaches the loop's finalizer hook, which this test watches.
+    fake_openai.event_delay_s = 0.05
+    config = EndpointConfig.from_model(await ModelEndpoint.objects.aget(name=model))
+    first_iter, finalizer = sys.get_asyncgen_hooks()
+    dropped = []
+
+    def watched(generator):
+        dropped.append(generator.__qualname__)
+        finalizer(generator)
+
+    sys.set_asyncgen_hooks(firstiter=first_iter, finalizer=watched)
+    try:
+        stream = OpenAIProvider().stream(config, ProviderCall(messages=HELLO))
+        await anext(stream)
+        await stream.aclose()
+        del stream
+        gc.collect()
+    finally:
+        sys.set_asyncgen_hooks(firstiter=first_iter, finalizer=finalizer)
+    assert dropped == []
