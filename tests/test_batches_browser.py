@@ -13,6 +13,7 @@ import shutil
 import openai
 import pytest
 from django.conf import settings
+from django.contrib.admin.utils import quote
 
 from llmops.batches.pages import usd
 from tests.test_live_server import Gateway, base_env, manage
@@ -139,5 +140,12 @@ def test_a_staff_member_watches_a_batch_run_to_the_end_without_reloading(gateway
             percents = page.evaluate("window.percents")
             assert percents[-1] == 100 and percents == sorted(percents), percents
             assert any(0 < percent < 100 for percent in percents), percents
+
+            # The row the page drew itself links to the batch's admin page, its id quoted as
+            # the admin quotes keys ("_" is "_5F": "_23" alone would be read as "#").
+            link = row.locator(".id a")
+            expect(link).to_have_attribute("href", f"/admin/llmops/batch/{quote(batch.id)}/change/")
+            link.click()
+            expect(page.get_by_role("heading", name=batch.id)).to_be_visible()
         finally:
             browser.close()

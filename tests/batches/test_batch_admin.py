@@ -7,6 +7,7 @@ import re
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.contrib.admin.utils import quote
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -47,7 +48,7 @@ def test_staff_see_batches_items_and_files(staff_client, ran):
     assert ran.status == "completed" and ran.output_file_id
     listing = staff_client.get(reverse("admin:llmops_batch_changelist")).content.decode()
     assert ran.id in listing and "nightly-eval" in listing and "completed" in listing
-    page = staff_client.get(reverse("admin:llmops_batch_change", args=[ran.id]))
+    page = staff_client.get(reverse("admin:llmops_batch_change", args=[quote(ran.id)]))
     assert page.status_code == 200
     html = page.content.decode()
     items_url = f"{reverse('admin:llmops_batchitem_changelist')}?batch={ran.id}"
@@ -61,20 +62,22 @@ def test_staff_see_batches_items_and_files(staff_client, ran):
     searched = staff_client.get(reverse("admin:llmops_batchitem_changelist"), {"q": other.id})
     assert custom_ids(searched) == ["mobile-app-0", "mobile-app-1"]
     item = BatchItem.objects.filter(batch=ran).first()
-    assert staff_client.get(reverse("admin:llmops_batchitem_change", args=[item.pk])).status_code == 200
+    assert staff_client.get(reverse("admin:llmops_batchitem_change", args=[quote(item.pk)])).status_code == 200
 
     files = staff_client.get(reverse("admin:llmops_batchfile_changelist")).content.decode()
     assert ran.input_file_ref in files and ran.output_file_id in files
-    assert staff_client.get(reverse("admin:llmops_batchfile_change", args=[ran.output_file_id])).status_code == 200
+    output_page = reverse("admin:llmops_batchfile_change", args=[quote(ran.output_file_id)])
+    assert staff_client.get(output_page).status_code == 200
 
 
 def test_nothing_about_a_batch_can_be_added_changed_or_deleted_in_the_admin(staff_client, ran):
     item = BatchItem.objects.filter(batch=ran).first()
     for model, obj in (("batch", ran), ("batchitem", item), ("batchfile", ran.input_file)):
         assert staff_client.get(reverse(f"admin:llmops_{model}_add")).status_code == 403, model
-        change = reverse(f"admin:llmops_{model}_change", args=[obj.pk])
+        change = reverse(f"admin:llmops_{model}_change", args=[quote(obj.pk)])
         assert staff_client.post(change, {"status": "failed", "filename": "x.jsonl"}).status_code == 403, model
-        assert staff_client.post(reverse(f"admin:llmops_{model}_delete", args=[obj.pk])).status_code == 403, model
+        delete = reverse(f"admin:llmops_{model}_delete", args=[quote(obj.pk)])
+        assert staff_client.post(delete).status_code == 403, model
     ran.refresh_from_db()
     assert ran.status == "completed"
     assert BatchItem.objects.filter(batch=ran).count() == 3 and BatchFile.objects.filter(id=ran.input_file_id).exists()

@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.contrib.admin.utils import quote
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
@@ -98,12 +99,23 @@ def test_staff_see_every_keys_batches_newest_first_with_their_numbers(staff_clie
     # 40 s for 8 items: 12 more take about a minute.
     eta = re.search(r'<td class="eta">1 min (\d+) s</td>', row)
     assert eta and int(eta[1]) < 5, row
-    assert f'href="/admin/llmops/batch/{running.id}/change/"' in row
+    assert f'href="/admin/llmops/batch/{quote(running.id)}/change/"' in row
     row = row_html(html, older.id)
     assert '<td class="key">mobile-app</td>' in row and "validating" in row
     assert '<td class="eta">—</td>' in row and '<span class="percent">0%</span>' in row
     assert '<div id="empty" hidden>' in html and '<table id="batches">' in html
     assert "/ws/batches" in html
+
+
+def test_a_batch_whose_id_reads_as_an_escape_opens_from_its_link(staff_client, seeded):
+    # The admin reads "_" and two hex digits in a key as an escaped character ("_23" is "#"),
+    # which a random id begins with once in about forty batches.
+    submitted = batch_submitted("nightly-eval")
+    misread = f"batch_2340{submitted.id[10:]}"
+    Batch.objects.filter(id=submitted.id).update(id=misread)
+    link = re.search(r'href="([^"]+)"', row_html(staff_client.get(PAGE).content.decode(), misread))[1]
+    page = staff_client.get(link)
+    assert page.status_code == 200 and misread in page.content.decode()
 
 
 def test_staff_see_an_empty_state_when_there_are_no_batches(staff_client):
