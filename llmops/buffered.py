@@ -47,13 +47,19 @@ class BufferedWriter:
             self._start()
 
     def flush(self) -> int:
-        """Write everything buffered now, in the calling thread. Returns how many were written."""
+        """Write what is buffered when it is called, in the calling thread. Returns how many
+        were written. Items added meanwhile wait for the next flush (at once if a full batch
+        of them waits): chased one by one as they arrived, they were written a batch of one
+        or two at a time, each with its transaction and statements, and a writer behind for
+        a moment never caught up (on PostgreSQL, 1 s of CPU a second at 200 requests/s)."""
         written = 0
         with self._flush_lock:
-            while self.buffer:
+            left = len(self.buffer)
+            while left > 0 and self.buffer:
                 batch: list[Any] = []
-                while self.buffer and len(batch) < settings.LLMOPS_METRICS_BATCH_SIZE:
+                while self.buffer and len(batch) < min(left, settings.LLMOPS_METRICS_BATCH_SIZE):
                     batch.append(self.buffer.popleft())
+                left -= len(batch)
                 try:
                     written += self.write_batch(batch)
                 except (OperationalError, InterfaceError):

@@ -2,22 +2,28 @@
 benchmarks and diagnosis, shown on /healthz under "gc" only when on.
 
 One `gc.callbacks` hook, two perf_counter and two thread_time calls per collection (its
-pause and its CPU time). It counts collections per
-generation and keeps their total and longest pause (per generation), and the longest pause
-of each wall-clock second of the last hour, so that a benchmark can ask for the longest
-pause since a moment of its own (`/healthz?gc_since=<unix time>`) without resetting
-anything. Pauses are wall-clock time: on a busy machine they include time the process
-spent descheduled in the middle of a collection; a collection's CPU time does not (longest_collection_cpu_ms)."""
+pause and its CPU time). It counts collections per generation and keeps their total and
+longest pause (per generation); the last RECENT collections one by one (when, generation,
+pause, CPU time), and the longest pause of each wall-clock second of the last hour. A
+benchmark asks for the longest pause since a moment of its own (`/healthz?gc_since=<unix
+time>`) without resetting anything: answered from the collections one by one while they
+reach back that far, so that a collection a moment before (an idle full collection just
+before a load starts, in the same second) is not counted in the load; from the seconds
+beyond that. Pauses are wall-clock time: on a busy machine they include time the process
+spent descheduled in the middle of a collection; a collection's CPU time does not
+(longest_collection_cpu_ms)."""
 
 from __future__ import annotations
 
 import gc
 import os
 import time
+from array import array
 from typing import Any
 
 ENV = "LLMOPS_GC_STATS"
 KEEP_SECONDS = 3600
+RECENT = 8192  # collections kept one by one: at 100 a second under load, over a minute
 
 _installed = False
 _started = 0.0
@@ -28,10 +34,14 @@ _longest_s = [0.0, 0.0, 0.0, 0.0]  # per generation, then the longest CPU time o
 # unix second -> the same four figures (s) for that second, oldest first
 _by_second: dict[int, list[float]] = {}
 _wall_offset = 0.0  # time.time() - time.perf_counter(), taken once at install
+# The last RECENT collections, four doubles each (unix time of the end, generation, pause,
+# CPU), as a ring: an array is no object the collector tracks, and copying it is one step.
+_recent = array("d", bytes(8 * 4 * RECENT))
+_recorded = 0  # collections recorded in all; the next one goes to slot _recorded % RECENT
 
 
 def _hook(phase: str, info: dict[str, Any]) -> None:
-    global _started, _started_cpu, _pause_total_s
+    global _started, _started_cpu, _pause_total_s, _recorded
     now = time.perf_counter()
     generation = info.get("generation", 2)
     if phase == "start":
@@ -46,7 +56,14 @@ def _hook(phase: str, info: dict[str, Any]) -> None:
         _longest_s[generation] = pause
     if cpu > _longest_s[3]:
         _longest_s[3] = cpu
-    second = int(now + _wall_offset)
+    when = now + _wall_offset
+    slot = 4 * (_recorded % RECENT)
+    _recent[slot] = when
+    _recent[slot + 1] = generation
+    _recent[slot + 2] = pause
+    _recent[slot + 3] = cpu
+    _recorded += 1
+    second = int(when)
     bucket = _by_second.get(second)
     if bucket is None:
         bucket = _by_second[second] = [0.0, 0.0, 0.0, 0.0]
@@ -78,9 +95,47 @@ def install_from_env() -> bool:
     return _installed
 
 
+def _copy(value: Any) -> Any:
+    """A copy of a record that a collection may change meanwhile (in any thread): copied
+    again until no collection came between."""
+    for _ in range(10):
+        recorded = _recorded
+        try:
+            copied = value.copy() if isinstance(value, dict) else value[:]
+        except RuntimeError:  # the dict of seconds changed size during the copy
+            continue
+        if recorded == _recorded:
+            return recorded, copied
+    return _recorded, type(value)()
+
+
+def longest_since(since: float) -> list[float]:
+    """The longest pause per generation and the longest CPU time of a collection (s) from
+    the unix time `since` on."""
+    recorded, ring = _copy(_recent)
+    longest = [0.0, 0.0, 0.0, 0.0]
+    kept = min(recorded, RECENT)
+    oldest = since
+    for index in range(recorded - kept, recorded):
+        slot = 4 * (index % RECENT)
+        when, generation, pause, cpu = ring[slot : slot + 4]
+        if index == recorded - kept:
+            oldest = when
+        if when >= since:
+            longest[int(generation)] = max(longest[int(generation)], pause)
+            longest[3] = max(longest[3], cpu)
+    if recorded > RECENT and oldest > since:
+        # The ring no longer reaches back to `since`: the seconds before its oldest entry.
+        _, seconds = _copy(_by_second)
+        for second, bucket in seconds.items():
+            if int(since) <= second <= int(oldest):
+                longest = [max(a, b) for a, b in zip(longest, bucket, strict=True)]
+    return longest
+
+
 def gc_snapshot(since: float | None = None) -> dict[str, Any] | None:
     """The figures so far, or None when not recording. With `since` (unix time), also the
-    longest pause from that second on."""
+    longest pause from then on."""
     if not _installed:
         return None
     state: dict[str, Any] = {
@@ -92,20 +147,7 @@ def gc_snapshot(since: float | None = None) -> dict[str, Any] | None:
         "frozen_objects": gc.get_freeze_count(),
     }
     if since is not None:
-        first = int(since)
-        for _ in range(3):
-            try:
-                # A collection during the copy may add a second: copy again.
-                seconds = _by_second.copy()
-                break
-            except RuntimeError:
-                continue
-        else:
-            seconds = {}
-        longest = [0.0, 0.0, 0.0, 0.0]
-        for second, bucket in seconds.items():
-            if second >= first:
-                longest = [max(a, b) for a, b in zip(longest, bucket, strict=True)]
+        longest = longest_since(since)
         state["since"] = since
         state["longest_pause_ms_since"] = round(max(longest[:3]) * 1000, 3)
         state["longest_pause_ms_since_by_generation"] = [round(pause * 1000, 3) for pause in longest[:3]]

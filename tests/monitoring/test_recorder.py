@@ -83,3 +83,27 @@ def test_a_batch_that_fails_for_a_reason_of_ours_is_dropped_and_counted():
     assert recorder.metrics_flush() == 0
     assert recorder.metrics_pending() == 0
     assert recorder.METRICS.dropped - before == 1
+
+
+def test_a_flush_writes_what_waited_when_it_began_and_leaves_later_arrivals_for_the_next(settings):
+    """Rows that arrive while a batch is being written wait and go in one batch later, not
+    one at a time as they come (which kept a writer that fell behind writing batches of one)."""
+    from llmops.buffered import BufferedWriter
+
+    settings.LLMOPS_METRICS_BATCH_SIZE = 4
+    batches: list[list[int]] = []
+
+    def write_batch(batch: list[int]) -> int:
+        batches.append(batch)
+        if len(batches) <= 10:  # (bounded: a flush that chased arrivals would never end)
+            writer.add(100 + len(batches))  # a request finishing meanwhile
+        return len(batch)
+
+    writer = BufferedWriter("test", write_batch)
+    for n in range(6):
+        writer.add(n)
+    assert writer.flush() == 6
+    assert batches == [[0, 1, 2, 3], [4, 5]]
+    assert writer.pending() == 2
+    assert writer.flush() == 2
+    assert batches[2] == [101, 102]
