@@ -26,7 +26,7 @@ from caching.models import CacheEntry
 from llmops.buffered import BufferedWriter
 from llmops.bulk import rows_insert
 from llmops.fail_open import FailOpen
-from llmops.shared_redis import redis_for
+from llmops.shared_redis import lean_redis_for
 from llmops.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,12 @@ def _caches_changed(*, setting: str, **_: Any) -> None:
 
 
 def _redis() -> tuple[Any, Any] | None:
-    """(the asyncio Redis client of this event loop, django-redis's client) for the
+    """(the lean asyncio Redis client of this event loop, django-redis's client) for the
     answers alias on Redis, or None when it is in local memory."""
     backend = _answers()
     if isinstance(backend, LocMemCache):
         return None
-    return redis_for(settings.CACHES["answers"]["LOCATION"]), backend.client
+    return lean_redis_for(settings.CACHES["answers"]["LOCATION"]), backend.client
 
 
 async def hot_get(key: str) -> CachedAnswer | None:
@@ -101,11 +101,11 @@ async def hot_get(key: str) -> CachedAnswer | None:
         if found is None:
             data = _answers().get(PREFIX + key)  # in memory: nothing to wait for
         else:
-            # No thread hop: the gateway's asyncio client, with django-redis's key and value
+            # No thread hop: the gateway's lean asyncio client, with django-redis's key and value
             # format (its serializer and compressor), so that the Django cache API (the
             # admin's purge, hot_delete) sees the same entries.
             connection, client = found
-            raw = await connection.get(client.make_key(PREFIX + key))
+            raw = await connection.execute_command("GET", client.make_key(PREFIX + key))
             data = None if raw is None else client.decode(raw)
         answer = CachedAnswer.load(key, data) if data else None
     except Exception as exc:
@@ -125,7 +125,7 @@ async def hot_set(answer: CachedAnswer, ttl_seconds: int) -> None:
         elif ttl_seconds > 0:
             connection, client = found
             key, value = client.make_key(PREFIX + answer.key), client.encode(answer.dump())
-            await connection.set(key, value, px=ttl_seconds * 1000)
+            await connection.execute_command("SET", key, value, "PX", ttl_seconds * 1000)
     except Exception as exc:
         HotLayerHealth.failed(exc)
         return
