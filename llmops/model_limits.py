@@ -16,13 +16,13 @@ import hashlib
 import logging
 import threading
 import time
-import weakref
 
 from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from llmops.catalog import EndpointConfig
 from llmops.fail_open import FailOpen
+from llmops.per_loop import PerLoop
 from llmops.shared_redis import redis_for
 
 logger = logging.getLogger(__name__)
@@ -96,20 +96,13 @@ def limited(endpoint: EndpointConfig) -> bool:
     return bool(endpoint.rpm or endpoint.tpm)
 
 
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+_GATES: PerLoop[asyncio.Lock] = PerLoop()
 
 
 def batch_gate(model: str) -> asyncio.Lock:
     """The batch items of one event loop wait for a model's limits in a line: only the first
     asks the buckets (a Redis call each time) while the others wait behind it."""
-    loop = asyncio.get_running_loop()
-    per_loop = _gates.get(loop)
-    if per_loop is None:
-        per_loop = _gates[loop] = {}
-    gate = per_loop.get(model)
-    if gate is None:
-        gate = per_loop[model] = asyncio.Lock()
-    return gate
+    return _GATES.get(model, asyncio.Lock)
 
 
 async def model_rate_take(endpoint: EndpointConfig, tokens: int, *, batch: bool = False) -> float:

@@ -6,7 +6,6 @@ seconds, and every caller fails open when it is."""
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections import deque
 from typing import Any
 
@@ -16,26 +15,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llmops.per_loop import PerLoop
+
 SOCKET_TIMEOUT_S = 0.25
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aioredis.Redis]] = weakref.WeakKeyDictionary()
+_CLIENTS: PerLoop[aioredis.Redis] = PerLoop()
+
+
+def _redis_py(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry_on_timeout=False,
+        health_check_interval=0,
+    )
 
 
 def redis_for(url: str) -> aioredis.Redis:
-    loop = asyncio.get_running_loop()
-    per_loop = _clients.get(loop)
-    if per_loop is None:
-        per_loop = _clients[loop] = {}
-    client = per_loop.get(url)
-    if client is None:
-        client = per_loop[url] = aioredis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
-    return client
+    return _CLIENTS.get(url, _redis_py, url)
 
 
 # -- The lean client: the answer cache's hot layer, on every request ---------------------
@@ -140,7 +138,7 @@ class _Connection(asyncio.Protocol):
         for answer in waiting:
             if not answer.done():
                 answer.set_exception(exc)
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
@@ -219,22 +217,18 @@ class LeanRedis:
 # What the lean client reads from a URL; anything else (TLS, say) goes to redis-py.
 _LEAN_OPTIONS = {"host", "port", "db", "username", "password", "path", "connection_class"}
 
-_lean: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]] = weakref.WeakKeyDictionary()
+_LEAN: PerLoop[Any] = PerLoop()
+
+
+def _lean(url: str) -> Any:
+    options = parse_url(url)
+    kind = options.get("connection_class")
+    if set(options) <= _LEAN_OPTIONS and kind in (None, aioredis.UnixDomainSocketConnection):
+        return LeanRedis(options, asyncio.get_running_loop())
+    return redis_for(url)
 
 
 def lean_redis_for(url: str) -> Any:
     """The lean client of this event loop for `url` (redis:// or unix://), or redis-py's
     (redis_for) for a URL it does not speak. Both have `execute_command`."""
-    loop = asyncio.get_running_loop()
-    per_loop = _lean.get(loop)
-    if per_loop is None:
-        per_loop = _lean[loop] = {}
-    client = per_loop.get(url)
-    if client is None:
-        options = parse_url(url)
-        kind = options.get("connection_class")
-        if set(options) <= _LEAN_OPTIONS and kind in (None, aioredis.UnixDomainSocketConnection):
-            client = per_loop[url] = LeanRedis(options, loop)
-        else:
-            client = per_loop[url] = redis_for(url)
-    return client
+    return _LEAN.get(url, _lean, url)

@@ -3,10 +3,8 @@ and optionally `embed`; and the rules every provider follows for keys and upstre
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
-import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -15,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from django.conf import settings
 
 from llmops.models import provider_key_env_refusal
+from llmops.per_loop import PerLoop
 from llmops.usage import Usage, estimate_tokens  # noqa: F401  (part of the provider interface)
 
 if TYPE_CHECKING:
@@ -245,20 +244,13 @@ def upstream_error_from_status(status: int, message: str, retry_after: str | Non
     return UpstreamError(message, status=502, error_type="upstream_error")
 
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_CLIENTS: PerLoop[Any] = PerLoop()
 
 
 def client_for(key: tuple, factory: Callable[[], Any]) -> Any:
     """One SDK client per event loop and configuration, reused so connections are pooled.
     (An httpx pool is bound to the loop that opened it, hence the per-loop registry.)"""
-    loop = asyncio.get_running_loop()
-    per_loop = _clients.get(loop)
-    if per_loop is None:
-        per_loop = _clients[loop] = {}
-    client = per_loop.get(key)
-    if client is None:
-        client = per_loop[key] = factory()
-    return client
+    return _CLIENTS.get(key, factory)
 
 
 def provider_secret(env_name: str) -> str:
