@@ -294,6 +294,9 @@ LLMOPS_WS_MAX_CHATS = env_int("LLMOPS_WS_MAX_CHATS", 8, minimum=1)
 LLMOPS_GC_IDLE = env_bool("LLMOPS_GC_IDLE", True)
 LLMOPS_GC_FULL_EVERY_S = env_float("LLMOPS_GC_FULL_EVERY_S", 30.0, minimum=1.0)
 LLMOPS_GC_FULL_MAX_S = env_float("LLMOPS_GC_FULL_MAX_S", 600.0, minimum=1.0)
+# With them: a generation-1 collection after this many generation-0 ones (Python's 10 keeps
+# most of the requests in flight young, and each such collection scans them all).
+LLMOPS_GC_YOUNG_COLLECTIONS = env_int("LLMOPS_GC_YOUNG_COLLECTIONS", 2, minimum=1)
 # `manage.py serve` (make run): gateway processes on one port; one process uses one core.
 LLMOPS_SERVER_PROCESSES = env_int("LLMOPS_SERVER_PROCESSES", os.cpu_count() or 1, minimum=1)
 LLMOPS_UPSTREAM_TIMEOUT_S = env_float("LLMOPS_UPSTREAM_TIMEOUT_S", 120.0, minimum=0.1)

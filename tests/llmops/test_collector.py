@@ -35,7 +35,7 @@ def old_cycle():
     return weakref.ref(a)
 
 collector.start()
-assert gc.get_threshold()[2] == collector.NEVER, gc.get_threshold()
+assert gc.get_threshold()[1:] == (int(os.environ["LLMOPS_GC_YOUNG_COLLECTIONS"]), collector.NEVER), gc.get_threshold()
 # Busy (an upstream call in flight): no full collection, however long it lasts.
 InFlight.enter("m")
 busy = old_cycle()
@@ -51,6 +51,7 @@ print("idle", busy() is not None, collector.full_collections)
 
 def test_full_collections_wait_for_an_idle_moment(tmp_path):
     env = {**os.environ, "LLMOPS_GC_FULL_EVERY_S": "1", "LLMOPS_GC_FULL_MAX_S": "60"}
+    env["LLMOPS_GC_YOUNG_COLLECTIONS"] = "3"  # the setting, not Python's 10, decides
     env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "LLMOPS_ALLOW_INSECURE_SECRET_KEY": "true"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     done = subprocess.run(
