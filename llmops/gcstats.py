@@ -106,7 +106,7 @@ def _copy(value: Any) -> Any:
             continue
         if recorded == _recorded:
             return recorded, copied
-    return _recorded, type(value)()
+    return _recorded, {} if isinstance(value, dict) else value[:0]
 
 
 def longest_since(since: float) -> list[float]:

@@ -1,6 +1,7 @@
-"""The gateway's own asyncio Redis connection (one pool per event loop and URL), for the
-state that must be shared by every process on the hot path: circuit breakers and key
-limits. Short timeouts: a Redis that is down must cost a request milliseconds, not
+"""The gateway's own asyncio Redis clients, one per event loop and URL, for the state that
+must be shared by every process on the hot path: redis-py's (`redis_for`) for circuit
+breakers and key and model limits, and a lean one (`lean_redis_for`, below) for the answer
+cache's hot layer, called on every request. Short timeouts: a Redis that is down must cost a request milliseconds, not
 seconds, and every caller fails open when it is."""
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ def redis_for(url: str) -> aioredis.Redis:
 
 # -- The lean client: the answer cache's hot layer, on every request ---------------------
 #
-# redis-py's asyncio client spends about 0.2 ms of CPU per command (its connection pool,
-# retry wrapper, stream reader and response callbacks): with a GET and a SET on every
-# cache miss, a fifth of the gateway's own CPU per proxied request on the production
-# profile (py-spy, `python -m benchmarks.proxy --profile prod`). This one writes each
+# In redis-py's asyncio client (its connection pool, retry wrapper, stream reader and
+# response callbacks) the GET and SET of every cache miss were 17% of the gateway's
+# main-thread samples per proxied request on the production profile (py-spy during
+# `python -m benchmarks.proxy --profile prod`). This one writes each
 # command to one connection per event loop at once and matches the replies in order
 # (Redis answers in the order it was asked), so any number of requests in flight share
 # the connection without a pool, a lock or a task. Its errors are redis-py's own classes.
