@@ -92,4 +92,9 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    try:
+        import uvloop
+    except ImportError:  # not built for Windows
+        asyncio.run(serve(int(sys.argv[1])))
+    else:
+        uvloop.run(serve(int(sys.argv[1])))

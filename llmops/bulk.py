@@ -5,8 +5,11 @@ bulk_create builds a model instance per row and assembles a new statement per ba
 on the proxy path that was about a fifth of the gateway's CPU. Here a model's statement is
 built once, each value goes through its field's own `get_db_prep_save` (so the database
 sees what the ORM would send), and the rows go by COPY on PostgreSQL, or by one prepared
-statement run for every row (executemany) elsewhere and whenever a conflict clause is
-needed (upserts)."""
+statement run for every row (executemany) on SQLite. An upsert (a conflict clause) on
+PostgreSQL sends up to UPSERT_ROWS rows in one multi-row statement: executemany sent one
+statement per row, each parsed and planned by the server, and on the proxy path the cache
+entries' upserts cost PostgreSQL 0.2 ms of CPU per request, more than everything else it
+did for a request."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 _MISSING = object()
+UPSERT_ROWS = 500  # rows per statement of a PostgreSQL upsert
 # Fields whose database value is the Python value itself when it has exactly the field's
 # own type (get_db_prep_save would hand it back unchanged): such values skip the call.
 _PLAIN: tuple[tuple[type[models.Field], frozenset[type]], ...] = (
@@ -44,21 +48,25 @@ def _columns(model: type[models.Model]) -> tuple[tuple[models.Field, ...], froze
 
 
 @lru_cache(maxsize=64)
-def _statement(model: type[models.Model], vendor: str, conflict: tuple[str, tuple[str, ...]] | None) -> str:
+def _statement(
+    model: type[models.Model], vendor: str, conflict: tuple[str, tuple[str, ...]] | None
+) -> tuple[str, str, str]:
+    """(head, one row's placeholders, tail): head + row + tail inserts one row, and with
+    several rows' placeholders joined by commas, as many rows. COPY is all head."""
     quote = connection.ops.quote_name
     fields, _ = _columns(model)
     table = quote(model._meta.db_table)
     columns = ", ".join(quote(f.column) for f in fields)
     if conflict is None and vendor == "postgresql":
-        return f"COPY {table} ({columns}) FROM STDIN"
-    marks = ", ".join(["%s"] * len(fields))
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+        return f"COPY {table} ({columns}) FROM STDIN", "", ""
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    tail = ""
     if conflict is not None:
         unique, updated = conflict
         by_name = {f.name: f for f in fields}
         sets = ", ".join(f"{quote(by_name[n].column)} = EXCLUDED.{quote(by_name[n].column)}" for n in updated)
-        sql += f" ON CONFLICT ({quote(by_name[unique].column)}) DO UPDATE SET {sets}"
-    return sql
+        tail = f" ON CONFLICT ({quote(by_name[unique].column)}) DO UPDATE SET {sets}"
+    return f"INSERT INTO {table} ({columns}) VALUES ", row, tail
 
 
 def _prepared(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -92,18 +100,27 @@ def rows_insert(
 ) -> None:
     """Insert `rows` (field name -> value; a missing field takes its default). With
     `conflict=(unique_field, updated_fields)`, a row whose unique field is taken updates
-    those fields of the row there instead. Run it inside the caller's transaction: a row
-    the database refuses fails the whole call."""
+    those fields of the row there instead; of rows that share a unique value, the last is
+    the one kept, as if they came one after another. Run it inside the caller's
+    transaction: a row the database refuses fails the whole call."""
     if not rows:
         return
-    statement = _statement(model, connection.vendor, None if conflict is None else (conflict[0], tuple(conflict[1])))
+    vendor = connection.vendor
+    head, row, tail = _statement(model, vendor, None if conflict is None else (conflict[0], tuple(conflict[1])))
     values = _prepared(model, rows)
     with connection.cursor() as cursor:
-        if statement.startswith("COPY"):
+        if not row:
             # psycopg's own cursor: its errors are turned into Django's here (IntegrityError
             # and the rest), as the ORM's are, so that callers catch one kind.
-            with connection.wrap_database_errors, cursor.cursor.copy(statement) as copy:
+            with connection.wrap_database_errors, cursor.cursor.copy(head) as copy:
                 for line in values:
                     copy.write_row(line)
+        elif conflict is not None and vendor == "postgresql":
+            # One statement may not update a row twice: the last row of each unique value.
+            at = next(i for i, f in enumerate(_columns(model)[0]) if f.name == conflict[0])
+            values = list({line[at]: line for line in values}.values())
+            for start in range(0, len(values), UPSERT_ROWS):
+                chunk = values[start : start + UPSERT_ROWS]
+                cursor.execute(head + ", ".join([row] * len(chunk)) + tail, [v for line in chunk for v in line])
         else:
-            cursor.executemany(statement, values)
+            cursor.executemany(head + row + tail, values)

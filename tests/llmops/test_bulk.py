@@ -11,6 +11,8 @@ from django.db import IntegrityError, transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
+import llmops.bulk
+from caching import store
 from caching.models import CacheEntry
 from llmops.bulk import rows_insert
 from llmops.models import ApiKey
@@ -85,3 +87,45 @@ def test_a_wrong_field_or_a_refused_row_writes_nothing():
     with pytest.raises(IntegrityError), transaction.atomic():
         rows_insert(QueryMetric, [metric("fresh"), metric("taken")])
     assert sorted(QueryMetric.objects.values_list("request_id", flat=True)) == ["taken"]
+
+
+def entry_row(number: int, text: str, **fields):
+    now = timezone.now()
+    return {
+        "key_hash": f"{number:064d}",
+        "model": "m",
+        "scope": "shared",
+        "group": "g",
+        "query": f"q{number}",
+        "response": {"text": text},
+        "created_at": now,
+        "expires_at": now + timedelta(hours=1),
+        **fields,
+    }
+
+
+def test_a_large_upsert_writes_every_row_and_of_each_key_the_last(monkeypatch):
+    monkeypatch.setattr(llmops.bulk, "UPSERT_ROWS", 7)  # several statements on PostgreSQL
+    rows_insert(CacheEntry, [entry_row(0, "old")], conflict=("key_hash", ["response"]))
+    CacheEntry.objects.filter(key_hash=entry_row(0, "")["key_hash"]).update(hit_count=3)
+    rows = [entry_row(n, f"v{n}") for n in range(20)] + [entry_row(5, "later"), entry_row(0, "again")]
+    rows_insert(CacheEntry, rows, conflict=("key_hash", ["response"]))
+    found = {row.query: row for row in CacheEntry.objects.all()}
+    assert sorted(found) == sorted(f"q{n}" for n in range(20))
+    assert found["q5"].response == {"text": "later"} and found["q6"].response == {"text": "v6"}
+    assert found["q0"].response == {"text": "again"} and found["q0"].hit_count == 3
+
+
+def test_an_upsert_with_a_refused_row_writes_none_of_them():
+    rows = [entry_row(1, "a"), entry_row(2, "b", model=None), entry_row(3, "c")]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rows_insert(CacheEntry, rows, conflict=("key_hash", ["response"]))
+    assert not CacheEntry.objects.exists()
+
+
+def test_the_cache_writer_keeps_the_good_records_of_a_batch_with_a_refused_one():
+    before = store.ENTRIES.dropped
+    batch = [("store", entry_row(1, "a")), ("store", entry_row(2, "b", model=None)), ("store", entry_row(3, "c"))]
+    assert store._write(batch) == 2
+    assert sorted(CacheEntry.objects.values_list("query", flat=True)) == ["q1", "q3"]
+    assert store.ENTRIES.dropped == before + 1
