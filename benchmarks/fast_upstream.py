@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from benchmarks import loop_run
 from benchmarks.echo_asgi import UNAUTHORIZED, _completion, _stream_events, request_shape
 
 EXPECTED = f"bearer {os.environ['ECHO_API_KEY']}".encode() if os.environ.get("ECHO_API_KEY") else None
@@ -92,9 +93,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-    except ImportError:  # not built for Windows
-        asyncio.run(serve(int(sys.argv[1])))
-    else:
-        uvloop.run(serve(int(sys.argv[1])))
+    loop_run(serve(int(sys.argv[1])))

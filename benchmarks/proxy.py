@@ -19,8 +19,10 @@ p99), CPU of the server's processes per request or stream, the gateway's largest
 pause and its generation-2 collections (LLMOPS_GC_STATS, /healthz), resident memory of the
 server's processes before and after; each with its ratio to the direct call and to LiteLLM
 from the same run. Then the 64-connection run again for each process count of
---processes (default 1,2): requests/s and its ratio to one process, and the load
-generator's share of the machine's CPU (it shares the cores).
+--processes (default 1,2), all of them served at once and taking turns pass by pass:
+requests/s and its ratio to one process, and the load generator's share of the machine's
+CPU (it shares the cores). The load generator (a bare asyncio protocol) and the upstream
+run on uvloop's event loop when it is installed, as the gateway does.
 
 --profile prod runs the gateway on PostgreSQL and Redis (a throwaway database on
 127.0.0.1:5432 and an empty Redis database on 127.0.0.1:6379, as the tests use)."""
@@ -44,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import loop_run
 from benchmarks._harness import (
     ROOT,
     LoadResult,
@@ -217,6 +220,29 @@ async def measure(server: Server, phase: Phase, key: str | None, model: str | No
     return measured
 
 
+SPIN = """\
+import sys, time
+start, end = float(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+n = 0
+while time.time() < end:
+    for _ in range(1000):
+        pass
+    n += 1
+print(n)
+"""
+
+
+def machine_work(processes: int, seconds: float = 1.0) -> float:
+    """Loops per second of a CPU-bound Python loop run in `processes` processes at once, in
+    all: how the machine itself scales from one busy core to several, with no server, no
+    network and no generator (two virtual CPUs may share one physical core's resources)."""
+    start = time.time() + 0.5
+    children = [subprocess.Popen([sys.executable, "-c", SPIN, str(start), str(start + seconds)], stdout=subprocess.PIPE)
+                for _ in range(processes)]  # fmt: skip
+    return sum(int(child.communicate()[0]) for child in children) / seconds
+
+
 def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str = "gateway") -> Server:
     port = free_port()
     command = [sys.executable, "manage.py", "serve", "--processes", str(processes), "--port", str(port)]
@@ -323,25 +349,42 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         print()
         gateway.stop()
         servers.remove(gateway)
-        scale_rows = []
+        # Every process count is served at once and they take turns pass by pass, so that the
+        # machine's drift over the run falls on all of them alike.
         phase = Phase("64 connections", False, args.requests, 64)
-        one = None
-        for count in args.processes:
-            served = start_gateway(env, workdir, count, name=f"gateway-{count}")
-            servers.append(served)
-            runs = [await measure(served, phase, key, HTTP_MODEL, f"s{count}.{turn}-", gc_processes=count)
-                    for turn in range(args.passes)]  # fmt: skip
-            served.stop()
-            servers.remove(served)
-            throughput = statistics.median(m.result.throughput for m in runs)
-            one = one or throughput
-            share = statistics.median(m.result.client_cpu_s / m.result.wall_s for m in runs) / (os.cpu_count() or 1)
+        served = {count: start_gateway(env, workdir, count, name=f"gateway-{count}") for count in args.processes}
+        servers += served.values()
+        runs: dict[int, list[Measured]] = {count: [] for count in args.processes}
+        spins: dict[int, list[float]] = {count: [] for count in args.processes}
+        for turn in range(args.passes):
+            for count, server in served.items():
+                runs[count].append(await measure(server, phase, key, HTTP_MODEL, f"s{count}.{turn}-",
+                                                 gc_processes=count))  # fmt: skip
+            for count in args.processes:
+                spins[count].append(machine_work(count))
+        first = runs[args.processes[0]]
+        one = statistics.median(m.result.throughput for m in first)
+        scale_rows = []
+        for count, measured in runs.items():
+            throughput = statistics.median(m.result.throughput for m in measured)
+            share = statistics.median(m.result.client_cpu_s / m.result.wall_s for m in measured) / (os.cpu_count() or 1)
+            pairs = zip(measured, first, strict=True)
+            each = " ".join(ratio(m.result.throughput, f.result.throughput) for m, f in pairs)
             scale_rows.append([f"{count} process(es)", fmt(throughput, 1), ratio(throughput, one),
-                               fmt(statistics.median(m.cpu_ms for m in runs), 3), f"{share:.0%}",
-                               gc_pair(runs)])  # fmt: skip
-        print(table(["gateway, 64 connections", "requests/s", "vs 1 process", "CPU ms/req",
-                     "generator's CPU share", "largest GC pause CPU / wall, ms (gen-2)"], scale_rows))  # fmt: skip
-        print(f"medians over {args.passes} pass(es) per process count")
+                               fmt(statistics.median(m.cpu_ms for m in measured), 3), f"{share:.0%}",
+                               gc_pair(measured), each])  # fmt: skip
+        base = statistics.median(spins[args.processes[0]])
+        for count, done in spins.items():
+            pairs = zip(done, spins[args.processes[0]], strict=True)
+            scale_rows.append([f"CPU-bound loop, {count} process(es)", "", ratio(statistics.median(done), base), "",
+                               "", "", " ".join(ratio(d, f) for d, f in pairs)])  # fmt: skip
+        print(table(["gateway, 64 connections", "requests/s", f"vs {args.processes[0]} process(es)", "CPU ms/req",
+                     "generator's CPU share", "largest GC pause CPU / wall, ms (gen-2)", "each pass"],
+                    scale_rows))  # fmt: skip
+        print(f"medians over {args.passes} pass(es) per process count, the counts taking turns in each; each pass: "
+              f"requests/s against {args.processes[0]} process(es) in the same pass; CPU-bound loop: a Python loop "
+              "alone in that many processes at once, 1 s after each pass, against one: the machine's own scaling "
+              "(the ceiling for the gateway's)")  # fmt: skip
     finally:
         for server in reversed(servers):
             server.stop()
@@ -382,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--profile prod needs PostgreSQL and Redis: {problem}")
                 return 1
             with services_profile() as profile_env:
-                return asyncio.run(run_profile(args, profile_env, workdir, reason is None))
-        return asyncio.run(run_profile(args, {}, workdir, reason is None))
+                return loop_run(run_profile(args, profile_env, workdir, reason is None))
+        return loop_run(run_profile(args, {}, workdir, reason is None))
 
 
 if __name__ == "__main__":
