@@ -469,7 +469,13 @@ class HttpConnection:
             await self.connect()
         protocol = self._protocol
         assert protocol is not None
-        status, self.head, first, body, close = await protocol.send(data)
+        try:
+            status, self.head, first, body, close = await protocol.send(data)
+        except BaseException:
+            # Given up on (cancelled) or failed: a response still on its way would be taken
+            # for the next request's, so this connection is done.
+            self.close()
+            raise
         if close:
             self.close()
         return status, first, body
@@ -504,7 +510,6 @@ class _Response(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future:
         assert self.transport is not None
-        self.buffer.clear()  # what a request given up on left (a keep-alive server sends nothing unasked)
         self._reset()
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
@@ -528,8 +533,18 @@ class _Response(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if self.head is not None and self.length < 0 and not self.chunked:  # the body ends with the connection
-            waiter.set_result(self._done(bytes(self.buffer), True))
+        done = None
+        try:
+            if self.head is not None and self.length < 0 and not self.chunked:  # the body ends with the connection
+                done = self._done(bytes(self.buffer), True)
+            elif self.chunked and self.buffer[self.at : self.at + 3] == b"0\r\n":
+                self.buffer += b"\r\n"  # the last chunk without its final CRLF, then the close
+                done = self._chunks()
+        except ValueError as error:
+            waiter.set_exception(error)
+            return
+        if done is not None:
+            waiter.set_result(done)
         else:
             waiter.set_exception(exc or asyncio.IncompleteReadError(bytes(self.buffer), None))
 

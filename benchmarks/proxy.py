@@ -224,12 +224,12 @@ SPIN = """\
 import sys, time
 start, end = float(sys.argv[1]), float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
-n = 0
+began, n = time.time(), 0
 while time.time() < end:
     for _ in range(1000):
         pass
     n += 1
-print(n)
+print(n / (time.time() - began))
 """
 
 
@@ -240,7 +240,7 @@ def machine_work(processes: int, seconds: float = 1.0) -> float:
     start = time.time() + 0.5
     children = [subprocess.Popen([sys.executable, "-c", SPIN, str(start), str(start + seconds)], stdout=subprocess.PIPE)
                 for _ in range(processes)]  # fmt: skip
-    return sum(int(child.communicate()[0]) for child in children) / seconds
+    return sum(float(child.communicate()[0]) for child in children)
 
 
 def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str = "gateway") -> Server:
@@ -357,7 +357,8 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         runs: dict[int, list[Measured]] = {count: [] for count in args.processes}
         spins: dict[int, list[float]] = {count: [] for count in args.processes}
         for turn in range(args.passes):
-            for count, server in served.items():
+            # The order flips every pass: what one run leaves behind does not always fall on the same count.
+            for count, server in list(served.items())[:: 1 if turn % 2 == 0 else -1]:
                 runs[count].append(await measure(server, phase, key, HTTP_MODEL, f"s{count}.{turn}-",
                                                  gc_processes=count))  # fmt: skip
             for count in args.processes:

@@ -100,8 +100,8 @@ def rows_insert(
 ) -> None:
     """Insert `rows` (field name -> value; a missing field takes its default). With
     `conflict=(unique_field, updated_fields)`, a row whose unique field is taken updates
-    those fields of the row there instead; of rows that share a unique value, the last is
-    the one kept, as if they came one after another. Run it inside the caller's
+    those fields of the row there instead; of rows that share a unique value, only the last
+    is written (the unique field must not be NULL). Run it inside the caller's
     transaction: a row the database refuses fails the whole call."""
     if not rows:
         return

@@ -108,7 +108,10 @@ def test_a_large_upsert_writes_every_row_and_of_each_key_the_last(monkeypatch):
     monkeypatch.setattr(llmops.bulk, "UPSERT_ROWS", 7)  # several statements on PostgreSQL
     rows_insert(CacheEntry, [entry_row(0, "old")], conflict=("key_hash", ["response"]))
     CacheEntry.objects.filter(key_hash=entry_row(0, "")["key_hash"]).update(hit_count=3)
-    rows = [entry_row(n, f"v{n}") for n in range(20)] + [entry_row(5, "later"), entry_row(0, "again")]
+    rows = [entry_row(n, f"v{n}") for n in range(20)]
+    rows[4:4] = [entry_row(5, "early")]  # in the same statement as its later row
+    rows[7:7] = [entry_row(0, "again")]
+    rows[9:9] = [entry_row(5, "later")]
     rows_insert(CacheEntry, rows, conflict=("key_hash", ["response"]))
     found = {row.query: row for row in CacheEntry.objects.all()}
     assert sorted(found) == sorted(f"q{n}" for n in range(20))
