@@ -69,7 +69,12 @@ class SimulateField(serializers.JSONField):
 
 
 @extend_schema_field(
-    {"type": "object", "additionalProperties": {"type": "string", "maxLength": 512}, "maxProperties": 16}
+    {
+        "type": "object",
+        "propertyNames": {"maxLength": 64},
+        "additionalProperties": {"type": "string", "maxLength": 512},
+        "maxProperties": 16,
+    }
 )
 class MetadataField(serializers.JSONField):
     pass
