@@ -510,7 +510,6 @@ class _Response(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future:
         assert self.transport is not None
-        self._reset()
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.waiter

@@ -21,8 +21,10 @@ server's processes before and after; each with its ratio to the direct call and 
 from the same run. Then the 64-connection run again for each process count of
 --processes (default 1,2), all of them served at once and taking turns pass by pass:
 requests/s and its ratio to one process, and the load generator's share of the machine's
-CPU (it shares the cores). The load generator (a bare asyncio protocol) and the upstream
-run on uvloop's event loop when it is installed, as the gateway does.
+CPU (it shares the cores); after each pass a CPU-bound Python loop runs in as many
+processes, alone, for the machine's own scaling (the ceiling for the gateway's). The load
+generator (a bare asyncio protocol) and the upstream run on uvloop's event loop when it is
+installed, as the gateway does.
 
 --profile prod runs the gateway on PostgreSQL and Redis (a throwaway database on
 127.0.0.1:5432 and an empty Redis database on 127.0.0.1:6379, as the tests use)."""
