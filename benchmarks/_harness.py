@@ -88,6 +88,21 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def named_processes_cpu_s(names: tuple[str, ...]) -> float:
+    """User + system CPU seconds of every process on the machine whose name (/proc's comm)
+    starts with one of `names`, such as the PostgreSQL and Redis servers a gateway shares its
+    cores with. A process that exits between two readings takes its CPU with it."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{entry}/comm") as comm:
+                    if not comm.read().strip().startswith(names):
+                        continue
+                total += process_cpu_s(int(entry))
+    return total
+
+
 def process_threads(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:

@@ -57,6 +57,7 @@ from benchmarks._harness import (
     gateway_env,
     gateway_script,
     http_get,
+    named_processes_cpu_s,
     prepare_gateway,
     process_cpu_s,
     process_memory_kb,
@@ -75,6 +76,7 @@ LITELLM_VENV = ROOT / ".venv-litellm"
 TOKENS = 16
 WARMUP = 200  # requests before each measured phase, per server (--warmup)
 LITELLM_KEY = "sk-" + secrets.token_hex(32)
+SERVICES = ("postgres", "redis-server")  # what the production profile shares the cores with
 
 
 @dataclass
@@ -174,6 +176,14 @@ class Measured:
     gc_longest_ms: float | None = None
     gc_full: int | None = None
     gc_cpu_ms: float | None = None
+    others_ms: float | None = None  # CPU per request of the other processes on the cores (see measure)
+
+    @property
+    def whole_ms(self) -> float:
+        """CPU per request of every process on the machine (the server's, the others', the
+        generator's): the cores cannot serve more than cores / this, however many server
+        processes share them."""
+        return self.cpu_ms + (self.others_ms or 0.0) + self.result.client_cpu_s * 1000 / self.result.requests
 
 
 def gc_state(server: Server, since: float, processes: int) -> tuple[float | None, int | None, float | None]:
@@ -197,7 +207,9 @@ def gc_state(server: Server, since: float, processes: int) -> tuple[float | None
 
 
 async def measure(server: Server, phase: Phase, key: str | None, model: str | None, tag: str,
-                  gc_processes: int = 0) -> Measured:  # fmt: skip
+                  gc_processes: int = 0, others: Callable[[], float] | None = None) -> Measured:  # fmt: skip
+    """One phase against `server`; `others` (CPU seconds so far of the processes that share the
+    cores with it: the upstream, PostgreSQL, Redis) gives their CPU per request too."""
     build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag)
     warm = await run_load(server.port, build, checker(phase.stream), requests=WARMUP, concurrency=8)
     if warm.errors:
@@ -207,11 +219,16 @@ async def measure(server: Server, phase: Phase, key: str | None, model: str | No
     rss_before = server.rss_mb()
     since = time.time()
     cpu_before = server.cpu_s()
+    others_before = others() if others else 0.0
     result = await run_load(server.port, build, checker(phase.stream), requests=phase.requests,
                             concurrency=phase.concurrency)  # fmt: skip
-    await asyncio.sleep(0.3)  # buffered metric rows: their writing is counted
+    # Buffered metric and cache rows: their writing is counted (all of it, past the writers'
+    # flush interval, where the processes that write them are counted too).
+    await asyncio.sleep(1.2 if others else 0.3)
     cpu_ms = (server.cpu_s() - cpu_before) * 1000 / phase.requests
     measured = Measured(result, cpu_ms, rss_before, server.rss_mb())
+    if others:
+        measured.others_ms = (others() - others_before) * 1000 / phase.requests
     if gc_processes:
         longest, full_after, measured.gc_cpu_ms = gc_state(server, since, gc_processes)
         measured.gc_longest_ms = longest
@@ -356,38 +373,49 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         phase = Phase("64 connections", False, args.requests, 64)
         served = {count: start_gateway(env, workdir, count, name=f"gateway-{count}") for count in args.processes}
         servers += served.values()
+        names = SERVICES if args.profile == "prod" else ()
+
+        def others() -> float:
+            return upstream.cpu_s() + (named_processes_cpu_s(names) if names else 0.0)
+
         runs: dict[int, list[Measured]] = {count: [] for count in args.processes}
         spins: dict[int, list[float]] = {count: [] for count in args.processes}
         for turn in range(args.passes):
             # The order flips every pass: what one run leaves behind does not always fall on the same count.
             for count, server in list(served.items())[:: 1 if turn % 2 == 0 else -1]:
                 runs[count].append(await measure(server, phase, key, HTTP_MODEL, f"s{count}.{turn}-",
-                                                 gc_processes=count))  # fmt: skip
+                                                 gc_processes=count, others=others))  # fmt: skip
             for count in args.processes:
                 spins[count].append(machine_work(count))
         first = runs[args.processes[0]]
         one = statistics.median(m.result.throughput for m in first)
         scale_rows = []
+        cores = os.cpu_count() or 1
         for count, measured in runs.items():
             throughput = statistics.median(m.result.throughput for m in measured)
-            share = statistics.median(m.result.client_cpu_s / m.result.wall_s for m in measured) / (os.cpu_count() or 1)
+            share = statistics.median(m.result.client_cpu_s / m.result.wall_s for m in measured) / cores
+            others_ms = statistics.median(m.others_ms or 0.0 for m in measured)
+            whole_ms = statistics.median(m.whole_ms for m in measured)
             pairs = zip(measured, first, strict=True)
             each = " ".join(ratio(m.result.throughput, f.result.throughput) for m, f in pairs)
             scale_rows.append([f"{count} process(es)", fmt(throughput, 1), ratio(throughput, one),
-                               fmt(statistics.median(m.cpu_ms for m in measured), 3), f"{share:.0%}",
-                               gc_pair(measured), each])  # fmt: skip
+                               fmt(statistics.median(m.cpu_ms for m in measured), 3), f"{share:.0%}", fmt(others_ms, 3),
+                               ratio(cores * 1000 / whole_ms, one), gc_pair(measured), each])  # fmt: skip
         base = statistics.median(spins[args.processes[0]])
         for count, done in spins.items():
             pairs = zip(done, spins[args.processes[0]], strict=True)
             scale_rows.append([f"CPU-bound loop, {count} process(es)", "", ratio(statistics.median(done), base), "",
-                               "", "", " ".join(ratio(d, f) for d, f in pairs)])  # fmt: skip
+                               "", "", "", "", " ".join(ratio(d, f) for d, f in pairs)])  # fmt: skip
         print(table(["gateway, 64 connections", "requests/s", f"vs {args.processes[0]} process(es)", "CPU ms/req",
-                     "generator's CPU share", "largest GC pause CPU / wall, ms (gen-2)", "each pass"],
-                    scale_rows))  # fmt: skip
+                     "generator's CPU share", "others' CPU ms/req", "cores' bound", "largest GC pause CPU / wall, ms "
+                     "(gen-2)", "each pass"], scale_rows))  # fmt: skip
         print(f"medians over {args.passes} pass(es) per process count, the counts taking turns in each; each pass: "
-              f"requests/s against {args.processes[0]} process(es) in the same pass; CPU-bound loop: a Python loop "
-              "alone in that many processes at once, 1 s after each pass, against one: the machine's own scaling "
-              "(the ceiling for the gateway's)")  # fmt: skip
+              f"requests/s against {args.processes[0]} process(es) in the same pass; others' CPU: the upstream's"
+              + (", PostgreSQL's and Redis's" if names else "") + " per request; cores' bound: the requests/s "
+              f"that {cores} cores' CPU allows at the CPU per request of every process (the gateway's, the others', "
+              f"the generator's), against {args.processes[0]} process(es); CPU-bound loop: a Python loop alone in that "
+              "many processes at once, 1 s after each pass, against one: the machine's own scaling (the ceiling for "
+              "the gateway's)")  # fmt: skip
     finally:
         for server in reversed(servers):
             server.stop()
