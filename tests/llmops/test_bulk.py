@@ -11,7 +11,6 @@ from django.db import IntegrityError, transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-import llmops.bulk
 from caching import store
 from caching.models import CacheEntry
 from llmops.bulk import rows_insert
@@ -104,8 +103,7 @@ def entry_row(number: int, text: str, **fields):
     }
 
 
-def test_a_large_upsert_writes_every_row_and_of_each_key_the_last(monkeypatch):
-    monkeypatch.setattr(llmops.bulk, "UPSERT_ROWS", 7)  # several statements on PostgreSQL
+def test_a_large_upsert_writes_every_row_and_of_each_key_the_last():
     rows_insert(CacheEntry, [entry_row(0, "old")], conflict=("key_hash", ["response"]))
     CacheEntry.objects.filter(key_hash=entry_row(0, "")["key_hash"]).update(hit_count=3)
     rows = [entry_row(n, f"v{n}") for n in range(20)]
@@ -117,6 +115,26 @@ def test_a_large_upsert_writes_every_row_and_of_each_key_the_last(monkeypatch):
     assert sorted(found) == sorted(f"q{n}" for n in range(20))
     assert found["q5"].response == {"text": "later"} and found["q6"].response == {"text": "v6"}
     assert found["q0"].response == {"text": "again"} and found["q0"].hit_count == 3
+
+
+def test_a_second_upsert_in_the_same_transaction_writes_only_its_own_rows():
+    # On PostgreSQL both go through one temporary table of the session, emptied at commit:
+    # the second must not write the first's rows again over what changed in between.
+    with transaction.atomic():
+        rows_insert(CacheEntry, [entry_row(1, "first")], conflict=("key_hash", ["response"]))
+        CacheEntry.objects.filter(query="q1").update(response={"text": "changed"})
+        rows_insert(CacheEntry, [entry_row(2, "second")], conflict=("key_hash", ["response"]))
+    found = dict(CacheEntry.objects.values_list("query", "response"))
+    assert found == {"q1": {"text": "changed"}, "q2": {"text": "second"}}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upsert_outside_a_transaction_is_written_and_the_next_one_too():
+    # Each one is a transaction of its own: rows copied aside are not lost to a commit
+    # between the copy and the insert, and none is left behind for the next call.
+    rows_insert(CacheEntry, [entry_row(1, "a"), entry_row(2, "b")], conflict=("key_hash", ["response"]))
+    rows_insert(CacheEntry, [entry_row(2, "c")], conflict=("key_hash", ["response"]))
+    assert dict(CacheEntry.objects.values_list("query", "response")) == {"q1": {"text": "a"}, "q2": {"text": "c"}}
 
 
 def test_an_upsert_with_a_refused_row_writes_none_of_them():
