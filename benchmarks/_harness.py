@@ -88,19 +88,28 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def named_processes_cpu_s(names: tuple[str, ...]) -> float:
+def named_processes_cpu_s(names: tuple[str, ...]) -> dict[tuple[int, int], float]:
     """User + system CPU seconds of every process on the machine whose name (/proc's comm)
     starts with one of `names`, such as the PostgreSQL and Redis servers a gateway shares its
-    cores with. A process that exits between two readings takes its CPU with it."""
-    total = 0.0
+    cores with, by (pid, start time): `cpu_spent` of two readings."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, ValueError):
-                with open(f"/proc/{entry}/comm") as comm:
-                    if not comm.read().strip().startswith(names):
-                        continue
-                total += process_cpu_s(int(entry))
-    return total
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    data = stat.read()
+                name = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
+                if name.startswith(names):
+                    fields = data[data.rindex(b")") + 2 :].split()
+                    found[(int(entry), int(fields[19]))] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+def cpu_spent(before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]) -> float:
+    """The CPU seconds spent between two readings of named_processes_cpu_s by the processes
+    alive at the second (one started meanwhile counts from 0; one that ended meanwhile is
+    left out, its last moments with it, rather than taken away)."""
+    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
 
 
 def process_threads(pid: int) -> int:

@@ -52,6 +52,7 @@ from benchmarks import loop_run
 from benchmarks._harness import (
     ROOT,
     LoadResult,
+    cpu_spent,
     fmt,
     free_port,
     gateway_env,
@@ -77,6 +78,12 @@ TOKENS = 16
 WARMUP = 200  # requests before each measured phase, per server (--warmup)
 LITELLM_KEY = "sk-" + secrets.token_hex(32)
 SERVICES = ("postgres", "redis-server")  # what the production profile shares the cores with
+# The gateway's writers flush buffered metric and cache rows every LLMOPS_METRICS_FLUSH_INTERVAL_S
+# (1 s; the benchmark sets none): past this, what a phase buffered has been written. Not
+# waited for before a phase: an idle second there has the gateway run a full collection
+# (llmops/collector.py) as the load starts, and what the warm-up left unwritten is at most
+# its 200 requests' rows.
+FLUSHED_S = 1.2
 
 
 @dataclass
@@ -180,7 +187,7 @@ class Measured:
 
     @property
     def whole_ms(self) -> float:
-        """CPU per request of every process on the machine (the server's, the others', the
+        """CPU per request of the processes counted (the server's, the others', the
         generator's): the cores cannot serve more than cores / this, however many server
         processes share them."""
         return self.cpu_ms + (self.others_ms or 0.0) + self.result.client_cpu_s * 1000 / self.result.requests
@@ -208,8 +215,9 @@ def gc_state(server: Server, since: float, processes: int) -> tuple[float | None
 
 async def measure(server: Server, phase: Phase, key: str | None, model: str | None, tag: str,
                   gc_processes: int = 0, others: Callable[[], float] | None = None) -> Measured:  # fmt: skip
-    """One phase against `server`; `others` (CPU seconds so far of the processes that share the
-    cores with it: the upstream, PostgreSQL, Redis) gives their CPU per request too."""
+    """One phase against `server`; `others` (a reading of the CPU so far of the processes that
+    share the cores with it: the upstream, PostgreSQL, Redis; `cpu_spent` of two) gives their
+    CPU per request too."""
     build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag)
     warm = await run_load(server.port, build, checker(phase.stream), requests=WARMUP, concurrency=8)
     if warm.errors:
@@ -219,16 +227,16 @@ async def measure(server: Server, phase: Phase, key: str | None, model: str | No
     rss_before = server.rss_mb()
     since = time.time()
     cpu_before = server.cpu_s()
-    others_before = others() if others else 0.0
+    others_before = others() if others else {}
     result = await run_load(server.port, build, checker(phase.stream), requests=phase.requests,
                             concurrency=phase.concurrency)  # fmt: skip
     # Buffered metric and cache rows: their writing is counted (all of it, past the writers'
     # flush interval, where the processes that write them are counted too).
-    await asyncio.sleep(1.2 if others else 0.3)
+    await asyncio.sleep(FLUSHED_S if others else 0.3)
     cpu_ms = (server.cpu_s() - cpu_before) * 1000 / phase.requests
     measured = Measured(result, cpu_ms, rss_before, server.rss_mb())
     if others:
-        measured.others_ms = (others() - others_before) * 1000 / phase.requests
+        measured.others_ms = cpu_spent(others_before, others()) * 1000 / phase.requests
     if gc_processes:
         longest, full_after, measured.gc_cpu_ms = gc_state(server, since, gc_processes)
         measured.gc_longest_ms = longest
@@ -375,8 +383,15 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         servers += served.values()
         names = SERVICES if args.profile == "prod" else ()
 
-        def others() -> float:
-            return upstream.cpu_s() + (named_processes_cpu_s(names) if names else 0.0)
+        if names and not named_processes_cpu_s(names):
+            print(f"note: no process named {' or '.join(names)} on this machine's /proc (elsewhere, or in another "
+                  "container): others' CPU below leaves them out")  # fmt: skip
+            names = ()
+
+        def others() -> dict[tuple[int, int], float]:
+            return {(pid, 0): process_cpu_s(pid) for pid in upstream.pids()} | (
+                named_processes_cpu_s(names) if names else {}
+            )
 
         runs: dict[int, list[Measured]] = {count: [] for count in args.processes}
         spins: dict[int, list[float]] = {count: [] for count in args.processes}
@@ -412,8 +427,9 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         print(f"medians over {args.passes} pass(es) per process count, the counts taking turns in each; each pass: "
               f"requests/s against {args.processes[0]} process(es) in the same pass; others' CPU: the upstream's"
               + (", PostgreSQL's and Redis's" if names else "") + " per request; cores' bound: the requests/s "
-              f"that {cores} cores' CPU allows at the CPU per request of every process (the gateway's, the others', "
-              f"the generator's), against {args.processes[0]} process(es); CPU-bound loop: a Python loop alone in that "
+              f"that {cores} cores' CPU would allow at the CPU per request of the processes counted (the gateway's, "
+              f"the others', the generator's), against the requests/s measured with {args.processes[0]} process(es); "
+              "CPU-bound loop: a Python loop alone in that "
               "many processes at once, 1 s after each pass, against one: the machine's own scaling (the ceiling for "
               "the gateway's)")  # fmt: skip
     finally:

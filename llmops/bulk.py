@@ -17,6 +17,7 @@ runs each with a throwaway driver) went from 0.077 ms to 0.057-0.060 ms."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from contextlib import nullcontext
 from functools import lru_cache
@@ -52,11 +53,12 @@ def _columns(model: type[models.Model]) -> tuple[tuple[models.Field, ...], froze
 
 
 @lru_cache(maxsize=64)
-def _statement(model: type[models.Model], vendor: str, conflict: tuple[str, tuple[str, ...]] | None) -> list[str]:
+def _statement(model: type[models.Model], vendor: str, conflict: tuple[str, tuple[str, ...]] | None) -> tuple[str, ...]:
     """The statements that insert rows, run in order: COPY's (its rows written to it) on
     PostgreSQL; elsewhere one statement with a row's placeholders, run for every row. An
     upsert on PostgreSQL: the temporary table made (once per session), emptied, the rows
-    copied into it, then moved from it."""
+    copied into it, then moved from it in the order of their unique value (so that two
+    writers taking the same rows lock them in the same order)."""
     quote = connection.ops.quote_name
     fields, _ = _columns(model)
     table = quote(model._meta.db_table)
@@ -68,18 +70,20 @@ def _statement(model: type[models.Model], vendor: str, conflict: tuple[str, tupl
         sets = ", ".join(f"{quote(by_name[n].column)} = EXCLUDED.{quote(by_name[n].column)}" for n in updated)
         tail = f" ON CONFLICT ({quote(by_name[unique].column)}) DO UPDATE SET {sets}"
     if vendor != "postgresql":
-        return [f"INSERT INTO {table} ({columns}) VALUES (" + ", ".join(["%s"] * len(fields)) + ")" + tail]
+        return (f"INSERT INTO {table} ({columns}) VALUES (" + ", ".join(["%s"] * len(fields)) + ")" + tail,)
     if conflict is None:
-        return [f"COPY {table} ({columns}) FROM STDIN"]
-    stage = quote(f"llmops_stage_{model._meta.db_table}")
-    return [
-        # The columns' types, no constraint: what the rows hold is checked by the INSERT.
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT {columns} FROM {table} "
-        "WITH NO DATA",
+        return (f"COPY {table} ({columns}) FROM STDIN",)
+    # The model's own column types and no constraint (what the rows hold is checked by the
+    # INSERT), under a name of its shape: a session that outlives a migration (a pooled
+    # connection, a pooler's server session) makes a new table rather than use an old one.
+    shape = ", ".join(f"{quote(f.column)} {f.db_type(connection)}" for f in fields)
+    stage = "pg_temp." + quote(f"llmops_stage_{hashlib.sha256(shape.encode()).hexdigest()[:24]}")
+    return (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({shape}) ON COMMIT DELETE ROWS",
         f"DELETE FROM {stage}",  # rows an earlier call of the same transaction left
         f"COPY {stage} ({columns}) FROM STDIN",
-        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}{tail}",
-    ]
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage} ORDER BY {quote(by_name[unique].column)}{tail}",
+    )
 
 
 def _prepared(model: type[models.Model], rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
