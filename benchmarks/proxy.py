@@ -20,11 +20,13 @@ pause and its generation-2 collections (LLMOPS_GC_STATS, /healthz), resident mem
 server's processes before and after; each with its ratio to the direct call and to LiteLLM
 from the same run. Then the 64-connection run again for each process count of
 --processes (default 1,2), all of them served at once and taking turns pass by pass:
-requests/s and its ratio to one process, and the load generator's share of the machine's
-CPU (it shares the cores); after each pass a CPU-bound Python loop runs in as many
-processes, alone, for the machine's own scaling (the ceiling for the gateway's). The load
-generator (a bare asyncio protocol) and the upstream run on uvloop's event loop when it is
-installed, as the gateway does.
+requests/s and its ratio to one process, the load generator's share of the machine's CPU
+(it shares the cores), the CPU per request of the upstream and, with --profile prod, of
+PostgreSQL and Redis (their processes on this machine, by name), and the requests/s that the
+cores' CPU allows at the CPU per request of every process counted; after each pass a
+CPU-bound Python loop runs in as many processes, alone, for the machine's own scaling (the
+ceiling for the gateway's). The load generator (a bare asyncio protocol) and the upstream
+run on uvloop's event loop when it is installed, as the gateway does.
 
 --profile prod runs the gateway on PostgreSQL and Redis (a throwaway database on
 127.0.0.1:5432 and an empty Redis database on 127.0.0.1:6379, as the tests use)."""
@@ -230,6 +232,9 @@ async def measure(server: Server, phase: Phase, key: str | None, model: str | No
     others_before = others() if others else {}
     result = await run_load(server.port, build, checker(phase.stream), requests=phase.requests,
                             concurrency=phase.concurrency)  # fmt: skip
+    # The collector's figures as the load ends: in an idle second after it the gateway runs a
+    # full collection (llmops/collector.py), which is no pause of the load.
+    gc_figures = gc_state(server, since, gc_processes) if gc_processes else None
     # Buffered metric and cache rows: their writing is counted (all of it, past the writers'
     # flush interval, where the processes that write them are counted too).
     await asyncio.sleep(FLUSHED_S if others else 0.3)
@@ -237,9 +242,8 @@ async def measure(server: Server, phase: Phase, key: str | None, model: str | No
     measured = Measured(result, cpu_ms, rss_before, server.rss_mb())
     if others:
         measured.others_ms = cpu_spent(others_before, others()) * 1000 / phase.requests
-    if gc_processes:
-        longest, full_after, measured.gc_cpu_ms = gc_state(server, since, gc_processes)
-        measured.gc_longest_ms = longest
+    if gc_figures is not None:
+        measured.gc_longest_ms, full_after, measured.gc_cpu_ms = gc_figures
         if full_after is not None and full_before is not None:
             measured.gc_full = full_after - full_before
     if result.errors:
