@@ -80,12 +80,22 @@ def raise_open_files(wanted: int) -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads included, from /proc."""
+def _stat(pid: int) -> tuple[str, list[bytes]]:
+    """A process's name and the fields of /proc's stat after it (state first)."""
     with open(f"/proc/{pid}/stat", "rb") as stat:
         data = stat.read()
-    fields = data[data.rindex(b")") + 2 :].split()
+    return data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace"), data[
+        data.rindex(b")") + 2 :
+    ].split()
+
+
+def _cpu_s(fields: list[bytes]) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included, from /proc."""
+    return _cpu_s(_stat(pid)[1])
 
 
 def named_processes_cpu_s(names: tuple[str, ...]) -> dict[tuple[int, int], float]:
@@ -96,12 +106,9 @@ def named_processes_cpu_s(names: tuple[str, ...]) -> dict[tuple[int, int], float
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, ValueError):
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    data = stat.read()
-                name = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
+                name, fields = _stat(int(entry))
                 if name.startswith(names):
-                    fields = data[data.rindex(b")") + 2 :].split()
-                    found[(int(entry), int(fields[19]))] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                    found[(int(entry), int(fields[19]))] = _cpu_s(fields)
     return found
 
 
