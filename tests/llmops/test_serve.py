@@ -4,12 +4,15 @@ which one it is; one that dies is started again; SIGTERM stops them all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,25 +44,32 @@ def _processes_seen(port: int, wanted: int, timeout: float = 60) -> dict[int, in
     return seen
 
 
-@pytest.fixture
-def served(tmp_path):
+@contextlib.contextmanager
+def serving(tmp_path: Path, processes: int, **extra: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(("DATABASE_URL", "REDIS_URL"))}
     env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "LLMOPS_ALLOW_INSECURE_SECRET_KEY": "true"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("ACCESS_LOG_LEVEL", None)
+    env |= {"PYTHONUNBUFFERED": "1", **extra}
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
-    server = subprocess.Popen(
-        [*manage, "serve", "--processes", "2", "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-    )
+    command = [*manage, "serve", "--processes", str(processes), "--port", "0"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
-        assert "with 2 daphne process(es)" in line, line
+        assert f"with {processes} daphne process(es)" in line, line
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
         yield server, port
     finally:
         if server.poll() is None:
             server.kill()  # its server processes die with it (PR_SET_PDEATHSIG)
             server.wait()
+
+
+@pytest.fixture
+def served(tmp_path):
+    with serving(tmp_path, 2) as both:
+        yield both
 
 
 def _alive(pid: int) -> bool:
@@ -111,3 +121,40 @@ def test_llmops_uvloop_false_keeps_asyncios_own_loop(monkeypatch):
     monkeypatch.setenv("LLMOPS_UVLOOP", "false")
     before = asyncio.get_event_loop_policy()
     assert loop_policy_install() == "asyncio" and asyncio.get_event_loop_policy() is before
+
+
+@pytest.mark.parametrize("level", ["INFO", None])
+def test_the_access_log_is_written_when_access_log_level_asks_for_it(tmp_path, level):
+    """daphne's line per request on stdout with ACCESS_LOG_LEVEL=INFO (or DEBUG); none by
+    default (WARNING), as with runserver."""
+    with serving(tmp_path, 1, **({"ACCESS_LOG_LEVEL": level} if level else {})) as (server, port):
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+        reader.start()
+        _processes_seen(port, 1)
+        assert http_get(port, "/v1/models?access-log-probe")[0] == 401
+        deadline = time.monotonic() + 10
+        while level and not any("access-log-probe" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        reader.join(timeout=10)
+    probes = [line for line in lines if "access-log-probe" in line]
+    if level:
+        assert len(probes) == 1 and '"GET /v1/models?access-log-probe" 401' in probes[0], lines
+    else:
+        assert probes == [], probes
+
+
+def test_twisted_writes_no_request_log_of_its_own():
+    from daphne.http_protocol import HTTPFactory
+
+    from llmops.server import twisted_request_log_off
+
+    written: list[str] = []
+    factory = HTTPFactory.__new__(HTTPFactory)
+    factory._logFile = type("LogFile", (), {"write": lambda self, line: written.append(line)})()
+    factory._logDateTime, factory._logFormatter = "now", lambda when, request: f"{when} {request}"
+    twisted_request_log_off()
+    factory.log("GET /")
+    assert written == []

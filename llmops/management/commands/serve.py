@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -64,6 +65,12 @@ def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[so
     return sockets
 
 
+def access_log_wanted() -> bool:
+    level = settings.LOGGING["loggers"]["django.channels.server"]["level"]
+    number = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    return isinstance(number, int) and number <= logging.INFO
+
+
 class Command(BaseCommand):
     help = "Serve the gateway with several daphne processes on one port (default: one per core)."
 
@@ -86,6 +93,9 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         port = sockets[0].getsockname()[1]
         stopping = False
+        # daphne writes a line per request to stdout at its verbosity 1; ACCESS_LOG_LEVEL (the
+        # same setting as runserver's access log) asks for it with INFO or DEBUG.
+        access_log = [] if access_log_wanted() else ["-v", "0"]
 
         def start(index: int) -> subprocess.Popen[bytes]:
             env = {**os.environ, "LLMOPS_PROCESS_INDEX": str(index), "LLMOPS_SERVER_PROCESSES": str(count)}
@@ -93,7 +103,7 @@ class Command(BaseCommand):
             # daphne's fd endpoint (twisted/plugins/fd_endpoint.py) takes the address family's number.
             endpoint = f"fd:fileno={fileno}" + (f":domain={int(socket.AF_INET6)}" if ":" in host else "")
             # daphne's command line, on uvloop unless LLMOPS_UVLOOP is off (llmops/server.py).
-            command = [sys.executable, "-m", "llmops.server", "-e", endpoint, app]
+            command = [sys.executable, "-m", "llmops.server", "-e", endpoint, *access_log, app]
             return subprocess.Popen(command, env=env, pass_fds=[fileno], preexec_fn=_die_with_parent)
 
         def stop(signum: int, _frame: Any) -> None:
