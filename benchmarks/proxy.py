@@ -182,9 +182,8 @@ class Measured:
     cpu_ms: float  # server CPU per request
     rss_before: float
     rss_after: float
-    gc_longest_ms: float | None = None
-    gc_full: int | None = None
-    gc_cpu_ms: float | None = None
+    gc: GcFigures | None = None
+    gc_full: int | None = None  # generation-2 collections in the phase
     others_ms: float | None = None  # CPU per request of the other processes on the cores (see measure)
 
     @property
@@ -195,8 +194,20 @@ class Measured:
         return self.cpu_ms + (self.others_ms or 0.0) + self.result.client_cpu_s * 1000 / self.result.requests
 
 
-def gc_state(server: Server, since: float, processes: int) -> tuple[float | None, int | None, float | None]:
-    """The longest collector pause since `since` over every gateway process, and their
+@dataclass
+class GcFigures:
+    """The gateway's collections since a moment, over its processes (llmops/gcstats.py):
+    the longest pause (wall time), the longest CPU time of one, the longest pause of one
+    that the kernel did not preempt, and how many it did."""
+
+    wall_ms: float
+    cpu_ms: float
+    unpreempted_ms: float
+    preempted: int
+
+
+def gc_state(server: Server, since: float, processes: int) -> tuple[GcFigures | None, int | None]:
+    """The collector's figures since `since` over every gateway process, and their
     generation-2 collections in all (each /healthz reaches one process: asked until all answered)."""
     seen: dict[int, dict] = {}
     for _ in range(50 * processes):
@@ -207,12 +218,14 @@ def gc_state(server: Server, since: float, processes: int) -> tuple[float | None
             break
     states = [s for s in seen.values() if s]
     if not states:
-        return None, None, None
-    return (
+        return None, None
+    figures = GcFigures(
         max(s["longest_pause_ms_since"] for s in states),
-        sum(s["collections"][2] for s in states),
         max(s["longest_collection_cpu_ms_since"] for s in states),
+        max(s["longest_unpreempted_pause_ms_since"] for s in states),
+        sum(s["preempted_collections_since"] for s in states),
     )
+    return figures, sum(s["collections"][2] for s in states)
 
 
 async def measure(server: Server, phase: Phase, key: str | None, model: str | None, tag: str,
@@ -243,7 +256,7 @@ async def measure(server: Server, phase: Phase, key: str | None, model: str | No
     if others:
         measured.others_ms = cpu_spent(others_before, others()) * 1000 / phase.requests
     if gc_figures is not None:
-        measured.gc_longest_ms, full_after, measured.gc_cpu_ms = gc_figures
+        measured.gc, full_after = gc_figures
         if full_after is not None and full_before is not None:
             measured.gc_full = full_after - full_before
     if result.errors:
@@ -282,12 +295,19 @@ def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str 
     return gateway
 
 
+GC_FIGURE = "largest GC pause CPU / wall / wall not preempted, ms (preempted, gen-2)"
+
+
 def gc_pair(passes: list[Measured]) -> str:
-    """The largest collector pause over the passes, CPU / wall, and the generation-2 runs in all."""
-    cpu = [m.gc_cpu_ms for m in passes if m.gc_cpu_ms is not None]
-    wall = [m.gc_longest_ms for m in passes if m.gc_longest_ms is not None]
+    """The largest collector pause over the passes (its CPU time, its wall time, the wall time
+    of those the kernel did not preempt), the preempted collections and the generation-2 runs."""
+    figures = [m.gc for m in passes if m.gc is not None]
     full = [m.gc_full for m in passes if m.gc_full is not None]
-    return f"{fmt(max(cpu, default=None))} / {fmt(max(wall, default=None))} ({sum(full) if full else 'n/a'})"
+    if not figures:
+        return "n/a"
+    return (f"{fmt(max(f.cpu_ms for f in figures))} / {fmt(max(f.wall_ms for f in figures))} / "
+            f"{fmt(max(f.unpreempted_ms for f in figures))} ({sum(f.preempted for f in figures)}, "
+            f"{sum(full) if full else 'n/a'})")  # fmt: skip
 
 
 def rows_for(phase: Phase, passes: list[dict[str, Measured]]) -> list[list[str]]:
@@ -312,7 +332,7 @@ def rows_for(phase: Phase, passes: list[dict[str, Measured]]) -> list[list[str]]
     add("added latency p99, ms", lambda m, d: m.result.pct(99) - d.result.pct(99), vs_direct=False)
     add(f"server CPU, ms/{'stream' if phase.stream else 'request'}", lambda m, _: m.cpu_ms)
     gateway = [figures["gateway"] for figures in passes]
-    rows.append(["", "largest GC pause CPU / wall, ms (gen-2 runs)", gc_pair(gateway), "", "", "n/a", "", ""])
+    rows.append(["", GC_FIGURE, gc_pair(gateway), "", "", "n/a", "", ""])
     add("resident MB before", lambda m, _: m.rss_before, 1)
     add("resident MB after", lambda m, _: m.rss_after, 1)
     return rows
@@ -376,7 +396,9 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
         print(f"figures: medians over {args.passes} pass(es), the servers taking turns in each; ratios: the "
               "gateway's figure / the direct call's and / LiteLLM's, from this run; each pass: the ratio to "
               "LiteLLM pass by pass; added latency: p50 and p99 minus the direct call's; GC pause: the "
-              "largest over the passes")  # fmt: skip
+              "largest over the passes, in CPU time, in wall time, and in wall time of the collections "
+              "during which the kernel did not preempt the gateway (it shares the cores), with the count "
+              "of those it did")  # fmt: skip
         print()
         gateway.stop()
         servers.remove(gateway)
@@ -426,8 +448,8 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
             scale_rows.append([f"CPU-bound loop, {count} process(es)", "", ratio(statistics.median(done), base), "",
                                "", "", "", "", " ".join(ratio(d, f) for d, f in pairs)])  # fmt: skip
         print(table(["gateway, 64 connections", "requests/s", f"vs {args.processes[0]} process(es)", "CPU ms/req",
-                     "generator's CPU share", "others' CPU ms/req", "cores' bound", "largest GC pause CPU / wall, ms "
-                     "(gen-2)", "each pass"], scale_rows))  # fmt: skip
+                     "generator's CPU share", "others' CPU ms/req", "cores' bound", GC_FIGURE,
+                     "each pass"], scale_rows))  # fmt: skip
         print(f"medians over {args.passes} pass(es) per process count, the counts taking turns in each; each pass: "
               f"requests/s against {args.processes[0]} process(es) in the same pass; others' CPU: the upstream's"
               + (", PostgreSQL's and Redis's" if names else "") + " per request; cores' bound: the requests/s "

@@ -1,22 +1,26 @@
 """How long the garbage collector stops this process: opt-in (LLMOPS_GC_STATS=1), for
 benchmarks and diagnosis, shown on /healthz under "gc" only when on.
 
-One `gc.callbacks` hook, two perf_counter and two thread_time calls per collection (its
-pause and its CPU time). It counts collections per generation and keeps their total and
-longest pause (per generation); the last RECENT collections one by one (when, generation,
-pause, CPU time), and the longest pause of each wall-clock second of the last hour. A
+One `gc.callbacks` hook, two perf_counter, two thread_time and two getrusage calls per
+collection (its pause, its CPU time, and whether the kernel preempted the thread meanwhile).
+It counts collections per generation and keeps their total and longest pause (per
+generation); the last RECENT collections one by one (when, generation, pause, CPU time,
+preempted), and the longest pause of each wall-clock second of the last hour. A
 benchmark asks for the longest pause since a moment of its own (`/healthz?gc_since=<unix
 time>`) without resetting anything: answered from the collections one by one while they
 reach back that far, so that a collection a moment before (an idle full collection just
 before a load starts, in the same second) is not counted in the load; from the seconds
 beyond that. Pauses are wall-clock time: on a busy machine they include time the process
 spent descheduled in the middle of a collection; a collection's CPU time does not
-(longest_collection_cpu_ms)."""
+(longest_collection_cpu_ms), nor does the longest pause of the collections that ran without
+an involuntary context switch (longest_unpreempted_pause_ms_since, beside the count of the
+preempted ones): what is the collector's and what is the machine's."""
 
 from __future__ import annotations
 
 import gc
 import os
+import resource
 import time
 from array import array
 from typing import Any
@@ -30,26 +34,38 @@ _started = 0.0
 _started_cpu = 0.0
 _collections = [0, 0, 0]
 _pause_total_s = 0.0
+_started_switches = 0
 _longest_s = [0.0, 0.0, 0.0, 0.0]  # per generation, then the longest CPU time of any collection
-# unix second -> the same four figures (s) for that second, oldest first
+# unix second -> its longest pause per generation, longest CPU time, longest pause of a
+# collection not preempted (s), and the count of preempted ones; oldest first
 _by_second: dict[int, list[float]] = {}
 _wall_offset = 0.0  # time.time() - time.perf_counter(), taken once at install
-# The last RECENT collections, four doubles each (unix time of the end, generation, pause,
-# CPU), as a ring: an array is no object the collector tracks, and copying it is one step.
-_recent = array("d", bytes(8 * 4 * RECENT))
+# The last RECENT collections, FIELDS doubles each (unix time of the end, generation, pause,
+# CPU, 1.0 if preempted), as a ring: an array is no object the collector tracks, and copying
+# it is one step.
+FIELDS = 5
+_recent = array("d", bytes(8 * FIELDS * RECENT))
 _recorded = 0  # collections recorded in all; the next one goes to slot _recorded % RECENT
+_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def _switches() -> int:
+    return resource.getrusage(_THREAD).ru_nivcsw
 
 
 def _hook(phase: str, info: dict[str, Any]) -> None:
     global _started, _started_cpu, _pause_total_s, _recorded
     now = time.perf_counter()
     generation = info.get("generation", 2)
+    global _started_switches
     if phase == "start":
-        _started = now
+        _started_switches = _switches()
         _started_cpu = time.thread_time()
+        _started = time.perf_counter()
         return
     pause = now - _started
     cpu = time.thread_time() - _started_cpu
+    preempted = _switches() != _started_switches
     _collections[generation] += 1
     _pause_total_s += pause
     if pause > _longest_s[generation]:
@@ -57,22 +73,27 @@ def _hook(phase: str, info: dict[str, Any]) -> None:
     if cpu > _longest_s[3]:
         _longest_s[3] = cpu
     when = now + _wall_offset
-    slot = 4 * (_recorded % RECENT)
+    slot = FIELDS * (_recorded % RECENT)
     _recent[slot] = when
     _recent[slot + 1] = generation
     _recent[slot + 2] = pause
     _recent[slot + 3] = cpu
+    _recent[slot + 4] = 1.0 if preempted else 0.0
     _recorded += 1
     second = int(when)
     bucket = _by_second.get(second)
     if bucket is None:
-        bucket = _by_second[second] = [0.0, 0.0, 0.0, 0.0]
+        bucket = _by_second[second] = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         if len(_by_second) > KEEP_SECONDS:
             del _by_second[next(iter(_by_second))]
     if pause > bucket[generation]:
         bucket[generation] = pause
     if cpu > bucket[3]:
         bucket[3] = cpu
+    if preempted:
+        bucket[5] += 1
+    elif pause > bucket[4]:
+        bucket[4] = pause
 
 
 def enabled_by_env() -> bool:
@@ -110,26 +131,33 @@ def _copy(value: Any) -> Any:
 
 
 def longest_since(since: float) -> list[float]:
-    """The longest pause per generation and the longest CPU time of a collection (s) from
-    the unix time `since` on."""
+    """From the unix time `since` on: the longest pause per generation, the longest CPU time
+    of a collection, the longest pause of a collection not preempted (s), and the count of
+    preempted collections."""
     recorded, ring = _copy(_recent)
-    longest = [0.0, 0.0, 0.0, 0.0]
+    longest = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     kept = min(recorded, RECENT)
     oldest = since
     for index in range(recorded - kept, recorded):
-        slot = 4 * (index % RECENT)
-        when, generation, pause, cpu = ring[slot : slot + 4]
+        slot = FIELDS * (index % RECENT)
+        when, generation, pause, cpu, preempted = ring[slot : slot + FIELDS]
         if index == recorded - kept:
             oldest = when
         if when >= since:
             longest[int(generation)] = max(longest[int(generation)], pause)
             longest[3] = max(longest[3], cpu)
+            if preempted:
+                longest[5] += 1
+            else:
+                longest[4] = max(longest[4], pause)
     if recorded > RECENT and oldest > since:
         # The ring no longer reaches back to `since`: the seconds before its oldest entry.
         _, seconds = _copy(_by_second)
         for second, bucket in seconds.items():
             if int(since) <= second <= int(oldest):
-                longest = [max(a, b) for a, b in zip(longest, bucket, strict=True)]
+                longest[:5] = [max(a, b) for a, b in zip(longest[:5], bucket[:5], strict=True)]
+                if second < int(oldest):  # the ring's own second is counted from the ring
+                    longest[5] += bucket[5]
     return longest
 
 
@@ -152,4 +180,6 @@ def gc_snapshot(since: float | None = None) -> dict[str, Any] | None:
         state["longest_pause_ms_since"] = round(max(longest[:3]) * 1000, 3)
         state["longest_pause_ms_since_by_generation"] = [round(pause * 1000, 3) for pause in longest[:3]]
         state["longest_collection_cpu_ms_since"] = round(longest[3] * 1000, 3)
+        state["longest_unpreempted_pause_ms_since"] = round(longest[4] * 1000, 3)
+        state["preempted_collections_since"] = int(longest[5])
     return state

@@ -5,6 +5,9 @@ whole second it falls in."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import time
 from array import array
 
@@ -32,8 +35,9 @@ def full_collection_then_since() -> float:
     for _ in range(5):
         gc.collect()
         since = time.time()
-        ended = gcstats._recent[4 * ((gcstats._recorded - 1) % gcstats.RECENT)]
-        if int(since) == int(ended) and gcstats._recent[4 * ((gcstats._recorded - 1) % gcstats.RECENT) + 1] == 2:
+        last = gcstats.FIELDS * ((gcstats._recorded - 1) % gcstats.RECENT)
+        ended, generation = gcstats._recent[last], gcstats._recent[last + 1]
+        if int(since) == int(ended) and generation == 2:
             return since
     raise AssertionError("no full collection and moment in the same second in five tries")
 
@@ -61,7 +65,7 @@ async def test_a_full_collection_after_the_moment_is_counted(recording, http):
 
 def test_beyond_the_collections_kept_one_by_one_the_seconds_answer(recording, monkeypatch):
     monkeypatch.setattr(gcstats, "RECENT", 4)
-    monkeypatch.setattr(gcstats, "_recent", array("d", bytes(8 * 4 * 4)))
+    monkeypatch.setattr(gcstats, "_recent", array("d", bytes(8 * gcstats.FIELDS * 4)))
     monkeypatch.setattr(gcstats, "_recorded", 0)
     before = time.time() - 0.001
     gc.collect()  # soon pushed out of the ring by the young collections below
@@ -69,9 +73,38 @@ def test_beyond_the_collections_kept_one_by_one_the_seconds_answer(recording, mo
     for _ in range(8):
         gc.collect(0)
     assert gcstats._recorded == 9
-    assert all(gcstats._recent[4 * slot + 1] == 0 for slot in range(4))  # no full collection kept
+    assert all(gcstats._recent[gcstats.FIELDS * slot + 1] == 0 for slot in range(4))  # no full collection kept
     longest = gcstats.longest_since(before)
     assert longest[2] >= full_pause > 0.0
     # Only the ring reaches a moment after the full collection.
-    after = gcstats._recent[4 * (gcstats._recorded % 4)]  # the oldest young collection kept
+    after = gcstats._recent[gcstats.FIELDS * (gcstats._recorded % 4)]  # the oldest young collection kept
     assert gcstats.longest_since(after)[2] == 0.0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
+def test_a_collection_preempted_by_another_process_is_told_apart(recording):
+    """Pinned to one CPU beside a process that spins on it, a long full collection is
+    preempted: it counts as preempted and its pause is not the longest unpreempted one."""
+    cpu = min(os.sched_getaffinity(0))
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
+    )
+    before = os.sched_getaffinity(0)
+    heap = [[index] for index in range(1_500_000)]  # a full collection of this takes tens of ms
+    try:
+        os.sched_setaffinity(0, {cpu})
+        since = time.time()
+        for _ in range(3):
+            gc.collect()
+    finally:
+        os.sched_setaffinity(0, before)
+        spinner.kill()
+        spinner.wait()
+        del heap
+    longest = gcstats.longest_since(since)
+    assert longest[5] >= 1, longest
+    assert longest[2] > longest[4], longest  # the longest full pause was a preempted one
+    gc.collect(0)  # alone on its CPUs again: a short young collection, not preempted
+    state = gcstats.gc_snapshot(since)
+    assert state["preempted_collections_since"] >= 1
+    assert 0.0 < state["longest_unpreempted_pause_ms_since"] < state["longest_pause_ms_since"]
