@@ -42,10 +42,11 @@ def redis_for(url: str) -> aioredis.Redis:
 # In redis-py's asyncio client (its connection pool, retry wrapper, stream reader and
 # response callbacks) the GET and SET of every cache miss were 17% of the gateway's
 # main-thread samples per proxied request on the production profile (py-spy during
-# `python -m benchmarks.proxy --profile prod`). This one writes each
-# command to one connection per event loop at once and matches the replies in order
-# (Redis answers in the order it was asked), so any number of requests in flight share
-# the connection without a pool, a lock or a task. Its errors are redis-py's own classes.
+# `python -m benchmarks.proxy --profile prod`). This one writes each command to one
+# connection per event loop (at once when no reply is pending, else with the other commands
+# of the same turn of the loop) and matches the replies in order (Redis answers in the order
+# it was asked), so any number of requests in flight share the connection without a pool, a
+# lock or a task. Its errors are redis-py's own classes.
 
 
 class _Incomplete(Exception):
@@ -106,6 +107,10 @@ class _Connection(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.buffer = bytearray()
         self.closed = False
+        # Commands sent while replies are pending, written together at the end of the event
+        # loop's turn (one write for Redis to read, one for it to answer): under load the
+        # requests in flight share the round trips; an idle connection writes at once.
+        self.corked: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -144,9 +149,21 @@ class _Connection(asyncio.Protocol):
 
     def send(self, payload: bytes) -> asyncio.Future[Any]:
         answer = self.loop.create_future()
+        if self.corked is not None:
+            self.corked.append(payload)
+        elif self.waiting:
+            # Replies are pending: this turn's commands go in one write at its end.
+            self.corked = [payload]
+            self.loop.call_soon(self.uncork)
+        else:
+            self.transport.write(payload)  # type: ignore[union-attr]
         self.waiting.append(answer)
-        self.transport.write(payload)  # type: ignore[union-attr]
         return answer
+
+    def uncork(self) -> None:
+        corked, self.corked = self.corked, None
+        if corked and not self.closed:
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))  # type: ignore[union-attr]
 
     def expire(self, answer: asyncio.Future[Any]) -> None:
         if not answer.done():

@@ -57,6 +57,37 @@ async def test_hundreds_of_commands_in_flight_on_one_connection_each_get_their_o
 
 
 @services
+async def test_commands_sent_while_replies_are_pending_go_to_redis_together():
+    lean = lean_redis_for(settings.REDIS_URL)
+    assert await lean.execute_command("PING") == b"PONG"
+    connection = lean.connection
+    transport = connection.transport
+    writes: list[bytes] = []
+
+    class Counted:
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+            transport.write(data)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(transport, name)
+
+    connection.transport = Counted()
+    keys = [f"llmops:test:lean:turn:{n}" for n in range(40)]
+    try:
+        # The first goes at once (no reply pending), the other 39 together at the end of the turn.
+        sets = [lean.execute_command("SET", key, n, "PX", 30_000) for n, key in enumerate(keys)]
+        assert await asyncio.gather(*sets) == [b"OK"] * 40 and len(writes) == 2
+        assert writes[1].count(b"SET") == 39
+        gets = [lean.execute_command("GET", key) for key in keys]
+        assert await asyncio.gather(*gets) == [str(n).encode() for n in range(40)] and len(writes) == 4
+        assert await lean.execute_command("GET", keys[7]) == b"7" and len(writes) == 5
+    finally:
+        connection.transport = transport
+    sync_client().delete(*keys)
+
+
+@services
 async def test_callers_that_leave_do_not_shift_the_replies_of_the_others():
     lean = lean_redis_for(settings.REDIS_URL)
     keys = [f"llmops:test:lean:left:{n}" for n in range(90)]
