@@ -14,7 +14,10 @@ beyond that. Pauses are wall-clock time: on a busy machine they include time the
 spent descheduled in the middle of a collection; a collection's CPU time does not
 (longest_collection_cpu_ms), nor does the longest pause of the collections that ran without
 an involuntary context switch (longest_unpreempted_pause_ms_since, beside the count of the
-preempted ones): what is the collector's and what is the machine's."""
+preempted ones): what is the collector's and what is the machine's. A collection not
+preempted can still wait: for the GIL, when a finalizer it runs lets another thread take
+it (a voluntary switch), or for a hypervisor that ran another guest on the CPU (steal time,
+which no counter of the thread sees)."""
 
 from __future__ import annotations
 
@@ -136,8 +139,11 @@ def longest_since(since: float) -> list[float]:
     preempted collections."""
     recorded, ring = _copy(_recent)
     longest = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    kept = min(recorded, RECENT)
+    # Not the slot the next collection writes: a collection in another thread may be writing
+    # it (the hook is Python code) before _recorded moves on.
+    kept = min(recorded, RECENT - 1)
     oldest = since
+    preempted_in_oldest_second = 0
     for index in range(recorded - kept, recorded):
         slot = FIELDS * (index % RECENT)
         when, generation, pause, cpu, preempted = ring[slot : slot + FIELDS]
@@ -148,16 +154,18 @@ def longest_since(since: float) -> list[float]:
             longest[3] = max(longest[3], cpu)
             if preempted:
                 longest[5] += 1
+                if int(when) == int(oldest):
+                    preempted_in_oldest_second += 1
             else:
                 longest[4] = max(longest[4], pause)
-    if recorded > RECENT and oldest > since:
-        # The ring no longer reaches back to `since`: the seconds before its oldest entry.
+    if recorded > kept and oldest > since:
+        # The ring no longer reaches back to `since`: the seconds before its oldest entry
+        # (of the oldest entry's own second, what the ring does not hold).
         _, seconds = _copy(_by_second)
         for second, bucket in seconds.items():
             if int(since) <= second <= int(oldest):
                 longest[:5] = [max(a, b) for a, b in zip(longest[:5], bucket[:5], strict=True)]
-                if second < int(oldest):  # the ring's own second is counted from the ring
-                    longest[5] += bucket[5]
+                longest[5] += bucket[5] - (preempted_in_oldest_second if second == int(oldest) else 0)
     return longest
 
 

@@ -44,7 +44,7 @@ def redis_for(url: str) -> aioredis.Redis:
 # main-thread samples per proxied request on the production profile (py-spy during
 # `python -m benchmarks.proxy --profile prod`). This one writes each command to one
 # connection per event loop (at once when no reply is pending, else with the other commands
-# of the same turn of the loop) and matches the replies in order (Redis answers in the order
+# sent in the same turn of the loop) and matches the replies in order (Redis answers in the order
 # it was asked), so any number of requests in flight share the connection without a pool, a
 # lock or a task. Its errors are redis-py's own classes.
 
@@ -107,8 +107,8 @@ class _Connection(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.buffer = bytearray()
         self.closed = False
-        # Commands sent while replies are pending, written together at the end of the event
-        # loop's turn (one write for Redis to read, one for it to answer): under load the
+        # Commands sent while replies are pending, written together on the event loop's next
+        # iteration (one write for Redis to read, one for it to answer): under load the
         # requests in flight share the round trips; an idle connection writes at once.
         self.corked: list[bytes] | None = None
 

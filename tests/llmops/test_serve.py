@@ -129,7 +129,12 @@ def test_the_access_log_is_written_when_access_log_level_asks_for_it(tmp_path, l
     default (WARNING), as with runserver."""
     with serving(tmp_path, 1, **({"ACCESS_LOG_LEVEL": level} if level else {})) as (server, port):
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+
+        def read() -> None:
+            for line in server.stdout:
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         _processes_seen(port, 1)
         assert http_get(port, "/v1/models?access-log-probe")[0] == 401
@@ -146,10 +151,12 @@ def test_the_access_log_is_written_when_access_log_level_asks_for_it(tmp_path, l
         assert probes == [], probes
 
 
-def test_twisted_writes_no_request_log_of_its_own():
+def test_twisted_writes_no_request_log_of_its_own(monkeypatch):
     from daphne.http_protocol import HTTPFactory
 
     from llmops.server import twisted_request_log_off
+
+    monkeypatch.setattr(HTTPFactory, "log", HTTPFactory.log)  # put back afterwards
 
     written: list[str] = []
     factory = HTTPFactory.__new__(HTTPFactory)

@@ -66,9 +66,7 @@ def listening_sockets(host: str, port: int, count: int, backlog: int) -> list[so
 
 
 def access_log_wanted() -> bool:
-    level = settings.LOGGING["loggers"]["django.channels.server"]["level"]
-    number = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    return isinstance(number, int) and number <= logging.INFO
+    return logging.getLogger("django.channels.server").getEffectiveLevel() <= logging.INFO
 
 
 class Command(BaseCommand):
