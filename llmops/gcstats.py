@@ -57,10 +57,9 @@ def _switches() -> int:
 
 
 def _hook(phase: str, info: dict[str, Any]) -> None:
-    global _started, _started_cpu, _pause_total_s, _recorded
+    global _started, _started_cpu, _started_switches, _pause_total_s, _recorded
     now = time.perf_counter()
     generation = info.get("generation", 2)
-    global _started_switches
     if phase == "start":
         _started_switches = _switches()
         _started_cpu = time.thread_time()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 
 import openai
 import pytest
@@ -16,7 +15,7 @@ from django.conf import settings
 from django.contrib.admin.utils import quote
 
 from llmops.batches.pages import usd
-from tests.test_live_server import Gateway, base_env, manage
+from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, Gateway, base_env, manage
 
 pytestmark = [
     pytest.mark.live_server,
@@ -24,8 +23,6 @@ pytestmark = [
     pytest.mark.skipif(bool(settings.REDIS_URL), reason="runs once, in the embedded profile"),
 ]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"]
 ITEMS = 20
 
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -97,7 +94,7 @@ def test_a_staff_member_watches_a_batch_run_to_the_end_without_reloading(gateway
     server, key = gateway
     assert CHROMIUM, "Chromium is not installed"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/batches/")

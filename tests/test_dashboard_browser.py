@@ -6,7 +6,6 @@ requests arrive, without reloading; it stops asking while the tab is hidden."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import openai
@@ -14,7 +13,7 @@ import pytest
 from django.conf import settings
 
 from llmops.dashboard import shown
-from tests.test_live_server import Gateway, base_env, manage
+from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, Gateway, base_env, manage
 
 pytestmark = [
     pytest.mark.live_server,
@@ -22,8 +21,6 @@ pytestmark = [
     pytest.mark.skipif(bool(settings.REDIS_URL), reason="runs once, in the embedded profile"),
 ]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"]
 QUERY = "window=15m"
 
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -155,7 +152,7 @@ def test_a_staff_member_watches_the_dashboard_follow_the_gateways_traffic(gatewa
     assert CHROMIUM, "Chromium is not installed"
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/dashboard/?{QUERY}")

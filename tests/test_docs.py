@@ -32,7 +32,7 @@ import httpx2
 import pytest
 from django.conf import settings
 
-from tests.test_live_server import base_env, free_port
+from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, base_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -185,9 +185,6 @@ def test_python_blocks(served, page):
         exec(compile(served.adapt(block.code), block.name, "exec"), namespace)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-
 # Around a sample: every WebSocket it opens is watched, and the run ends when all are closed.
 JS_HARNESS = """async () => {
   const sockets = [], closes = [], logs = [];
@@ -223,7 +220,7 @@ def test_js_block(served, block):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{served.url}/healthz")  # a page of the gateway's own origin

@@ -4,12 +4,11 @@ staff, asks a question, and sees the answer stream in and the stats line filled.
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 from django.conf import settings
 
-from tests.test_live_server import Gateway, base_env, manage
+from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, Gateway, base_env, manage
 
 pytestmark = [
     pytest.mark.live_server,
@@ -17,16 +16,6 @@ pytestmark = [
     pytest.mark.skipif(bool(settings.REDIS_URL), reason="runs once, in the embedded profile"),
 ]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 if CHROMIUM is None and not os.environ.get("CI"):
     pytest.skip("needs Chromium (apt-get install chromium; make test installs it as root)", allow_module_level=True)
@@ -54,7 +43,7 @@ def test_a_staff_member_streams_an_answer_in_the_playground(gateway):
 
     assert CHROMIUM, "Chromium is not installed"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{gateway.url}/")

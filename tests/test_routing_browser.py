@@ -4,12 +4,11 @@ as staff and sees a point per option, the frontier marked, with the API's figure
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 from django.conf import settings
 
-from tests.test_live_server import Gateway, base_env, manage
+from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, Gateway, base_env, manage
 
 pytestmark = [
     pytest.mark.live_server,
@@ -17,8 +16,6 @@ pytestmark = [
     pytest.mark.skipif(bool(settings.REDIS_URL), reason="runs once, in the embedded profile"),
 ]
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"]
 PAGE = "/admin/routing/route/pareto/?route=support&window=24h"
 
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -67,7 +64,7 @@ def test_a_staff_member_sees_the_routes_options_on_the_pareto_chart(gateway):
 
     assert CHROMIUM, "Chromium is not installed"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{gateway.url}{PAGE}")
