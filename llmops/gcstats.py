@@ -1,8 +1,8 @@
 """How long the garbage collector stops this process: opt-in (LLMOPS_GC_STATS=1), for
 benchmarks and diagnosis, shown on /healthz under "gc" only when on.
 
-One `gc.callbacks` hook, two perf_counter, two thread_time and two getrusage calls per
-collection (its pause, its CPU time, and whether the kernel preempted the thread meanwhile).
+One `gc.callbacks` hook, two perf_counter, a time, two thread_time and two getrusage calls
+per collection (its pause, its CPU time, and whether the kernel preempted the thread meanwhile).
 It counts collections per generation and keeps their total and longest pause (per
 generation); the last RECENT collections one by one (when, generation, pause, CPU time,
 preempted), and the longest pause of each wall-clock second of the last hour. A
@@ -42,7 +42,6 @@ _longest_s = [0.0, 0.0, 0.0, 0.0]  # per generation, then the longest CPU time o
 # unix second -> its longest pause per generation, longest CPU time, longest pause of a
 # collection not preempted (s), and the count of preempted ones; oldest first
 _by_second: dict[int, list[float]] = {}
-_wall_offset = 0.0  # time.time() - time.perf_counter(), taken once at install
 # The last RECENT collections, FIELDS doubles each (unix time of the end, generation, pause,
 # CPU, 1.0 if preempted), as a ring: an array is no object the collector tracks, and copying
 # it is one step.
@@ -74,7 +73,9 @@ def _hook(phase: str, info: dict[str, Any]) -> None:
         _longest_s[generation] = pause
     if cpu > _longest_s[3]:
         _longest_s[3] = cpu
-    when = now + _wall_offset
+    # The clock a caller's `since` comes from: perf_counter plus an offset taken at install
+    # drifts from it when the wall clock is slewed or stepped.
+    when = time.time()
     slot = FIELDS * (_recorded % RECENT)
     _recent[slot] = when
     _recent[slot + 1] = generation
@@ -104,10 +105,9 @@ def enabled_by_env() -> bool:
 
 def install() -> None:
     """Start recording (once per process)."""
-    global _installed, _wall_offset
+    global _installed
     if _installed:
         return
-    _wall_offset = time.time() - time.perf_counter()
     gc.callbacks.append(_hook)
     _installed = True
 
