@@ -18,6 +18,7 @@ from llmops import catalog
 from llmops.breakers import SharedStateHealth, breaker_states, known_breakers
 from llmops.gcstats import gc_snapshot
 from llmops.limits import limits_health
+from llmops.providers import local as local_provider
 from llmops.upstream import InFlight
 from monitoring.recorder import METRICS, RollupHealth
 
@@ -96,6 +97,9 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "limits": limits_health(),
         "breakers": breaker_states(await _catalog_models()),
         "breaker_redis_errors": SharedStateHealth.errors,
+        # The in-process model's runtime (llama-cpp-python, built on install): optional, so
+        # its absence does not make the gateway degraded.
+        "local_model": _local_model(),
         "metrics": {"pending": METRICS.pending(), "dropped": METRICS.dropped, "rollups_missed": RollupHealth.missed},
         # Which server process answered (manage.py serve starts several on one port).
         "process": {
@@ -112,6 +116,11 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     if gc_state is not None:
         body["gc"] = gc_state
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _local_model() -> dict[str, Any]:
+    reason = local_provider.unavailable()
+    return {"available": True} if reason is None else {"available": False, "reason": reason}
 
 
 def _loop_name() -> str:

@@ -116,6 +116,11 @@ class ModelFactsSerializer(serializers.Serializer):
     input_price_per_mtok = serializers.CharField(help_text="US dollars per million input tokens.")
     output_price_per_mtok = serializers.CharField(help_text="US dollars per million output tokens.")
     simulated = serializers.BooleanField()
+    available = serializers.BooleanField(
+        help_text="False when this gateway cannot run the model: a local model whose runtime "
+        "(llama-cpp-python) is not installed. Calling it answers 503 model_unavailable."
+    )
+    unavailable_reason = serializers.CharField(allow_null=True, help_text="Why it is unavailable, or null.")
 
 
 class ModelSerializer(serializers.Serializer):

