@@ -13,7 +13,9 @@ http://127.0.0.1:8000 (and ws://) is the test's gateway on a free port, `$KEY` a
 its results next to its file), and curl is called with --fail-with-body, so an error
 answer fails the block. `make run` in the quickstart is the gateway these blocks run
 against, and `make test` is this suite; both lines are left out when their block runs.
-A command that serves (`manage.py serve`) runs until it says it is serving, then stops."""
+A command that serves (`manage.py serve`) runs until it says it is serving, then stops. The
+block that starts `make run-prod` (docs/operations.md) needs PostgreSQL and Redis: it runs in
+tests/test_run_prod.py, on the services profile, and is left out here."""
 
 from __future__ import annotations
 
@@ -138,10 +140,11 @@ def served(tmp_path_factory):
 
 QUICKSTART_LINES = re.compile(r"^make (run|test)\b")
 SERVES = re.compile(r"manage\.py serve\b")
+RUN_PROD = re.compile(r"\bmake run-prod\b")
 
 
 def shell_blocks() -> list[Block]:
-    return [b for b in BLOCKS if b.language in SHELL]
+    return [b for b in BLOCKS if b.language in SHELL and not RUN_PROD.search(b.code)]
 
 
 @pytest.mark.parametrize("block", shell_blocks(), ids=lambda b: b.name)
