@@ -40,8 +40,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import table
-from benchmarks.view_layer import django_configure
+from benchmarks.harness.figures import table
+from benchmarks.harness.gateway import django_configure
 
 MINUTE = timedelta(minutes=1)
 PEAK = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # an afternoon peak; the replay starts some days on

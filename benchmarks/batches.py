@@ -72,7 +72,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -85,31 +84,31 @@ from typing import Any
 
 from openai import AsyncOpenAI
 
-from benchmarks._harness import (
+from benchmarks.cache import DEFAULT_DATA, PROMPT, build_sequence, load_texts
+from benchmarks.harness.client import (
+    CHAT_PATH,
+    Failures,
+    HttpConnection,
+    check_answer,
+    get_request,
+    healthz,
+    post_request,
+    run_load,
+)
+from benchmarks.harness.figures import PeakRss, fmt, machine, percentile, process_memory_kb, ratio, table, tree_cpu_s
+from benchmarks.harness.gateway import (
     CeleryWorker,
     Daphne,
-    HttpConnection,
-    PeakRss,
-    fmt,
-    gateway_env,
+    Throwaway,
     gateway_script,
-    percentile,
-    post_request,
-    prepare_gateway,
-    process_cpu_s,
-    process_memory_kb,
-    process_tree,
     raise_open_files,
-    ratio,
-    run_load,
     services_profile,
     services_unreachable,
-    table,
-    workspace,
+    serving,
+    throwaway,
 )
-from benchmarks.cache import DEFAULT_DATA, PROMPT, build_sequence, create_keys, load_texts
 
-PATH = "/v1/chat/completions"
+PATH = CHAT_PATH
 MODEL = "bench-sim"
 BATCH_SHARE = 0.5  # LLMOPS_BATCH_CONCURRENCY_SHARE's default, set for the gateways and workers
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -210,12 +209,6 @@ def jsonl(bodies: list[dict[str, Any]], prefix: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def answered(status: int, body: bytes) -> str | None:
-    if status != 200:
-        return f"HTTP {status}: {body[:300]!r}"
-    return None if b'"choices"' in body else f"no choices in answer: {body[:300]!r}"
-
-
 # ---------------------------------------------------------------- one batch, as a client runs it
 
 
@@ -272,11 +265,11 @@ async def batch_go(
     started = time.perf_counter()
     batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=PATH, completion_window="24h")
     run.seen[batch.status] = 0.0
-    poll = f"GET /v1/batches/{batch.id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n\r\n"
+    poll = get_request(port, f"/v1/batches/{batch.id}", key)
     conn = HttpConnection(port)
     try:
         while True:
-            status, _, raw = await conn.request(poll.encode())
+            status, _, raw = await conn.request(poll)
             elapsed = time.perf_counter() - started
             if status != 200:
                 raise RuntimeError(f"GET /v1/batches/{batch.id} answered HTTP {status}: {raw[:300]!r}")
@@ -306,11 +299,9 @@ def done_count(body: dict[str, Any]) -> int:
 
 
 @dataclass
-class Paced:
+class Paced(Failures):
     sent: list[float] = field(default_factory=list)
     done: list[float] = field(default_factory=list)
-    errors: int = 0
-    error_sample: str = ""
 
     def latencies_ms(self, until: float | None = None) -> list[float]:
         return [(d - s) * 1000 for s, d in zip(self.sent, self.done, strict=True) if until is None or d <= until]
@@ -333,15 +324,13 @@ async def paced_requests(
             status, _, body = await conn.request(data)
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             conn.close()
-            result.errors += 1
-            result.error_sample = result.error_sample or f"{type(exc).__name__}: {exc}"
+            result.fail(f"{type(exc).__name__}: {exc}")
             return
         done = time.perf_counter()
         pool.append(conn)
-        problem = answered(status, body)
+        problem = check_answer(status, body)
         if problem:
-            result.errors += 1
-            result.error_sample = result.error_sample or problem
+            result.fail(problem)
             return
         result.sent.append(sent)
         result.done.append(done)
@@ -364,11 +353,11 @@ async def paced_requests(
 # ---------------------------------------------------------------- the gateways
 
 
-def gateway_prepare(env: dict[str, str], args: argparse.Namespace) -> str:
-    key = prepare_gateway(env)
+def gateway_prepare(set_up: Throwaway, args: argparse.Namespace) -> str:
+    key = set_up.prepare()
     simulation = {"latency_ms": args.latency_ms, "ttft_ms": args.latency_ms, "tokens_per_s": 0, "error_rate": 0}
     max_concurrency = math.ceil(args.concurrency / BATCH_SHARE)
-    gateway_script(env, CATALOG_SCRIPT, MODEL, str(max_concurrency), json.dumps(simulation))
+    set_up.script(CATALOG_SCRIPT, MODEL, str(max_concurrency), json.dumps(simulation))
     return key
 
 
@@ -377,21 +366,14 @@ def limit_s(args: argparse.Namespace, items: int) -> float:
 
 
 def header_line(kind: str, gateway: Daphne, set_up_s: float) -> str:
-    return (
-        f"{kind}: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python "
-        f"{platform.python_version()}, set-up {set_up_s:.1f} s; daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}"
-    )
+    return machine(kind, set_up_s) + f"; daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}"
 
 
 async def sequential_sample(port: int, key: str, count: int) -> tuple[float, int]:
     """Mean wall time per item of `count` items sent one at a time; and the errors."""
     bodies = [post_request(port, PATH, key, json.dumps(question(i)).encode()) for i in range(count)]
-    result = await run_load(port, lambda i: bodies[i], answered, requests=count, concurrency=1)
+    result = await run_load(port, lambda i: bodies[i], check_answer, requests=count, concurrency=1)
     return result.wall_s / max(1, result.ok), result.errors
-
-
-def tree_cpu_s(pid: int) -> float:
-    return sum(process_cpu_s(child) for child in process_tree(pid))
 
 
 @dataclass
@@ -439,15 +421,6 @@ def sdk_for(port: int, key: str) -> AsyncOpenAI:
     return AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=600)
 
 
-async def healthz(port: int, query: str = "") -> dict[str, Any]:
-    conn = HttpConnection(port)
-    try:
-        status, _, body = await conn.request(f"GET /healthz{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-        return json.loads(body) if status == 200 else {}
-    finally:
-        conn.close()
-
-
 # ---------------------------------------------------------------- embedded: parts 1, 3 and 4
 
 
@@ -466,23 +439,19 @@ class EmbeddedFigures:
 
 
 async def embedded(args: argparse.Namespace) -> EmbeddedFigures:
-    with workspace() as workdir:
-        extra = {
-            "LLMOPS_BATCH_START_WITH_SERVER": "true",  # the tests' plugin turns it off for their process
-            "LLMOPS_BATCH_CONCURRENCY_SHARE": str(BATCH_SHARE),
-            "LLMOPS_METRICS_FLUSH_INTERVAL_S": "0.2",
-            "LLMOPS_GC_STATS": "1",  # the collector's pauses on /healthz (two clock reads per collection)
-        }
-        env = gateway_env(workdir, extra)
-        set_up = time.perf_counter()
-        key = gateway_prepare(env, args)
-        keys = create_keys(env, KEY_NAMES)
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway", backlog=1024)
-        try:
-            gateway.start()
-            gateway.wait_ready("/healthz")
+    extra = {
+        "LLMOPS_BATCH_START_WITH_SERVER": "true",  # the tests' plugin turns it off for their process
+        "LLMOPS_BATCH_CONCURRENCY_SHARE": str(BATCH_SHARE),
+        "LLMOPS_METRICS_FLUSH_INTERVAL_S": "0.2",
+        "LLMOPS_GC_STATS": "1",  # the collector's pauses on /healthz (two clock reads per collection)
+    }
+    with throwaway(extra) as set_up:
+        key = gateway_prepare(set_up, args)
+        keys = set_up.keys(KEY_NAMES)
+        gateway = set_up.daphne(backlog=1024)
+        with serving(gateway):
             kind = "embedded default (SQLite, local-memory cache, batches on daphne's executor thread)"
-            print(header_line(kind, gateway, time.perf_counter() - set_up))
+            print(header_line(kind, gateway, set_up.elapsed_s))
             port = gateway.port
             sdk = sdk_for(port, key)
             content = jsonl([question(i) for i in range(args.items)], "item")
@@ -530,12 +499,7 @@ async def embedded(args: argparse.Namespace) -> EmbeddedFigures:
             )
             print(f"  part 3 batch: {loaded.run.status} in {loaded.run.wall_s:.2f} s with interactive requests")
             await sdk.close()
-            seed = await seed_workload(args, env, port, keys)
-        except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}")
-            raise
-        finally:
-            gateway.stop()
+            seed = await seed_workload(args, set_up.env, port, keys)
     until = left_at[0] if left_at else math.inf
     return EmbeddedFigures(alone, loaded, without, during, until, seq_errors, vmhwm_kb, health, gc_before, seed)
 
@@ -586,26 +550,20 @@ class CeleryFigures:
 
 
 async def celery(args: argparse.Namespace) -> CeleryFigures:
-    with workspace() as workdir, services_profile() as services:
-        extra = {
-            **services,
-            "LLMOPS_BATCH_CONCURRENCY_SHARE": str(BATCH_SHARE),
-            "LLMOPS_BATCH_LEASE_S": str(args.lease_s),
-            "LLMOPS_METRICS_FLUSH_INTERVAL_S": "0.2",
-        }
-        env = gateway_env(workdir, extra)
-        set_up = time.perf_counter()
-        key = gateway_prepare(env, args)
-        kill_key = create_keys(env, (KILL_KEY,))[KILL_KEY]
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway", backlog=1024)
+    extra = {
+        "LLMOPS_BATCH_CONCURRENCY_SHARE": str(BATCH_SHARE),
+        "LLMOPS_BATCH_LEASE_S": str(args.lease_s),
+        "LLMOPS_METRICS_FLUSH_INTERVAL_S": "0.2",
+    }
+    with services_profile() as services, throwaway({**services, **extra}) as set_up:
+        env, workdir = set_up.env, set_up.workdir
+        key = gateway_prepare(set_up, args)
+        kill_key = set_up.keys((KILL_KEY,))[KILL_KEY]
+        gateway = set_up.daphne(backlog=1024)
         workers = [CeleryWorker(env, workdir, "bench-worker-1")]
-        try:
-            gateway.start()
-            workers[0].start()
-            gateway.wait_ready("/healthz")
-            workers[0].wait_ready()
+        with serving(gateway, *workers) as running:
             kind = "celery (PostgreSQL, Redis; batches on one `celery -A llmops worker --concurrency 1`)"
-            print(header_line(kind, gateway, time.perf_counter() - set_up) + f"; worker pid {workers[0].pid}")
+            print(header_line(kind, gateway, set_up.elapsed_s) + f"; worker pid {workers[0].pid}")
             port = gateway.port
             content = jsonl([question(i) for i in range(args.items)], "item")
             per_item_s, seq_errors = await sequential_sample(port, key, args.sequential)
@@ -623,6 +581,7 @@ async def celery(args: argparse.Namespace) -> CeleryFigures:
                     workers[0].kill()
                     kill.update(at=elapsed, done=done_count(body))
                     workers.append(CeleryWorker(env, workdir, "bench-worker-2"))
+                    running.append(workers[1])
                     workers[1].start()
                 elif "at" in kill and "ready" not in kill and workers[1].ready():
                     kill["ready"] = elapsed
@@ -638,15 +597,6 @@ async def celery(args: argparse.Namespace) -> CeleryFigures:
             )
             items = json.loads(await asyncio.to_thread(gateway_script, env, ITEMS_SCRIPT, killed.body["id"]))
             metrics = await metrics_of(env, KILL_KEY, args.items, timeout=5.0)
-        except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}")
-            for worker in workers:
-                print(f"--- {worker.name} log ---\n{worker.log_tail()}")
-            raise
-        finally:
-            for worker in workers:
-                worker.stop()
-            gateway.stop()
     return CeleryFigures(alone, killed, seq_errors, items, metrics, kill)
 
 

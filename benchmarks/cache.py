@@ -65,10 +65,7 @@ import argparse
 import asyncio
 import csv
 import json
-import os
-import platform
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -76,24 +73,21 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from benchmarks._harness import (
-    ROOT,
-    Daphne,
+from benchmarks.harness.client import (
+    CHAT_PATH,
     HttpConnection,
     LoadResult,
-    fmt,
-    gateway_env,
+    get_request,
+    header,
     post_request,
-    prepare_gateway,
-    raise_open_files,
-    ratio,
+    request_once,
     run_load,
-    table,
-    workspace,
 )
+from benchmarks.harness.figures import fmt, machine, ratio, table
+from benchmarks.harness.gateway import ROOT, Daphne, serving, throwaway
 from caching.keys import normalise
 
-PATH = "/v1/chat/completions"
+PATH = CHAT_PATH
 STATS_PATH = "/api/cache/stats"
 MODEL = "sim-small"
 PROMPT = "sentiment"
@@ -102,18 +96,6 @@ DATASET = "sentiment3.tsv"
 QUESTION = "In one word: what is the capital of France?"
 NORMALISATION = "whitespace"  # the default cache policy's
 ZERO = Decimal(0)
-
-KEYS_SCRIPT = """
-import io, os, sys
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmops.settings")
-import django
-django.setup()
-from django.core.management import call_command
-for name in sys.argv[1:]:
-    out = io.StringIO()
-    call_command("create_api_key", name, stdout=out, stderr=io.StringIO())
-    print(out.getvalue().strip().splitlines()[-1])
-"""
 KEY_NAMES = ("cache-off", "cache-on-wait", "cache-on-in-order", "cache-on-sequential")
 
 
@@ -198,14 +180,6 @@ def build_sequence(distinct: int, total: int, seed: int) -> list[int]:
 # ---------------------------------------------------------------- HTTP helpers
 
 
-def header(head: bytes, name: bytes) -> str | None:
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            return value.strip().decode()
-    return None
-
-
 def chat_body(**fields) -> bytes:
     return json.dumps({"model": MODEL, **fields}).encode()
 
@@ -225,25 +199,6 @@ def cache_checker(expected: str):
         return None
 
     return check, seen
-
-
-async def fetch(port: int, path: str, key: str) -> tuple[int, bytes, bytes]:
-    conn = HttpConnection(port)
-    try:
-        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n\r\n"
-        status, _, body = await conn.request(request.encode())
-        return status, conn.head, body
-    finally:
-        conn.close()
-
-
-async def post_once(port: int, key: str, body: bytes) -> tuple[int, bytes, bytes]:
-    conn = HttpConnection(port)
-    try:
-        status, _, answer = await conn.request(post_request(port, PATH, key, body))
-        return status, conn.head, answer
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------- part 1: hit latency
@@ -293,7 +248,7 @@ async def part_one(args: argparse.Namespace, gateway: Daphne, key: str, settle_s
 
     if args.warmup:
         await measure(gateway, bypass, key, "bypass", requests=args.warmup, concurrency=8, settle_s=0)
-    status, head, _ = await post_once(gateway.port, key, cached)
+    status, head, _ = await request_once(gateway.port, post_request(gateway.port, PATH, key, cached))
     first = header(head, b"x-llmops-cache")
     if status != 200 or first != "miss":
         lines.append(f"!! the first ask of the question answered HTTP {status}, x-llmops-cache {first} (wanted miss)")
@@ -505,7 +460,7 @@ async def cache_stats(port: int, key: str, *, expected_lookups: int, flush_s: fl
     deadline = time.monotonic() + max(10.0, 20 * flush_s)
     await asyncio.sleep(2.5 * flush_s)
     while True:
-        status, _, body = await fetch(port, STATS_PATH, key)
+        status, _, body = await request_once(port, get_request(port, STATS_PATH, key))
         if status != 200:
             raise RuntimeError(f"GET {STATS_PATH} answered HTTP {status}: {body[:300]!r}")
         stats = json.loads(body)["overall"]
@@ -650,16 +605,6 @@ async def part_two(
 # ---------------------------------------------------------------- main
 
 
-def create_keys(env: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
-    done = subprocess.run(
-        [sys.executable, "-c", KEYS_SCRIPT, *names], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"Creating API keys failed:\n{done.stderr[-4000:]}")
-    raw = done.stdout.strip().splitlines()[-len(names) :]
-    return dict(zip(names, raw, strict=True))
-
-
 async def run(args: argparse.Namespace) -> int:
     loaded = load_texts(args)
     if loaded is None:
@@ -671,21 +616,15 @@ async def run(args: argparse.Namespace) -> int:
         )
         return 2
     texts, source = loaded
-    raise_open_files(4 * max(args.concurrency, args.workload_concurrency, args.slow_concurrency) + 256)
     settle_s = max(0.5, 2.5 * args.flush_interval)
-    with workspace() as workdir:
-        env = gateway_env(workdir, {"LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval)})
-        set_up = time.perf_counter()
-        key = prepare_gateway(env)
-        keys = create_keys(env, KEY_NAMES)
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway", backlog=1024)
-        try:
-            gateway.start()
-            gateway.wait_ready("/healthz")
+    open_files = 4 * max(args.concurrency, args.workload_concurrency, args.slow_concurrency) + 256
+    with throwaway({"LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval)}, open_files=open_files) as set_up:
+        key = set_up.prepare()
+        keys = set_up.keys(KEY_NAMES)
+        gateway = set_up.daphne(backlog=1024)
+        with serving(gateway):
             print(
-                f"cache benchmark: {os.cpu_count()} CPUs, load average "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
-                f"set-up {time.perf_counter() - set_up:.1f} s; gateway: daphne pid {gateway.pid} on "
+                machine("cache benchmark", set_up.elapsed_s) + f"; gateway: daphne pid {gateway.pid} on "
                 f"127.0.0.1:{gateway.port}, embedded default (SQLite, local-memory cache), default cache policy, "
                 f"metrics flushed every {args.flush_interval:g} s; client: raw asyncio HTTP/1.1 keep-alive"
             )
@@ -699,11 +638,6 @@ async def run(args: argparse.Namespace) -> int:
             lines_two, ok_two = await part_two(args, gateway, keys, texts, source)
             print("\n".join(lines_two))
             print(f"(part 2 took {time.perf_counter() - started:.1f} s)")
-        except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}")
-            raise
-        finally:
-            gateway.stop()
     return 0 if ok_one and ok_two else 1
 
 

@@ -26,8 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._harness import ROOT
-from benchmarks.view_layer import django_configure
+from benchmarks.harness.gateway import ROOT, django_configure
 
 DATASETS = {
     "sst2_dev.tsv": ["--labels", "0=negative,1=positive"],

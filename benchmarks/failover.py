@@ -6,8 +6,8 @@ OpenAI-compatible HTTP upstream that fails on script.
         [--breaker-window-s 10] [--lead-in-s W] [--warmup 100]
 
 It builds a throwaway gateway (temporary SQLite database, migrated, seeded, one API key)
-served by daphne, and serves `benchmarks/flaky_upstream.py` (a scripted OpenAI-compatible
-upstream, one lane per path) with a second daphne. Three catalog models (provider
+served by daphne, and serves `benchmarks.harness.servers:flaky_app` (a scripted
+OpenAI-compatible upstream, one lane per path) with a second daphne. Three catalog models (provider
 `openai`, each `base_url` a lane of that upstream, no provider key) are added:
 
 - `healthy`: a lane that always answers at once (the baseline's primary);
@@ -46,8 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
 import sqlite3
 import sys
@@ -55,24 +53,22 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from benchmarks._harness import (
+from benchmarks.harness.client import (
     HOST,
-    Daphne,
-    HttpConnection,
     LoadResult,
-    fmt,
-    gateway_env,
-    gateway_script,
+    chat_requests,
+    check_answer,
+    get_request,
+    header,
     post_request,
-    prepare_gateway,
-    raise_open_files,
-    ratio,
+    request_once,
     run_load,
-    table,
-    workspace,
+    warm_up,
 )
+from benchmarks.harness.figures import fmt, machine, ratio, table
+from benchmarks.harness.gateway import Daphne, serving, throwaway
 
-PATH = "/v1/chat/completions"
+FLAKY_APP = "benchmarks.harness.servers:flaky_app"
 FALLBACK = "steady"
 CATALOG_SCRIPT = """
 import sys
@@ -128,15 +124,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def call(port: int, method: str, path: str, payload: dict | None = None) -> dict:
     """One request on a fresh connection, without blocking the load sharing the event loop."""
-    conn = HttpConnection(port)
-    try:
-        if method == "POST":
-            data = post_request(port, path, None, json.dumps(payload or {}).encode())
-        else:
-            data = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode()
-        status, _, body = await conn.request(data)
-    finally:
-        conn.close()
+    if method == "POST":
+        data = post_request(port, path, None, json.dumps(payload or {}).encode())
+    else:
+        data = get_request(port, path)
+    status, _, body = await request_once(port, data)
     if status not in (200, 503):  # /healthz answers 503 with its body when the database is down
         raise RuntimeError(f"{method} {path} answered {status}: {body[:300]!r}")
     return json.loads(body)
@@ -155,34 +147,11 @@ def breaker(state: dict, model: str) -> dict:
     return state.get("breakers", {}).get(model, {})
 
 
-def header(head: bytes, name: bytes) -> str:
-    start = head.lower().find(b"\r\n" + name + b":")
-    if start < 0:
-        return ""
-    start += len(name) + 3
-    end = head.find(b"\r\n", start)
-    return head[start : end if end >= 0 else None].strip().decode()
-
-
 def body_builder(port: int, key: str, model: str):
     """The request for index i; prompts differ per request and the answer cache is bypassed,
     so every request goes through the attempt loop."""
-    before, after = (
-        part.encode()
-        for part in json.dumps(
-            {"model": model, "messages": [{"role": "user", "content": "failover request @@"}], "max_tokens": 16}
-        ).split("@@")
-    )
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nAuthorization: Bearer {key}\r\n"
-        "Content-Type: application/json\r\nx-llmops-cache-mode: bypass\r\n"
-    ).encode()
-
-    def build(index: int) -> bytes:
-        body = b"%s%d%s" % (before, index, after)
-        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
-
-    return build
+    body = {"model": model, "messages": [{"role": "user", "content": "failover request @@"}], "max_tokens": 16}
+    return chat_requests(port, key, body, headers="x-llmops-cache-mode: bypass\r\n")
 
 
 @dataclass
@@ -198,13 +167,12 @@ class Answers:
     after: Counter = field(default_factory=Counter)
 
     def check(self, status: int, body: bytes, head: bytes) -> str | None:
-        if status != 200:
-            return f"HTTP {status}: {body[:300]!r}"
-        if b'"choices"' not in body:
-            return f"no choices in answer: {body[:300]!r}"
-        model = header(head, b"x-llmops-model")
+        problem = check_answer(status, body)
+        if problem:
+            return problem
+        model = header(head, b"x-llmops-model") or ""
         self.models[model] += 1
-        self.attempts[header(head, b"x-llmops-attempts")] += 1
+        self.attempts[header(head, b"x-llmops-attempts") or ""] += 1
         if self.since:
             self.after[model] += 1
             if model == self.watch and not self.first_after:
@@ -537,55 +505,33 @@ def attempt_sequences(database: str, model: str, top: int = 8) -> list[str]:
 # ---------------------------------------------------------------- main
 
 
-async def warm(gateway: Daphne, key: str, model: str, requests: int) -> None:
-    if not requests:
-        return
-    answers = Answers()
-    done = await run_load(
-        gateway.port, body_builder(gateway.port, key, model), answers.check, requests=requests, concurrency=8,
-        with_head=True,
-    )  # fmt: skip
-    if done.errors:
-        raise RuntimeError(f"warm-up of {model} failed: {done.error_sample}")
-
-
 async def run(args: argparse.Namespace) -> int:
-    raise_open_files(8 * args.concurrency + 256)
     settle = args.flush_interval + 0.3
     problems: list[str] = []
-    with workspace() as workdir:
-        settings = {
-            "LLMOPS_UPSTREAM_TIMEOUT_S": str(args.timeout_s),
-            "LLMOPS_RETRIES": str(args.retries),
-            "LLMOPS_BREAKER_COOLDOWN_S": str(args.cooldown_s),
-            "LLMOPS_BREAKER_WINDOW_S": str(args.breaker_window_s),
-            "LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval),
-            "LLMOPS_GC_STATS": "1",
-        }
-        env = gateway_env(workdir, settings)
-        set_up = time.perf_counter()
-        upstream = Daphne("benchmarks.flaky_upstream:application", env, workdir, "upstream", backlog=1024)
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway", backlog=1024)
-        key = prepare_gateway(env)
-        gateway_script(env, CATALOG_SCRIPT, f"http://{HOST}:{upstream.port}")
-        try:
-            upstream.start()
-            gateway.start()
-            upstream.wait_ready("/healthz")
-            state = gateway.wait_ready("/healthz")
-            if "gc" not in state:
+    settings = {
+        "LLMOPS_UPSTREAM_TIMEOUT_S": str(args.timeout_s),
+        "LLMOPS_RETRIES": str(args.retries),
+        "LLMOPS_BREAKER_COOLDOWN_S": str(args.cooldown_s),
+        "LLMOPS_BREAKER_WINDOW_S": str(args.breaker_window_s),
+        "LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval),
+        "LLMOPS_GC_STATS": "1",
+    }
+    with throwaway(settings, open_files=8 * args.concurrency + 256) as set_up:
+        env = set_up.env
+        upstream = set_up.daphne("upstream", FLAKY_APP, backlog=1024)
+        gateway = set_up.daphne(backlog=1024)
+        key = set_up.prepare()
+        set_up.script(CATALOG_SCRIPT, f"http://{HOST}:{upstream.port}")
+        with serving(upstream, gateway):
+            if "gc" not in gateway.wait_ready():
                 problems.append("the gateway's /healthz has no gc figures (LLMOPS_GC_STATS=1 was set)")
             from_env = {name: env.get(name) for name in ("LLMOPS_BREAKER_FAILURES", "LLMOPS_BREAKER_FAILURE_RATE")}
             args.failures = int(from_env["LLMOPS_BREAKER_FAILURES"] or 5)
             rate = float(from_env["LLMOPS_BREAKER_FAILURE_RATE"] or 0.5)
-            print(
-                f"failover benchmark: {os.cpu_count()} CPUs, load average "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
-                f"set-up {time.perf_counter() - set_up:.1f} s"
-            )
+            print(machine("failover benchmark", set_up.elapsed_s))
             print(
                 f"gateway: daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}; upstream: "
-                f"benchmarks.flaky_upstream under daphne pid {upstream.pid} on 127.0.0.1:{upstream.port}, "
+                f"{FLAKY_APP} under daphne pid {upstream.pid} on 127.0.0.1:{upstream.port}, "
                 "catalog models healthy, flaky (fallback steady), steady: provider openai, one lane each"
             )
             print(
@@ -602,7 +548,8 @@ async def run(args: argparse.Namespace) -> int:
             )
             print()
             for model in ("healthy", "steady", "flaky"):
-                await warm(gateway, key, model, args.warmup)
+                build = body_builder(gateway.port, key, model)
+                await warm_up(gateway.port, build, Answers().check, args.warmup, model, with_head=True)
             await asyncio.sleep(settle)
 
             started = time.perf_counter()
@@ -667,7 +614,7 @@ async def run(args: argparse.Namespace) -> int:
                 "Breaker openings in the gateway's log: "
                 + ("; ".join(breaker_openings(gateway.log_tail(10**7), marks)) or "none")
             )
-            database = str(workdir / "gateway.sqlite3")
+            database = set_up.database
             print("Commonest attempt sequences of requests to `flaky` (the gateway's metric rows, all parts):")
             print("\n".join(attempt_sequences(database, "flaky")))
             print("... and to `healthy` (a timeout there is the gateway's own event loop lagging past the timeout):")
@@ -681,12 +628,6 @@ async def run(args: argparse.Namespace) -> int:
                 problems.append("part 2: flaky's breaker never opened while its upstream was dead")
             elif outage.closed_s is None:
                 problems.append("part 2: flaky answered nothing within 2 cool-downs + 10 s of its recovery")
-        except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}\n--- upstream log ---\n{upstream.log_tail()}")
-            raise
-        finally:
-            gateway.stop()
-            upstream.stop()
     for problem in problems:
         print(f"!! {problem}")
     return 1 if problems else 0

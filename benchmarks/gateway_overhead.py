@@ -5,8 +5,8 @@
         [--upstream simulated|http] [--metrics-cost]
 
 It builds a throwaway gateway (temporary SQLite database, migrated, seeded, one API key),
-serves it with daphne on a free loopback port, and serves `benchmarks/echo_asgi.py` (a bare
-ASGI app answering a fixed OpenAI-shaped chat.completion) with a second daphne: the
+serves it with daphne on a free loopback port, and serves `benchmarks.harness.servers:echo_app`
+(a bare ASGI app answering a fixed OpenAI-shaped chat.completion) with a second daphne: the
 baseline, i.e. a direct call to an upstream that costs nothing, through the same server and
 the same client. Gateway requests use the simulated model `sim-small` scripted to answer at
 once (`simulate`: latency, time to first token and token rate 0, 16 output tokens), so
@@ -15,7 +15,7 @@ authorization, the pipeline, the buffered metric write. Every prompt differs fro
 other, across phases too (a per-phase tag), so no answer comes from the answer cache.
 
 With --upstream http the gateway calls a real OpenAI-compatible HTTP upstream instead of
-simulating one: a third daphne serves `benchmarks/echo_asgi.py` again (the baseline's app,
+simulating one: a third daphne serves the echo app again (the baseline's app,
 in a process of its own), and the benchmark adds the catalog model `echo-http` (provider
 `openai`, `base_url` that server's loopback `/v1`, the prices of sim-small). Every gateway
 request then goes through the `openai` provider: the official SDK's AsyncOpenAI, its pooled
@@ -71,31 +71,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
-import os
-import platform
 import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from benchmarks._harness import (
-    Daphne,
-    LoadResult,
-    fmt,
-    gateway_env,
-    gateway_script,
-    percentile,
-    prepare_gateway,
-    raise_open_files,
-    ratio,
-    run_load,
-    table,
-    workspace,
-)
+from benchmarks.harness.client import LoadResult, chat_requests, checker, run_load, warm_up
+from benchmarks.harness.figures import fmt, machine, percentile, ratio, table
+from benchmarks.harness.gateway import Daphne, serving, throwaway
 
-PATH = "/v1/chat/completions"
 MODEL = "sim-small"
+ECHO_APP = "benchmarks.harness.servers:echo_app"
 # --upstream http: the catalog model that proxies the echo app, and its (dummy) key.
 HTTP_MODEL = "echo-http"
 HTTP_KEY_ENV = "ECHO_UPSTREAM_API_KEY"
@@ -139,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("simulated", "http"),
         default="simulated",
         help="what the gateway calls: the simulated model sim-small (default), or a real OpenAI-compatible "
-        "HTTP upstream (benchmarks/echo_asgi.py under its own daphne) through the openai provider",
+        "HTTP upstream (the harness's echo app under its own daphne) through the openai provider",
     )
     parser.add_argument(
         "--metrics-cost",
@@ -194,37 +180,9 @@ def body_builder(
     else:
         simulate = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": output_tokens, "error_rate": 0}
         model, extra = MODEL, {"simulate": simulate}
-    template = json.dumps(
-        {
-            "model": model,
-            "messages": [{"role": "user", "content": f"benchmark request {tag}@@"}],
-            "stream": stream,
-            **extra,
-        }
-    )
-    before, after = (part.encode() for part in template.split("@@"))
-    auth = f"Authorization: Bearer {key}\r\n" if key else ""
-    head = f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\n"
-
-    def build(index: int) -> bytes:
-        body = b"%s%d%s" % (before, index, after)
-        return b"%sContent-Length: %d\r\n\r\n%s" % (head.encode(), len(body), body)
-
-    return build
-
-
-def checker(stream: bool):
-    def check(status: int, body: bytes) -> str | None:
-        if status != 200:
-            return f"HTTP {status}: {body[:300]!r}"
-        if stream:
-            if not body.endswith(b"data: [DONE]\n\n"):
-                return f"stream did not end with [DONE]: {body[-300:]!r}"
-        elif b'"choices"' not in body:
-            return f"no choices in answer: {body[:300]!r}"
-        return None
-
-    return check
+    content = f"benchmark request {tag}@@"
+    return chat_requests(port, key, {"model": model, "messages": [{"role": "user", "content": content}],
+                                     "stream": stream, **extra})  # fmt: skip
 
 
 async def measure(
@@ -259,21 +217,10 @@ async def measure(
     return result, (upstream.cpu_s() - upstream_before if upstream is not None else None)
 
 
-async def warm(
-    server: Daphne,
-    key: str | None,
-    *,
-    stream: bool,
-    requests: int,
-    tokens: int,
-    http_model: str | None = None,
-    tag: str = "",
-) -> None:
-    if requests:
-        build = body_builder(server.port, key, stream=stream, output_tokens=tokens, http_model=http_model, tag=tag)
-        warm_result = await run_load(server.port, build, checker(stream), requests=requests, concurrency=8)
-        if warm_result.errors:
-            raise RuntimeError(f"warm-up of {server.name} failed: {warm_result.error_sample}")
+async def warm(server: Daphne, key: str | None, *, stream: bool, requests: int, tokens: int,
+               http_model: str | None = None, tag: str = "") -> None:  # fmt: skip
+    build = body_builder(server.port, key, stream=stream, output_tokens=tokens, http_model=http_model, tag=tag)
+    await warm_up(server.port, build, checker(stream), requests, server.name)
 
 
 def scenario_rows(
@@ -336,7 +283,6 @@ async def run(
     args: argparse.Namespace, extra_env: dict[str, str] | None = None, cpu: dict[str, tuple] | None = None
 ) -> int:
     """One pass; `cpu`, when given, gets each scenario's (gateway, baseline) server CPU ms/request."""
-    raise_open_files(4 * args.concurrency + 256)
     scenarios = [
         ("JSON, 1 in flight", False, args.sequential, 1),
         (f"JSON, {args.concurrency} in flight", False, args.requests, args.concurrency),
@@ -358,54 +304,40 @@ async def run(
     def tag() -> str:
         return f"p{next(phases)}-"
 
-    with workspace() as workdir:
-        env = gateway_env(
-            workdir,
-            # LLMOPS_GC_STATS: the gateway's /healthz reports its garbage-collector pauses.
-            {
-                "LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval),
-                "LLMOPS_GC_STATS": "1",
-                **({"REDIS_URL": args.redis} if args.redis else {}),
-                **({HTTP_KEY_ENV: HTTP_KEY} if http else {}),
-                **(extra_env or {}),
-            },
-        )
-        set_up = time.perf_counter()
-        key = prepare_gateway(env)
+    settings = {
+        "LLMOPS_METRICS_FLUSH_INTERVAL_S": str(args.flush_interval),
+        "LLMOPS_GC_STATS": "1",  # the gateway's /healthz reports its garbage-collector pauses
+        **({"REDIS_URL": args.redis} if args.redis else {}),
+        **({HTTP_KEY_ENV: HTTP_KEY} if http else {}),
+        **(extra_env or {}),
+    }
+    with throwaway(settings, open_files=4 * args.concurrency + 256) as set_up:
+        env = set_up.env
+        key = set_up.prepare()
         if args.key_limits:
-            gateway_script(env, KEY_LIMITS)
+            set_up.script(KEY_LIMITS)
         if args.redis:
-            gateway_script(env, "from django.core.cache import caches; caches['answers'].clear()")
-        database = str(workdir / "gateway.sqlite3")
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway")
-        baseline = Daphne("benchmarks.echo_asgi:application", env, workdir, "baseline")
+            set_up.script("from django.core.cache import caches; caches['answers'].clear()")
+        database = set_up.database
+        gateway = set_up.daphne()
+        baseline = set_up.daphne("baseline", ECHO_APP)
         upstream: Daphne | None = None
         if http:
             # No provider key in the upstream's environment: only the dummy it expects.
             upstream_env = {name: value for name, value in env.items() if not name.endswith("_API_KEY")}
-            upstream = Daphne("benchmarks.echo_asgi:application", {**upstream_env, "ECHO_API_KEY": HTTP_KEY},
-                              workdir, "upstream")  # fmt: skip
+            upstream = set_up.daphne("upstream", ECHO_APP, env={**upstream_env, "ECHO_API_KEY": HTTP_KEY})
             upstream_url = f"http://127.0.0.1:{upstream.port}/v1"
-            gateway_script(env, HTTP_CATALOG, HTTP_MODEL, upstream_url, HTTP_KEY_ENV)
-        servers = [gateway, baseline, *([upstream] if upstream else [])]
-        try:
-            for server in servers:
-                server.start()
-            for server in servers:
-                server.wait_ready("/healthz")
-            print(
-                f"gateway overhead benchmark: {os.cpu_count()} CPUs, load average "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
-                f"set-up {time.perf_counter() - set_up:.1f} s"
-            )
+            set_up.script(HTTP_CATALOG, HTTP_MODEL, upstream_url, HTTP_KEY_ENV)
+        with serving(gateway, baseline, *([upstream] if upstream else [])):
+            print(machine("gateway overhead benchmark", set_up.elapsed_s))
             if upstream is not None:
                 served = f"model {HTTP_MODEL} (provider openai, base_url {upstream_url}, key {HTTP_KEY_ENV})"
-                served += f" proxied to benchmarks.echo_asgi under daphne pid {upstream.pid}"
+                served += f" proxied to {ECHO_APP} under daphne pid {upstream.pid}"
             else:
                 served = f"model {MODEL} simulated with latency 0"
             print(
                 f"gateway: daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}, {served}, {args.output_tokens} "
-                f"output tokens; baseline: benchmarks.echo_asgi under daphne pid {baseline.pid} on "
+                f"output tokens; baseline: {ECHO_APP} under daphne pid {baseline.pid} on "
                 f"127.0.0.1:{baseline.port}"
             )
             print(
@@ -490,13 +422,6 @@ async def run(
                 )
                 if got != sent:
                     failures += 1
-        except Exception:
-            for server in servers:
-                print(f"--- {server.name} log ---\n{server.log_tail()}")
-            raise
-        finally:
-            for server in servers:
-                server.stop()
     return 1 if failures else 0
 
 

@@ -40,29 +40,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import resource
 import sys
-import time
 
-from benchmarks._harness import (
-    Daphne,
+from benchmarks.harness.client import (
     HttpConnection,
-    fmt,
-    gateway_env,
-    prepare_gateway,
-    process_threads,
-    raise_open_files,
+    chat_requests,
+    check_answer,
+    get_request,
+    healthz,
     run_load,
-    table,
-    tcp_counters,
-    workspace,
+    warm_up,
 )
+from benchmarks.harness.figures import fmt, machine, process_threads, table, tcp_counters
+from benchmarks.harness.gateway import Daphne, raise_open_files, serving, throwaway
 
 TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
 
-PATH = "/v1/chat/completions"
 MODEL = "sim-small"
 REQUIRED_PEAK = 256
 
@@ -90,28 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def body_builder(port: int, key: str, *, latency_ms: int):
     simulate = {"latency_ms": latency_ms, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 16, "error_rate": 0}
-    template = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "in flight @@"}], "simulate": simulate}
-    )
-    before, after = (part.encode() for part in template.split("@@"))
-    head = (
-        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
-        "Content-Type: application/json\r\n"
-    ).encode()
-
-    def build(index: int) -> bytes:
-        body = b"%s%d%s" % (before, index, after)
-        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
-
-    return build
-
-
-def check(status: int, body: bytes) -> str | None:
-    if status != 200:
-        return f"HTTP {status}: {body[:300]!r}"
-    if b'"choices"' not in body:
-        return f"no choices in answer: {body[:300]!r}"
-    return None
+    messages = [{"role": "user", "content": "in flight @@"}]
+    return chat_requests(port, key, {"model": MODEL, "messages": messages, "simulate": simulate})
 
 
 async def poll_health(server: Daphne, stop: asyncio.Event, seen: list[int], threads: list[int]) -> None:
@@ -119,7 +93,7 @@ async def poll_health(server: Daphne, stop: asyncio.Event, seen: list[int], thre
     daphne process's OS thread count."""
     port = server.port
     conn = HttpConnection(port)
-    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    request = get_request(port, "/healthz")
     try:
         while not stop.is_set():
             threads.append(process_threads(server.pid))
@@ -137,15 +111,6 @@ async def poll_health(server: Daphne, stop: asyncio.Event, seen: list[int], thre
         conn.close()
 
 
-async def healthz(port: int) -> dict:
-    conn = HttpConnection(port)
-    try:
-        status, _, body = await conn.request(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-        return json.loads(body) if status == 200 else {}
-    finally:
-        conn.close()
-
-
 async def run(args: argparse.Namespace) -> int:
     n = args.requests
     latency_s = args.latency_ms / 1000
@@ -153,35 +118,19 @@ async def run(args: argparse.Namespace) -> int:
     if soft < n + 64:
         print(f"!! open-file limit {soft} is too low for {n} connections (hard limit {hard})")
         return 1
-    with workspace() as workdir:
-        env = gateway_env(workdir)
-        set_up = time.perf_counter()
-        key = prepare_gateway(env)
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway", backlog=args.backlog or None)
-        try:
-            gateway.start()
-            gateway.wait_ready("/healthz")
-            print(
-                f"in-flight benchmark: {os.cpu_count()} CPUs, load average "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
-                f"open files {soft}/{hard}, set-up {time.perf_counter() - set_up:.1f} s"
-            )
+    with throwaway() as set_up:
+        key = set_up.prepare()
+        gateway = set_up.daphne(backlog=args.backlog or None)
+        with serving(gateway):
+            print(machine("in-flight benchmark") + f", open files {soft}/{hard}, set-up {set_up.elapsed_s:.1f} s")
             print(
                 f"gateway: daphne pid {gateway.pid} on 127.0.0.1:{gateway.port}; {n} requests at once to {MODEL} "
                 f"simulated with {args.latency_ms} ms upstream latency; client: raw asyncio HTTP/1.1, one "
                 f"connection per request, {'connected inside the burst' if args.cold else 'connected beforehand'}; "
                 f"listen backlog {args.backlog or '50 (daphne -b/-p, Twisted default)'}"
             )
-            if args.warmup:
-                warm = await run_load(
-                    gateway.port,
-                    body_builder(gateway.port, key, latency_ms=0),
-                    check,
-                    requests=args.warmup,
-                    concurrency=8,
-                )
-                if warm.errors:
-                    raise RuntimeError(f"warm-up failed: {warm.error_sample}")
+            warm = body_builder(gateway.port, key, latency_ms=0)
+            await warm_up(gateway.port, warm, check_answer, args.warmup, "gateway")
             before = await healthz(gateway.port)
             stop = asyncio.Event()
             seen: list[int] = []
@@ -190,24 +139,13 @@ async def run(args: argparse.Namespace) -> int:
             poller = asyncio.create_task(poll_health(gateway, stop, seen, threads))
             tcp_before = tcp_counters(*TCP_COUNTERS)
             cpu_before = gateway.cpu_s()
-            result = await run_load(
-                gateway.port,
-                body_builder(gateway.port, key, latency_ms=args.latency_ms),
-                check,
-                requests=n,
-                concurrency=n,
-                cold=args.cold,
-            )
+            build = body_builder(gateway.port, key, latency_ms=args.latency_ms)
+            result = await run_load(gateway.port, build, check_answer, requests=n, concurrency=n, cold=args.cold)
             server_cpu = gateway.cpu_s() - cpu_before
             tcp_after = tcp_counters(*TCP_COUNTERS)
             stop.set()
             await poller
             after = await healthz(gateway.port)
-        except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}")
-            raise
-        finally:
-            gateway.stop()
 
     peak = after.get("upstream_in_flight_peak", 0)
     polled = max(seen, default=0)

@@ -36,8 +36,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import table
-from benchmarks.view_layer import django_configure
+from benchmarks.harness.figures import table
+from benchmarks.harness.gateway import django_configure
 
 MODELS = (
     ("sim-small", "simulated"),

@@ -59,7 +59,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
-from benchmarks._harness import fmt, table
+from benchmarks.harness.figures import fmt, table
 
 DAY = 86400
 SPAN_DAYS = 8

@@ -5,7 +5,8 @@ directly, and against LiteLLM's proxy in front of the same upstream when it is i
     .venv/bin/python -m benchmarks.proxy [--profile embedded|prod] [--processes 1,2]
         [--litellm auto|install|off] [--requests 4000] [--sequential 1000] ...
 
-The upstream is `benchmarks.fast_upstream` (an instant server on a bare asyncio protocol).
+The upstream is the harness's fast upstream (`python -m benchmarks.harness.servers PORT`, an
+instant server on a bare asyncio protocol).
 The gateway is `manage.py serve` (one daphne per process on one port) with its catalog
 model `echo-http` (provider openai, base_url the upstream, a dummy key variable); every
 gateway request has a new prompt, so none is an answer-cache hit. LiteLLM runs from a
@@ -40,7 +41,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,30 +50,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import loop_run
-from benchmarks._harness import (
-    ROOT,
-    LoadResult,
+from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HTTP_MODEL, body_builder
+from benchmarks.harness.client import LoadResult, checker, http_get, loop_run, run_load, warm_up
+from benchmarks.harness.figures import (
+    GcFigures,
     cpu_spent,
     fmt,
-    free_port,
-    gateway_env,
-    gateway_script,
-    http_get,
     named_processes_cpu_s,
-    prepare_gateway,
     process_cpu_s,
-    process_memory_kb,
     process_tree,
-    raise_open_files,
     ratio,
-    run_load,
+    table,
+)
+from benchmarks.harness.gateway import (
+    ROOT,
+    Served,
+    Throwaway,
+    free_port,
     services_profile,
     services_unreachable,
-    table,
-    workspace,
+    throwaway,
 )
-from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HTTP_MODEL, body_builder, checker
 
 LITELLM_VENV = ROOT / ".venv-litellm"
 TOKENS = 16
@@ -88,59 +85,11 @@ SERVICES = ("postgres", "redis-server")  # what the production profile shares th
 FLUSHED_S = 1.2
 
 
-@dataclass
-class Server:
-    """A server under test: a process tree serving HTTP on `port`."""
-
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def pids(self) -> list[int]:
-        return process_tree(self.process.pid)
-
-    def cpu_s(self) -> float:
-        total = 0.0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                total += process_cpu_s(pid)
-        return total
-
-    def rss_mb(self) -> float:
-        return sum(process_memory_kb(pid)[0] for pid in self.pids()) / 1024
-
-    def wait_ready(self, path: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.port, path, timeout=2)[0] == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not answer {path} in {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def start(name: str, command: list[str], env: dict[str, str], workdir: Path, port: int) -> Server:
-    log = workdir / f"{name}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-    return Server(name, port, process, log)
+def start(name: str, command: list[str], env: dict[str, str], workdir: Path, port: int) -> Served:
+    """A server under test, a process tree serving HTTP on `port`."""
+    server = Served(name, command, env, workdir, port, own_group=True, stop_s=20.0, poll_s=0.2)
+    server.start()
+    return server
 
 
 def litellm_reason(mode: str) -> str | None:
@@ -194,19 +143,7 @@ class Measured:
         return self.cpu_ms + (self.others_ms or 0.0) + self.result.client_cpu_s * 1000 / self.result.requests
 
 
-@dataclass
-class GcFigures:
-    """The gateway's collections since a moment, over its processes (llmops/gcstats.py):
-    the longest pause (wall time), the longest CPU time of one, the longest pause of one
-    that the kernel did not preempt, and how many it did."""
-
-    wall_ms: float
-    cpu_ms: float
-    unpreempted_ms: float
-    preempted: int
-
-
-def gc_state(server: Server, since: float, processes: int) -> tuple[GcFigures | None, int | None]:
+def gc_state(server: Served, since: float, processes: int) -> tuple[GcFigures | None, int | None]:
     """The collector's figures since `since` over every gateway process, and their
     generation-2 collections in all (each /healthz reaches one process: asked until all answered)."""
     seen: dict[int, dict] = {}
@@ -219,24 +156,16 @@ def gc_state(server: Server, since: float, processes: int) -> tuple[GcFigures | 
     states = [s for s in seen.values() if s]
     if not states:
         return None, None
-    figures = GcFigures(
-        max(s["longest_pause_ms_since"] for s in states),
-        max(s["longest_collection_cpu_ms_since"] for s in states),
-        max(s["longest_unpreempted_pause_ms_since"] for s in states),
-        sum(s["preempted_collections_since"] for s in states),
-    )
-    return figures, sum(s["collections"][2] for s in states)
+    return GcFigures.of(states), sum(s["collections"][2] for s in states)
 
 
-async def measure(server: Server, phase: Phase, key: str | None, model: str | None, tag: str,
+async def measure(server: Served, phase: Phase, key: str | None, model: str | None, tag: str,
                   gc_processes: int = 0, others: Callable[[], float] | None = None) -> Measured:  # fmt: skip
     """One phase against `server`; `others` (a reading of the CPU so far of the processes that
     share the cores with it: the upstream, PostgreSQL, Redis; `cpu_spent` of two) gives their
     CPU per request too."""
     build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag)
-    warm = await run_load(server.port, build, checker(phase.stream), requests=WARMUP, concurrency=8)
-    if warm.errors:
-        raise RuntimeError(f"warm-up of {server.name} failed: {warm.error_sample}")
+    await warm_up(server.port, build, checker(phase.stream), WARMUP, server.name)
     build = body_builder(server.port, key, stream=phase.stream, output_tokens=TOKENS, http_model=model, tag=tag + "m")
     full_before = gc_state(server, time.time(), gc_processes)[1] if gc_processes else None
     rss_before = server.rss_mb()
@@ -287,11 +216,11 @@ def machine_work(processes: int, seconds: float = 1.0) -> float:
     return sum(float(child.communicate()[0]) for child in children)
 
 
-def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str = "gateway") -> Server:
+def start_gateway(env: dict[str, str], workdir: Path, processes: int, name: str = "gateway") -> Served:
     port = free_port()
     command = [sys.executable, "manage.py", "serve", "--processes", str(processes), "--port", str(port)]
     gateway = start(name, command, env, workdir, port)
-    gateway.wait_ready("/healthz")
+    gateway.wait_ready("/healthz", timeout=120)
     return gateway
 
 
@@ -338,16 +267,16 @@ def rows_for(phase: Phase, passes: list[dict[str, Measured]]) -> list[list[str]]
     return rows
 
 
-async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], workdir: Path, litellm: bool) -> int:
-    env = gateway_env(workdir, {**profile_env, HTTP_KEY_ENV: HTTP_KEY, "LLMOPS_GC_STATS": "1"})
-    key = prepare_gateway(env)
+async def run_profile(args: argparse.Namespace, set_up: Throwaway, litellm: bool) -> int:
+    env, workdir = set_up.env, set_up.workdir
+    key = set_up.prepare()
     upstream_port = free_port()
     upstream_env = {name: value for name, value in env.items() if not name.endswith("_API_KEY")}
-    upstream = start("upstream", [sys.executable, "-m", "benchmarks.fast_upstream", str(upstream_port)],
+    upstream = start("upstream", [sys.executable, "-m", "benchmarks.harness.servers", str(upstream_port)],
                      {**upstream_env, "ECHO_API_KEY": HTTP_KEY}, workdir, upstream_port)  # fmt: skip
-    upstream.wait_ready("/healthz")
+    upstream.wait_ready("/healthz", timeout=120)
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
-    gateway_script(env, HTTP_CATALOG, HTTP_MODEL, upstream_url, HTTP_KEY_ENV)
+    set_up.script(HTTP_CATALOG, HTTP_MODEL, upstream_url, HTTP_KEY_ENV)
     servers = [upstream]
     try:
         gateway = start_gateway(env, workdir, 1)
@@ -369,7 +298,7 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
             }  # it checks a key, as the gateway does
             lite = start("litellm", [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--port",
                                      str(port), "--num_workers", "1"], lite_env, workdir, port)  # fmt: skip
-            lite.wait_ready("/health/liveliness")
+            lite.wait_ready("/health/liveliness", timeout=120)
             servers.append(lite)
         phases = [
             Phase("1 at a time", False, args.sequential, 1),
@@ -415,7 +344,7 @@ async def run_profile(args: argparse.Namespace, profile_env: dict[str, str], wor
             names = ()
 
         def others() -> dict[tuple[int, int], float]:
-            return {(pid, 0): process_cpu_s(pid) for pid in upstream.pids()} | (
+            return {(pid, 0): process_cpu_s(pid) for pid in process_tree(upstream.pid)} | (
                 named_processes_cpu_s(names) if names else {}
             )
 
@@ -484,22 +413,20 @@ def main(argv: list[str] | None = None) -> int:
     global WARMUP
     args = parse_args(argv)
     WARMUP = args.warmup
-    raise_open_files(4096)
     reason = litellm_reason(args.litellm)
     print(
         f"proxy benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}, profile {args.profile}; "
-        f"upstream benchmarks.fast_upstream; {TOKENS} tokens per answer; LiteLLM: "
+        f"upstream benchmarks.harness.servers (fast); {TOKENS} tokens per answer; LiteLLM: "
         + (f"{litellm_version()} ({LITELLM_VENV}, 1 worker)" if reason is None else f"skipped, {reason}")
     )
-    with workspace() as workdir:
-        if args.profile == "prod":
-            problem = services_unreachable()
-            if problem:
-                print(f"--profile prod needs PostgreSQL and Redis: {problem}")
-                return 1
-            with services_profile() as profile_env:
-                return loop_run(run_profile(args, profile_env, workdir, reason is None))
-        return loop_run(run_profile(args, {}, workdir, reason is None))
+    problem = services_unreachable() if args.profile == "prod" else None
+    if problem:
+        print(f"--profile prod needs PostgreSQL and Redis: {problem}")
+        return 1
+    profile = services_profile() if args.profile == "prod" else contextlib.nullcontext({})
+    extra = {HTTP_KEY_ENV: HTTP_KEY, "LLMOPS_GC_STATS": "1"}
+    with profile as profile_env, throwaway({**profile_env, **extra}, open_files=4096) as set_up:
+        return loop_run(run_profile(args, set_up, reason is None))
 
 
 if __name__ == "__main__":

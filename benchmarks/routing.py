@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._harness import fmt, percentile, table
-from benchmarks.view_layer import django_configure
+from benchmarks.harness.figures import fmt, percentile, table
+from benchmarks.harness.gateway import django_configure
 
 SIMULATE = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 16}
 SCENARIOS = ("direct", "rules", "limits")

@@ -5,11 +5,11 @@
         [--chats-per-socket 1] [--tolerance 0.2]
 
 It builds a throwaway gateway (temporary SQLite database, migrated, seeded, one API key)
-served by one daphne process (listening as `make run` does, backlog 1024), and serves this
-module's `bare_application` with a second daphne: a bare ASGI app that speaks the same
-WebSocket protocol (`delta` then `done` events) and the same SSE chunks, paced by the same
-script, with no Django, no pipeline and no gateway work: what the transport alone costs
-through the same daphne and the same client. Every gateway request goes to the simulated
+served by one daphne process (listening as `make run` does, backlog 1024), and serves
+`benchmarks.harness.streams:bare_app` with a second daphne: a bare ASGI app that speaks the
+same WebSocket protocol (`delta` then `done` events) and the same SSE chunks, paced by the
+same script, with no Django, no pipeline and no gateway work: what the transport alone
+costs through the same daphne and the same client. Every gateway request goes to the simulated
 model `sim-small`, scripted per request (`simulate`: time to first token, token rate,
 answer length), with the answer cache bypassed. The client is this process: a minimal
 RFC 6455 WebSocket client and an HTTP/1.1 SSE reader on raw asyncio streams, with garbage
@@ -80,354 +80,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
 import gc
-import hashlib
 import json
 import math
 import os
-import platform
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks._harness import (
-    HOST,
-    Daphne,
-    fmt,
-    gateway_env,
-    percentile,
-    prepare_gateway,
-    process_cpu_s,
-    raise_open_files,
-    ratio,
-    table,
-    workspace,
-)
+from benchmarks.harness.client import HOST, Failures
+from benchmarks.harness.figures import fmt, machine, percentile, process_cpu_s, process_memory_kb, ratio, table
+from benchmarks.harness.gateway import serving, throwaway
+from benchmarks.harness.streams import SseConnection, WebSocket
 
 MODEL = "sim-small"
-WS_PATH = "/ws/v1/chat"
 SSE_PATH = "/v1/chat/completions"
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-# Every SSE chunk that carries a token has this (the gateway's and the bare app's alike);
-# the first chunk's `{"role": "assistant", "content": ""}` does not.
-TOKEN_MARK = b'"delta": {"content": '
 DELTA_PREFIX = b'{"type": "delta"'
 LAG_TICK_S = 0.005
-
-
-# --------------------------------------------------------------------------- the bare app
-
-WORDS = ("simulated", "answer", "from", "the", "llmops", "gateway", "with", "no", "model", "behind", "it")
-
-
-def _tokens(count: int) -> list[str]:
-    return [("Simulated" if i == 0 else " " + WORDS[i % len(WORDS)]) for i in range(count)]
-
-
-def _script(data: dict[str, Any]) -> tuple[float, float, int]:
-    sim = data.get("simulate") or {}
-    ttft = float(sim.get("ttft_ms", 0)) / 1000
-    rate = float(sim.get("tokens_per_s", 0))
-    return ttft, (1 / rate if rate else 0.0), int(sim.get("output_tokens", 16))
-
-
-async def _paced(data: dict[str, Any], emit: Callable[[str], Awaitable[None]]) -> float:
-    """Sleep the scripted TTFT, then emit the tokens against the clock as the simulated
-    provider does; returns the time the first token was emitted."""
-    ttft, gap, count = _script(data)
-    loop = asyncio.get_running_loop()
-    if ttft:
-        await asyncio.sleep(ttft)
-    start = loop.time()
-    for index, token in enumerate(_tokens(count)):
-        if gap and index:
-            await asyncio.sleep(max(0.0, start + index * gap - loop.time()))
-        await emit(token)
-    return start
-
-
-SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-CHUNK_HEAD = '{"id": "chatcmpl-bare", "object": "chat.completion.chunk", "created": 1700000000, "model": "bare"'
-
-
-def _sse(choices: list[dict[str, Any]]) -> bytes:
-    return f"data: {CHUNK_HEAD}, {json.dumps({'choices': choices})[1:]}\n\n".encode()
-
-
-async def _bare_http(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    parts = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        parts.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    if scope["method"] != "POST":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": b'{"status": "ok"}'})
-        return
-    data = json.loads(b"".join(parts))
-    started = False
-
-    async def emit(token: str) -> None:
-        nonlocal started
-        if not started:
-            started = True
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            role = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-            await send({"type": "http.response.body", "body": _sse(role), "more_body": True})
-        chunk = _sse([{"index": 0, "delta": {"content": token}, "finish_reason": None}])
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    await _paced(data, emit)
-    final = _sse([{"index": 0, "delta": {}, "finish_reason": "stop"}]) + b"data: [DONE]\n\n"
-    await send({"type": "http.response.body", "body": final})
-
-
-async def _bare_chat(send: Any, message: dict[str, Any]) -> None:
-    loop = asyncio.get_running_loop()
-    chat_id, began = message.get("id"), loop.time()
-
-    async def emit(token: str) -> None:
-        await send({"type": "websocket.send", "text": json.dumps({"type": "delta", "id": chat_id, "text": token})})
-
-    first = await _paced(message, emit)
-    done = {
-        "type": "done",
-        "id": chat_id,
-        "model": "bare",
-        "ttft_ms": round((first - began) * 1000, 3),
-        "latency_ms": round((loop.time() - began) * 1000, 3),
-    }
-    await send({"type": "websocket.send", "text": json.dumps(done)})
-
-
-async def _bare_websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    chats: set[asyncio.Task[None]] = set()
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.connect":
-                await send({"type": "websocket.accept"})
-            elif message["type"] == "websocket.disconnect":
-                return
-            elif message["type"] == "websocket.receive":
-                data = json.loads(message.get("text") or message.get("bytes") or b"{}")
-                if data.get("type") == "chat":
-                    task = asyncio.ensure_future(_bare_chat(send, data))
-                    chats.add(task)
-                    task.add_done_callback(chats.discard)
-    finally:
-        for task in list(chats):
-            task.cancel()
-
-
-async def bare_application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The baseline: the gateway's streaming protocols with nothing behind them but the script."""
-    if scope["type"] == "http":
-        await _bare_http(scope, receive, send)
-    elif scope["type"] == "websocket":
-        await _bare_websocket(scope, receive, send)
-
-
-# --------------------------------------------------------------------------- the clients
-
-
-def _mask(data: bytes, mask: bytes) -> bytes:
-    if not data:
-        return data
-    size = len(data)
-    repeated = (mask * (size // 4 + 1))[:size]
-    return (int.from_bytes(data, "big") ^ int.from_bytes(repeated, "big")).to_bytes(size, "big")
-
-
-class WebSocket:
-    """A minimal RFC 6455 client: handshake, masked text frames out, frames in (ping
-    answered, fragments joined), close. `receive` returns the arrival time of a read and
-    every complete message in it, so tokens that arrive together share a timestamp."""
-
-    __slots__ = ("buffer", "close_sent", "closed", "fragments", "key", "port", "reader", "writer")
-
-    def __init__(self, port: int, key: str | None) -> None:
-        self.port, self.key = port, key
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.buffer = bytearray()
-        self.fragments: list[bytes] = []
-        self.closed = self.close_sent = False
-
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(HOST, self.port, limit=1 << 20)
-        nonce = base64.b64encode(os.urandom(16))
-        auth = f"Authorization: Bearer {self.key}\r\n".encode() if self.key else b""
-        self.writer.write(
-            b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
-            % (WS_PATH.encode(), HOST.encode(), self.port, nonce, auth)
-        )
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        if head[9:12] != b"101":
-            raise ConnectionError(f"WebSocket handshake refused: {head[:200]!r}")
-        expected = base64.b64encode(hashlib.sha1(nonce + WS_GUID).digest())
-        if b"sec-websocket-accept: " + expected.lower() not in head.lower():
-            raise ConnectionError("WebSocket handshake: wrong Sec-WebSocket-Accept")
-
-    def _frame(self, opcode: int, payload: bytes) -> None:
-        assert self.writer is not None
-        size = len(payload)
-        if size < 126:
-            header = bytes((0x80 | opcode, 0x80 | size))
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0xFE, size)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0xFF, size)
-        mask = os.urandom(4)
-        self.writer.write(header + mask + _mask(payload, mask))
-
-    def send_text(self, text: str) -> None:
-        self._frame(0x1, text.encode())
-
-    async def receive(self) -> tuple[float, list[bytes]]:
-        assert self.reader is not None
-        while True:
-            data = await self.reader.read(65536)
-            now = time.perf_counter()
-            if not data:
-                self.closed = True
-                raise ConnectionError("the server closed the connection")
-            self.buffer += data
-            messages = self._parse()
-            if messages or self.closed:
-                return now, messages
-
-    def _parse(self) -> list[bytes]:
-        buf, pos, out = self.buffer, 0, []
-        while len(buf) - pos >= 2:
-            first, second = buf[pos], buf[pos + 1]
-            size, head = second & 0x7F, 2
-            if size == 126:
-                if len(buf) - pos < 4:
-                    break
-                size, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-            elif size == 127:
-                if len(buf) - pos < 10:
-                    break
-                size, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-            mask = b""
-            if second & 0x80:
-                mask = bytes(buf[pos + head : pos + head + 4])
-                head += 4
-            end = pos + head + size
-            if len(buf) < end:
-                break
-            payload = bytes(buf[pos + head : end])
-            if mask:
-                payload = _mask(payload, mask)
-            pos = end
-            opcode = first & 0x0F
-            if opcode == 0x8:
-                self.closed = True
-                if not self.close_sent:
-                    self.close_sent = True
-                    self._frame(0x8, payload[:2])
-                break
-            if opcode == 0x9:
-                self._frame(0xA, payload)
-            elif opcode == 0x0 or not first & 0x80:
-                self.fragments.append(payload)
-                if first & 0x80:
-                    out.append(b"".join(self.fragments))
-                    self.fragments = []
-            elif opcode in (0x1, 0x2):
-                out.append(payload)
-        del buf[:pos]
-        return out
-
-    async def close(self) -> None:
-        if self.writer is None:
-            return
-        with contextlib.suppress(Exception):
-            if not self.close_sent:
-                self.close_sent = True
-                self._frame(0x8, struct.pack("!H", 1000))
-            async with asyncio.timeout(2.0):
-                while not self.closed:
-                    await self.receive()
-        self.writer.close()
-        self.writer = self.reader = None
-
-
-class SseConnection:
-    """One kept-alive HTTP/1.1 connection reading chunked SSE answers as they arrive."""
-
-    __slots__ = ("buffer", "port", "reader", "writer")
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.buffer = bytearray()
-
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(HOST, self.port, limit=1 << 20)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.writer = self.reader = None
-
-    async def stream(self, request: bytes, times: list[float]) -> str | None:
-        """Send one streaming request; appends the arrival time of each token to `times`.
-        Returns an error text, or None when the stream ended with `data: [DONE]`."""
-        if self.writer is None:
-            await self.connect()
-        reader, writer = self.reader, self.writer
-        assert reader is not None and writer is not None
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        if head[9:12] != b"200" or b"chunked" not in head.lower():
-            self.close()
-            return f"HTTP {head[9:12].decode()}: {head[:300]!r}"
-        buf, pos, done, finished = self.buffer, 0, False, False
-        buf.clear()
-        while not finished:
-            data = await reader.read(65536)
-            now = time.perf_counter()
-            if not data:
-                self.close()
-                return "the connection closed mid-stream"
-            buf += data
-            while True:
-                line_end = buf.find(b"\r\n", pos)
-                if line_end < 0:
-                    break
-                size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-                if size == 0:
-                    if len(buf) < line_end + 4:
-                        break
-                    pos, finished = line_end + 4, True
-                    break
-                end = line_end + 2 + size
-                if len(buf) < end + 2:
-                    break
-                chunk = bytes(buf[line_end + 2 : end])
-                pos = end + 2
-                tokens = chunk.count(TOKEN_MARK)
-                if tokens:
-                    times.extend([now] * tokens)
-                elif b"data: [DONE]" in chunk:
-                    done = True
-                elif b'"error"' in chunk:
-                    return f"error event: {chunk[:300]!r}"
-            del buf[:pos]
-            pos = 0
-        return None if done else "the stream ended without data: [DONE]"
+BARE_APP = "benchmarks.harness.streams:bare_app"
 
 
 def sse_request(port: int, key: str | None, body: dict[str, Any]) -> bytes:
@@ -475,15 +147,9 @@ class LagMonitor:
 
 
 @dataclass
-class TtftResult:
+class TtftResult(Failures):
     ttft_ms: list[float] = field(default_factory=list)
     server_ttft_ms: list[float] = field(default_factory=list)
-    errors: int = 0
-    error_sample: str = ""
-
-    def fail(self, problem: str) -> None:
-        self.errors += 1
-        self.error_sample = self.error_sample or problem
 
 
 async def ttft_ws(port: int, key: str | None, count: int, ttft_ms: float, tag: str) -> TtftResult:
@@ -575,14 +241,12 @@ class Stats:
 
 
 @dataclass
-class Phase:
+class Phase(Failures):
     server: str
     transport: str
     streams: int
     sockets: int
     times: list[list[float]] = field(default_factory=list)
-    errors: int = 0
-    error_sample: str = ""
     connect_s: float = 0.0
     go: float = 0.0
     wall_s: float = 0.0
@@ -592,10 +256,6 @@ class Phase:
     steady: Stats | None = None
     ramp_cpu: float = float("nan")
     rss_mb: float = 0.0
-
-    def fail(self, problem: str) -> None:
-        self.errors += 1
-        self.error_sample = self.error_sample or problem
 
     def complete(self, expected: int) -> int:
         return sum(1 for t in self.times if len(t) == expected)
@@ -782,14 +442,6 @@ async def hold_sse(phase: Phase, port: int, key: str | None, args: argparse.Name
 SERVER_PIDS: dict[int, int] = {}
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def _run_phase(
     phase: Phase, port: int, start: Callable[[float], Awaitable[None]], tasks: list[asyncio.Future[None]]
 ) -> None:
@@ -799,7 +451,7 @@ async def _run_phase(
     async def sample() -> None:
         while True:
             samples.append((time.perf_counter(), process_cpu_s(pid), time.process_time()))
-            phase.rss_mb = max(phase.rss_mb, rss_mb(pid))
+            phase.rss_mb = max(phase.rss_mb, process_memory_kb(pid)[0] / 1024)
             await asyncio.sleep(0.05)
 
     gc.collect()
@@ -957,32 +609,21 @@ def hold_rows(phase: Phase, args: argparse.Namespace, gap_ms: float) -> tuple[li
 
 async def run(args: argparse.Namespace) -> int:
     top = max(args.levels, default=0)
-    raise_open_files(2 * top + 1024)
     gap_ms = 1000 / args.tokens_per_s
     failures = 0
     extra = {}
     if args.chats_per_socket > 8:
         extra["LLMOPS_WS_MAX_CHATS"] = str(args.chats_per_socket)
-    with workspace() as workdir:
-        env = gateway_env(workdir, extra)
-        set_up = time.perf_counter()
-        key = prepare_gateway(env)
-        gateway = Daphne("llmops.asgi:application", env, workdir, "gateway", backlog=1024)
-        bare = Daphne("benchmarks.streaming:bare_application", env, workdir, "bare", backlog=1024)
-        try:
-            gateway.start()
-            bare.start()
-            gateway.wait_ready("/healthz")
-            bare.wait_ready("/healthz")
+    with throwaway(extra, open_files=2 * top + 1024) as set_up:
+        key = set_up.prepare()
+        gateway = set_up.daphne(backlog=1024)
+        bare = set_up.daphne("bare", BARE_APP, backlog=1024)
+        with serving(gateway, bare):
             SERVER_PIDS[gateway.port], SERVER_PIDS[bare.port] = gateway.pid, bare.pid
-            print(
-                f"streaming benchmark: {os.cpu_count()} CPUs, load average "
-                f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
-                f"set-up {time.perf_counter() - set_up:.1f} s"
-            )
+            print(machine("streaming benchmark", set_up.elapsed_s))
             print(
                 f"gateway: daphne pid {gateway.pid}, model {MODEL} (simulated, answer cache bypassed); baseline: "
-                f"benchmarks.streaming:bare_application under daphne pid {bare.pid}; client: this process "
+                f"{BARE_APP} under daphne pid {bare.pid}; client: this process "
                 f"(pid {os.getpid()}), raw asyncio WebSocket (RFC 6455) and SSE readers"
             )
             for transport in args.transports:
@@ -1132,12 +773,6 @@ async def run(args: argparse.Namespace) -> int:
                         else:
                             verdict = f"the per-token delay grew already at {first_bad} concurrent streams."
                         print(f"gateway {name}, {label}: {verdict}")
-        except Exception:
-            print(f"--- gateway log ---\n{gateway.log_tail()}\n--- bare log ---\n{bare.log_tail()}")
-            raise
-        finally:
-            gateway.stop()
-            bare.stop()
     return 1 if failures else 0
 
 

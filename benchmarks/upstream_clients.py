@@ -1,6 +1,6 @@
 """Which upstream client the openai provider's hot path should use: the CPU each one spends
 per chat completion and per 16-token stream, in this process, against
-`benchmarks.fast_upstream` in a process of its own (an instant OpenAI-compatible server).
+the harness's fast upstream in a process of its own (an instant OpenAI-compatible server).
 
     .venv/bin/python -m benchmarks.upstream_clients [--requests 3000] [--streams 1000]
 
@@ -18,13 +18,14 @@ import asyncio
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
-from benchmarks._harness import ROOT, HttpConnection, fmt, free_port, http_get, post_request, ratio, table
+from benchmarks.harness.client import CHAT_PATH, HttpConnection, post_request
+from benchmarks.harness.figures import fmt, ratio, table
+from benchmarks.harness.gateway import Served, free_port, serving, workspace
 
 MESSAGES = [{"role": "user", "content": "Say something short."}]
 BODY = {"model": "echo", "messages": MESSAGES, "max_tokens": 16}
@@ -120,7 +121,7 @@ def clients(port: int) -> dict[str, tuple[Callable[[], Awaitable[str]], Callable
 
     async def bare(body: dict) -> bytes:
         conn = pool.pop() if pool else HttpConnection(port)
-        _, _, raw = await conn.request(post_request(port, "/v1/chat/completions", "none", json.dumps(body).encode()))
+        _, _, raw = await conn.request(post_request(port, CHAT_PATH, "none", json.dumps(body).encode()))
         pool.append(conn)
         return raw
 
@@ -208,21 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000, help="16-token streams per client and scenario (1000)")
     args = parser.parse_args(argv)
     port = free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "benchmarks.fast_upstream", str(port)], cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                http_get(port, "/healthz")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        rows = asyncio.run(run(args, port))
-    finally:
-        upstream.terminate()
-        upstream.wait()
+    with workspace() as workdir:
+        command = [sys.executable, "-m", "benchmarks.harness.servers", str(port)]
+        with serving(Served("upstream", command, dict(os.environ), workdir, port, poll_s=0.05)):
+            rows = asyncio.run(run(args, port))
     print(f"CPU of this process per call, ms (ratio to the openai SDK on httpx2), python {sys.version.split()[0]}")
     print(table(["client", "completion, 1", "completion, 16", "stream, 1", "stream, 16"], rows))
     return 0

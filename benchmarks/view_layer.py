@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import DROPPED_ENV
+from benchmarks.harness.gateway import django_configure
 
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
@@ -112,32 +112,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # --- setup -----------------------------------------------------------------------------
-
-
-def django_configure(db_path: Path) -> str:
-    """Point the gateway at a fresh SQLite file, migrate, seed, and return a raw API key."""
-    for name in DROPPED_ENV:
-        os.environ.pop(name, None)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "llmops.settings"
-    os.environ["DATABASE_URL"] = f"sqlite:///{db_path}"
-    os.environ["LLMOPS_METRICS_FLUSH_INTERVAL_S"] = "0.5"
-    os.environ["DEBUG"] = "false"  # DEBUG would log every query
-    os.environ.setdefault("LLMOPS_ALLOW_INSECURE_SECRET_KEY", "true")  # and then the development key must be asked for
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-
-    import django
-
-    django.setup()
-
-    from django.core.management import call_command
-
-    from llmops.auth import api_key_create
-    from llmops.seed import catalog_seed
-
-    call_command("migrate", verbosity=0)
-    catalog_seed()
-    _, raw_key = api_key_create(name="bench")
-    return raw_key
 
 
 def build_urlconf(include_plain: bool) -> types.ModuleType:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from benchmarks._harness import HttpConnection
+from benchmarks.harness.client import HttpConnection
 
 REQUEST = b"POST /v1/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 

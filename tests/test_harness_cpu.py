@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from benchmarks._harness import cpu_spent, named_processes_cpu_s
+from benchmarks.harness.figures import cpu_spent, named_processes_cpu_s
 
 # Names itself (PR_SET_NAME), spins until its process CPU reaches 0.3 s, says so and waits.
 SPIN = """\

@@ -1,0 +1,11 @@
+"""What every benchmark shares, written once:
+
+- `gateway`: a throwaway gateway (its environment, database, set-up scripts and API keys;
+  the production profile's throwaway PostgreSQL and Redis databases) and the processes a
+  benchmark starts and stops: daphne, `manage.py serve`, Celery workers, any server;
+- `servers`: the upstreams behind or beside it: the echo app (the baseline), the fast
+  upstream on a bare asyncio protocol and the scripted flaky upstream;
+- `client`: the load generator, a lean HTTP/1.1 keep-alive client, and the requests it sends;
+- `streams`: the WebSocket and SSE clients of streamed chats, and the bare streaming app;
+- `figures`: CPU, memory and collector pauses of the processes measured, percentiles,
+  ratios and tables."""
