@@ -47,14 +47,14 @@ SETUP = (
 )
 
 
-def services_missing() -> list[str]:
+def services_missing(*, database_engine: str, redis_url: str, broker_url: str) -> list[str]:
     """The production profile's settings that are not set."""
     missing = []
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if database_engine != "django.db.backends.postgresql":
         missing.append("DATABASE_URL (a PostgreSQL database, not SQLite)")
-    if not settings.REDIS_URL:
+    if not redis_url:
         missing.append("REDIS_URL")
-    if not settings.CELERY_BROKER_URL:
+    if not broker_url:
         missing.append("CELERY_BROKER_URL")
     return missing
 
@@ -99,14 +99,18 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, processes: int | None, host: str, port: int, beat_schedule: str, **options: Any
     ) -> None:
-        missing = services_missing()
+        if settings.DEBUG:
+            raise CommandError("DEBUG is on: the production profile runs with it off (unset DEBUG).")
+        missing = services_missing(
+            database_engine=settings.DATABASES["default"]["ENGINE"],
+            redis_url=settings.REDIS_URL,
+            broker_url=settings.CELERY_BROKER_URL,
+        )
         if missing:
             raise CommandError(
                 f"The production profile needs PostgreSQL and Redis: set {', '.join(missing)}. "
                 f"On this machine, for instance: {SETUP}"
             )
-        if settings.DEBUG:
-            raise CommandError("DEBUG is on: the production profile runs with it off (unset DEBUG).")
         if settings.LLMOPS_BATCH_EXECUTOR != "celery":
             raise CommandError(
                 f"LLMOPS_BATCH_EXECUTOR={settings.LLMOPS_BATCH_EXECUTOR}: the production profile runs batches on "
