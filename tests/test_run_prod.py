@@ -279,7 +279,7 @@ def test_a_stream_of_server_sent_events_arrives_token_by_token(run_prod, entry):
         "model": "sim-small",
         "messages": [{"role": "user", "content": f"Stream through {entry}"}],
         "stream": True,
-        "simulate": {"ttft_ms": 0, "tokens_per_s": 10, "output_tokens": 12},
+        "simulate": {"ttft_ms": 0, "tokens_per_s": 10, "output_tokens": 20},
     }
     arrivals, events = [], []
     start = time.monotonic()
@@ -293,9 +293,10 @@ def test_a_stream_of_server_sent_events_arrives_token_by_token(run_prod, entry):
                 if '"content": "' in line and '"content": ""' not in line:
                     arrivals.append(time.monotonic() - start)
     assert events[-1] == "[DONE]"
-    assert len(arrivals) == 12
-    # 12 tokens at 10 a second: a proxy that buffered the stream would hand them over at once.
-    assert arrivals[-1] - arrivals[0] > 0.8
+    assert len(arrivals) == 20
+    # 20 tokens at 10 a second, paced by the clock (1.9 s): a proxy that buffered the stream
+    # would hand them over at once.
+    assert arrivals[-1] - arrivals[0] > 1.0
 
 
 async def test_a_websocket_chat(run_prod, entry):
