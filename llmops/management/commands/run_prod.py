@@ -140,7 +140,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop_requested)
         signal.signal(signal.SIGINT, stop_requested)
         # Each child in a process group of its own: a Ctrl-C at the terminal reaches this
-        # command alone, which stops each child once, in order.
+        # command alone, which passes each child one SIGTERM (two would be celery's cold shutdown).
         children = [
             Child(name, subprocess.Popen(command, cwd=settings.BASE_DIR, process_group=0, preexec_fn=_die_with_parent),
                   hard_stop)
