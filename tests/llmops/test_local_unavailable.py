@@ -131,6 +131,7 @@ def test_a_built_wheel_is_installed_and_reused_and_clears_an_earlier_failure(tmp
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0 and "disabled" not in first.stdout, first.stdout
     assert first.stdout.startswith("Building llama-cpp-python")
+    assert first.stdout.splitlines()[-1] == "The local model is ready (llama-cpp-python 0.3.36)."
     assert not (bare_venv / ".local-model-failed").exists()
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "Building" not in second.stdout  # the machine's wheel is reused
