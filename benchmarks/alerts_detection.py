@@ -32,16 +32,15 @@ import math
 import random
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.command import options
 from benchmarks.harness.figures import table
-from benchmarks.harness.gateway import django_configure
+from benchmarks.harness.gateway import in_process
 
 MINUTE = timedelta(minutes=1)
 PEAK = datetime(2026, 11, 2, 15, 0, tzinfo=UTC)  # an afternoon peak; the replay starts some days on
@@ -232,7 +231,7 @@ def trial(replay: Replay, week_end: datetime, hours: int) -> Trial:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.alerts_detection", description=__doc__.splitlines()[0])
+    parser = options("alerts_detection", __doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=7.0, help="days of stable traffic checked every minute (7)")
     parser.add_argument("--peak-rpm", type=float, default=70.0, help="requests a minute at the peak, in all (70)")
     parser.add_argument("--trials", type=int, default=5, help="regression trials at each of the two times of day (5)")
@@ -300,8 +299,7 @@ def report(args: argparse.Namespace, done: list[Trial]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="llmops-alerts-bench-") as workdir:
-        django_configure(Path(workdir) / "bench.sqlite3")
+    with in_process("llmops-alerts-bench-"):
         from monitoring.alerts import alert_rules_seed
         from monitoring.models import AlertRule
 

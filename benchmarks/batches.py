@@ -95,6 +95,7 @@ from benchmarks.harness.client import (
     post_request,
     run_load,
 )
+from benchmarks.harness.command import command, options
 from benchmarks.harness.figures import PeakRss, fmt, machine, percentile, process_memory_kb, ratio, table, tree_cpu_s
 from benchmarks.harness.gateway import (
     CeleryWorker,
@@ -159,9 +160,9 @@ print(json.dumps({
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.batches",
-        description="Batch efficiency against the physical limit, a killed worker, interactive latency under a "
+    parser = options(
+        "batches",
+        "Batch efficiency against the physical limit, a killed worker, interactive latency under a "
         "batch, and the answer cache on a batch with repeats.",
     )
     add = parser.add_argument
@@ -795,8 +796,7 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+main = command(run, parse_args)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ from benchmarks.harness.client import (
     request_once,
     run_load,
 )
+from benchmarks.harness.command import command, options, parsed
 from benchmarks.harness.figures import fmt, machine, ratio, table
 from benchmarks.harness.gateway import ROOT, Daphne, serving, throwaway
 from caching.keys import normalise
@@ -100,10 +101,7 @@ KEY_NAMES = ("cache-off", "cache-on-wait", "cache-on-in-order", "cache-on-sequen
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.cache",
-        description="Answer-cache hit latency and provider calls and cost avoided, with same-run baselines.",
-    )
+    parser = options("cache", "Answer-cache hit latency and provider calls and cost avoided, with same-run baselines.")
     add = parser.add_argument
     add("--data", type=Path, default=DEFAULT_DATA, help=f"folder holding {DATASET} (default ../shared/data)")
     add("--generated", action="store_true", help="without the dataset: use generated texts (labelled as such)")
@@ -120,10 +118,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--seed", type=int, default=3, help="seed for the texts chosen and their order (default 3)")
     add("--no-sequential", action="store_true", help="skip the workload's one-at-a-time cache-on run")
     add("--flush-interval", type=float, default=0.2, help="LLMOPS_METRICS_FLUSH_INTERVAL_S (default 0.2)")
-    args = parser.parse_args(argv)
-    for name in ("requests", "concurrency", "slow_requests", "slow_concurrency", "workload_requests", "distinct"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    args = parsed(
+        parser,
+        argv,
+        at_least_one=("requests", "concurrency", "slow_requests", "slow_concurrency", "workload_requests", "distinct"),
+    )
     if args.workload_concurrency < 1 or args.warmup < 0 or args.slow_latency_ms < 0 or args.workload_latency_ms < 0:
         parser.error("--workload-concurrency must be at least 1; --warmup and latencies must not be negative")
     if args.distinct > args.workload_requests:
@@ -641,8 +640,7 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if ok_one and ok_two else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+main = command(run, parse_args)
 
 
 if __name__ == "__main__":

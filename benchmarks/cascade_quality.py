@@ -23,10 +23,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks.harness.gateway import ROOT, django_configure
+from benchmarks.harness.command import options
+from benchmarks.harness.gateway import ROOT, in_process
 
 DATASETS = {
     "sst2_dev.tsv": ["--labels", "0=negative,1=positive"],
@@ -39,7 +39,7 @@ CLOUD = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.cascade_quality", description=__doc__.splitlines()[0])
+    parser = options("cascade_quality", __doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="where the TSV files are")
     parser.add_argument("--limit", type=int, help="only the first N rows of each dataset")
     parser.add_argument("--stand-in-accuracy", type=float, default=0.95)
@@ -83,8 +83,7 @@ def evaluate(route: str, dataset: Path, extra: list[str], args: argparse.Namespa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wanted = args.only or ["local", *CLOUD]
-    with tempfile.TemporaryDirectory(prefix="llmops-cascade-bench-") as workdir:
-        django_configure(Path(workdir) / "bench.sqlite3")
+    with in_process("llmops-cascade-bench-"):
         for name in wanted:
             if name == "local":
                 route, extra = "sentiment", ["--stand-in", f"sim-large={args.stand_in_accuracy}"]

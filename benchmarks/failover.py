@@ -65,7 +65,8 @@ from benchmarks.harness.client import (
     run_load,
     warm_up,
 )
-from benchmarks.harness.figures import fmt, machine, ratio, table
+from benchmarks.harness.command import command, options, parsed
+from benchmarks.harness.figures import compared, fmt, machine, ratio, table
 from benchmarks.harness.gateway import Daphne, serving, throwaway
 
 FLAKY_APP = "benchmarks.harness.servers:flaky_app"
@@ -88,9 +89,9 @@ PHASE_TIMEOUT_S = 600.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.failover",
-        description="Retries, fallbacks and circuit breakers against a scripted failing upstream, "
+    parser = options(
+        "failover",
+        "Retries, fallbacks and circuit breakers against a scripted failing upstream, "
         "with a same-run healthy baseline.",
     )
     add = parser.add_argument
@@ -106,10 +107,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--warmup", type=int, default=100, help="warm-up requests per model (default 100)")
     add("--seed", type=int, default=1, help="seed of the flaky lane's failures (default 1)")
     add("--flush-interval", type=float, default=1.0, help="LLMOPS_METRICS_FLUSH_INTERVAL_S (default 1.0)")
-    args = parser.parse_args(argv)
-    for name in ("requests", "concurrency"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    args = parsed(parser, argv, at_least_one=("requests", "concurrency"))
     if not 0 <= args.fail_rate <= 1:
         parser.error("--fail-rate must be between 0 and 1")
     if args.slow_s <= args.timeout_s:
@@ -267,8 +265,7 @@ def part_one_rows(flaky: Run, base: Run) -> list[list[str]]:
     rows: list[list[str]] = []
 
     def add(metric: str, g: float | None, b: float | None, *, added: bool = True, digits: int = 1) -> None:
-        delta = fmt(g - b, digits) if added and g is not None and b is not None else ""
-        rows.append([metric, fmt(g, digits), fmt(b, digits), delta, ratio(g, b)])
+        rows.append(compared(metric, g, b, digits, difference=added))
 
     def text(metric: str, g: str, b: str) -> None:
         rows.append([metric, g, b, "", ""])
@@ -633,8 +630,7 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+main = command(run, parse_args)
 
 
 if __name__ == "__main__":

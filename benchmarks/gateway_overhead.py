@@ -77,7 +77,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from benchmarks.harness.client import LoadResult, chat_requests, checker, run_load, warm_up
-from benchmarks.harness.figures import fmt, machine, percentile, ratio, table
+from benchmarks.harness.command import options, parsed
+from benchmarks.harness.figures import compared, fmt, machine, percentile, ratio, table
 from benchmarks.harness.gateway import Daphne, serving, throwaway
 
 MODEL = "sim-small"
@@ -89,9 +90,8 @@ HTTP_KEY = "echo-benchmark-dummy-key"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gateway_overhead",
-        description="Gateway latency and CPU overhead against an instant upstream, with a same-run baseline.",
+    parser = options(
+        "gateway_overhead", "Gateway latency and CPU overhead against an instant upstream, with a same-run baseline."
     )
     parser.add_argument("--sequential", type=int, default=1000, help="requests one at a time (default 1000)")
     parser.add_argument("--requests", type=int, default=4000, help="requests in the concurrent phase (default 4000)")
@@ -134,12 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "CPU per request they add",
     )
     parser.add_argument("--rounds", type=int, default=3, help="with --metrics-cost: passes of each, alternating (3)")
-    args = parser.parse_args(argv)
-    for name in (
-        "sequential", "requests", "concurrency", "stream_sequential", "stream_requests", "output_tokens", "rounds"
-    ):  # fmt: skip
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    counts = ("sequential", "requests", "concurrency", "stream_sequential", "stream_requests", "output_tokens")
+    args = parsed(parser, argv, at_least_one=(*counts, "rounds"))
     if args.warmup < 0 or args.flush_interval < 0:
         parser.error("--warmup and --flush-interval must not be negative")
     return args
@@ -229,8 +225,7 @@ def scenario_rows(
     rows = []
 
     def add(metric: str, g: float | None, b: float | None, *, overhead: bool = True, digits: int = 3) -> None:
-        delta = fmt(g - b, digits) if overhead and g is not None and b is not None else ""
-        rows.append(["", metric, fmt(g, digits), fmt(b, digits), delta, ratio(g, b)])
+        rows.append(["", *compared(metric, g, b, digits, difference=overhead)])
 
     add("median latency, ms", gateway.pct(50), baseline.pct(50))
     add("p99 latency, ms", gateway.pct(99), baseline.pct(99))

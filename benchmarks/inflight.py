@@ -52,6 +52,7 @@ from benchmarks.harness.client import (
     run_load,
     warm_up,
 )
+from benchmarks.harness.command import command, options
 from benchmarks.harness.figures import fmt, machine, process_threads, table, tcp_counters
 from benchmarks.harness.gateway import Daphne, raise_open_files, serving, throwaway
 
@@ -62,9 +63,8 @@ REQUIRED_PEAK = 256
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.inflight",
-        description="Upstream calls held in flight at once by one gateway process, against a slow upstream.",
+    parser = options(
+        "inflight", "Upstream calls held in flight at once by one gateway process, against a slow upstream."
     )
     parser.add_argument("--requests", type=int, default=512, help="requests fired at once (default 512)")
     parser.add_argument("--latency-ms", type=int, default=1000, help="simulated upstream latency (default 1000)")
@@ -197,8 +197,7 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+main = command(run, parse_args)
 
 
 if __name__ == "__main__":

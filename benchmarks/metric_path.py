@@ -29,15 +29,14 @@ import argparse
 import gc
 import random
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.command import options
 from benchmarks.harness.figures import table
-from benchmarks.harness.gateway import django_configure
+from benchmarks.harness.gateway import in_process
 
 MODELS = (
     ("sim-small", "simulated"),
@@ -55,7 +54,7 @@ CACHE = ("miss", "miss", "miss", "hit", "semantic_hit", "bypass")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.metric_path", description=__doc__.splitlines()[0])
+    parser = options("metric_path", __doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000, help="requests per round and mode (20000)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of on and off (5)")
     parser.add_argument("--rate", type=float, default=500.0, help="requests/s the outcomes' times show (500)")
@@ -181,8 +180,7 @@ def measure(args: argparse.Namespace, keys: list[int], *, varied: bool) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="llmops-metric-path-") as workdir:
-        django_configure(Path(workdir) / "gateway.sqlite3")
+    with in_process("llmops-metric-path-"):
         from llmops.auth import api_key_create
 
         keys = [api_key_create(name=f"metric-path-{n}")[0].id for n in range(25)]

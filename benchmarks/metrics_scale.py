@@ -59,6 +59,7 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
+from benchmarks.harness.command import options
 from benchmarks.harness.figures import fmt, table
 
 DAY = 86400
@@ -104,7 +105,7 @@ WRITE_ENDPOINT = "bench.write"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.metrics_scale", description=__doc__.splitlines()[0])
+    parser = options("metrics_scale", __doc__.splitlines()[0])
     parser.add_argument("--rows", default="1000000,10000000", help="sizes to fill and measure (1000000,10000000)")
     parser.add_argument(
         "--tiny", action="store_true", help=f"a quick check: {TINY_ROWS:,} rows, few runs, any database"

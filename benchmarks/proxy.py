@@ -52,6 +52,7 @@ from pathlib import Path
 
 from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HTTP_MODEL, body_builder
 from benchmarks.harness.client import LoadResult, checker, http_get, loop_run, run_load, warm_up
+from benchmarks.harness.command import options
 from benchmarks.harness.figures import (
     GcFigures,
     cpu_spent,
@@ -394,7 +395,7 @@ async def run_profile(args: argparse.Namespace, set_up: Throwaway, litellm: bool
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy", description=__doc__.split("\n")[0])
+    parser = options("proxy", __doc__.split("\n")[0])
     parser.add_argument("--profile", choices=["embedded", "prod"], default="embedded")
     parser.add_argument("--litellm", choices=["auto", "install", "off"], default="auto")
     parser.add_argument("--processes", default="1,2", help="process counts for the scaling run (1,2)")

@@ -28,19 +28,18 @@ import asyncio
 import gc
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
+from benchmarks.harness.command import options
 from benchmarks.harness.figures import fmt, percentile, table
-from benchmarks.harness.gateway import django_configure
+from benchmarks.harness.gateway import in_process
 
 SIMULATE = {"latency_ms": 0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 16}
 SCENARIOS = ("direct", "rules", "limits")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing", description=__doc__.splitlines()[0])
+    parser = options("routing", __doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000, help="route-step calls per scenario (20000)")
     parser.add_argument("--requests", type=int, default=2000, help="whole requests per scenario (2000)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (10)")
@@ -222,8 +221,7 @@ def report(results: dict[str, tuple[list[float], float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="llmops-routing-bench-") as workdir:
-        django_configure(Path(workdir) / "bench.sqlite3")
+    with in_process("llmops-routing-bench-"):
         routes_create()
         asyncio.run(measure(args))
     return 0

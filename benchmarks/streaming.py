@@ -91,6 +91,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.harness.client import HOST, Failures
+from benchmarks.harness.command import command, options
 from benchmarks.harness.figures import fmt, machine, percentile, process_cpu_s, process_memory_kb, ratio, table
 from benchmarks.harness.gateway import serving, throwaway
 from benchmarks.harness.streams import SseConnection, WebSocket
@@ -475,9 +476,8 @@ async def _run_phase(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.streaming",
-        description="Time to first token through the gateway and streams one daphne holds, with same-run baselines.",
+    parser = options(
+        "streaming", "Time to first token through the gateway and streams one daphne holds, with same-run baselines."
     )
     parser.add_argument("--ttft-requests", type=int, default=80, help="sequential streams per transport (80)")
     parser.add_argument("--baseline-ttft-requests", type=int, default=20, help="the same on the bare app (20)")
@@ -776,8 +776,7 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(run(parse_args(argv)))
+main = command(run, parse_args)
 
 
 if __name__ == "__main__":

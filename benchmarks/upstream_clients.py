@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 from benchmarks.harness.client import CHAT_PATH, HttpConnection, post_request
+from benchmarks.harness.command import options
 from benchmarks.harness.figures import fmt, ratio, table
 from benchmarks.harness.gateway import Served, free_port, serving, workspace
 
@@ -204,7 +205,7 @@ async def run(args: argparse.Namespace, port: int) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.upstream_clients", description=__doc__.split("\n")[0])
+    parser = options("upstream_clients", __doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000, help="completions per client and scenario (3000)")
     parser.add_argument("--streams", type=int, default=1000, help="16-token streams per client and scenario (1000)")
     args = parser.parse_args(argv)

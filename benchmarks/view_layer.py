@@ -61,15 +61,14 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.gateway import django_configure
+from benchmarks.harness.command import options, parsed
+from benchmarks.harness.gateway import in_process
 
 MODELS_PATH = "/v1/models"
 CHAT_PATH = "/v1/chat/completions"
@@ -86,9 +85,8 @@ class BenchmarkError(RuntimeError):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.view_layer",
-        description="Per-request wall time and CPU of the gateway's async dispatch vs adrf vs a plain async view.",
+    parser = options(
+        "view_layer", "Per-request wall time and CPU of the gateway's async dispatch vs adrf vs a plain async view."
     )
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per variant and mode (2000)")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up requests per variant and endpoint (200)")
@@ -102,10 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-chat", action="store_true", help="only GET /v1/models")
     parser.add_argument("--no-plain", action="store_true", help="skip variant (c), the plain async view")
-    args = parser.parse_args(argv)
-    for name in ("requests", "concurrency", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    args = parsed(parser, argv, at_least_one=("requests", "concurrency", "rounds"))
     if args.warmup < 0:
         parser.error("--warmup must not be negative")
     return args
@@ -464,9 +459,7 @@ async def benchmark(args: argparse.Namespace, app: Any, raw_key: str, variants: 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="llmops-view-layer-") as tmp:
-        raw_key = django_configure(Path(tmp) / "bench.sqlite3")
-
+    with in_process("llmops-view-layer-") as raw_key:
         import django
         import rest_framework
         from django.conf import settings

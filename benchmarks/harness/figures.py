@@ -193,6 +193,13 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+def compared(metric: str, value: float | None, base: float | None, digits: int = 2, *, difference: bool = True):
+    """A row comparing a figure with its baseline: the metric, both, their difference
+    (unless not `difference`) and their ratio."""
+    delta = fmt(value - base, digits) if difference and value is not None and base is not None else ""
+    return [metric, fmt(value, digits), fmt(base, digits), delta, ratio(value, base)]
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
 

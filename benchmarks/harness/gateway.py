@@ -158,6 +158,13 @@ def django_configure(db_path: Path) -> str:
     return raw_key
 
 
+@contextlib.contextmanager
+def in_process(prefix: str) -> Iterator[str]:
+    """`django_configure` on a database in a temporary folder (removed afterwards); yields the key."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as workdir:
+        yield django_configure(Path(workdir) / "bench.sqlite3")
+
+
 class Served:
     """A process the benchmark starts (`command`, its output in `<name>.log` of the workdir),
     answering HTTP on `port` when it has one. With `own_group` it runs in a process group of
