@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.gateway_overhead import HTTP_CATALOG, HTTP_KEY, HTTP_KEY_ENV, HTTP_MODEL, body_builder
-from benchmarks.harness.client import LoadResult, checker, http_get, loop_run, run_load, warm_up
+from benchmarks.harness import loop_run
+from benchmarks.harness.client import LoadResult, checker, http_get, run_load, warm_up
 from benchmarks.harness.command import options
 from benchmarks.harness.figures import (
     GcFigures,

@@ -8,4 +8,20 @@
 - `client`: the load generator, a lean HTTP/1.1 keep-alive client, and the requests it sends;
 - `streams`: the WebSocket and SSE clients of streamed chats, and the bare streaming app;
 - `figures`: CPU, memory and collector pauses of the processes measured, percentiles,
-  ratios and tables."""
+  ratios and tables;
+- `command`: each benchmark's command line and `main`."""
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+
+def loop_run(main: Coroutine[Any, Any, Any]) -> Any:
+    """Run `main` on uvloop's event loop where it is installed (not on Windows), as the
+    gateway's server processes do, else on asyncio's. Here, not in `client`, so that the fast
+    upstream, a baseline whose memory is printed, loads no more than it did."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

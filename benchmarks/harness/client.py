@@ -12,7 +12,7 @@ import gc
 import json
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,16 +20,6 @@ from benchmarks.harness.figures import percentile
 
 HOST = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
-
-
-def loop_run(main: Coroutine[Any, Any, Any]) -> Any:
-    """Run `main` on uvloop's event loop where it is installed (not on Windows), as the
-    gateway's server processes do, else on asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
