@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks._harness import http_get
+from benchmarks.harness.client import http_get
 
 ROOT = Path(__file__).resolve().parents[2]
 
