@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx2
 import openai
@@ -11,6 +14,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core.cache import cache, caches
+from django.core.management import call_command
 from django.db import connections
 
 from caching.models import CachePolicy
@@ -24,8 +28,69 @@ from monitoring import recorder
 from monitoring.models import QueryMetric
 from routing.stats import MEASURED
 
+ROOT = Path(__file__).resolve().parent.parent
 
+# The services profile (PostgreSQL and Redis) runs only the tests whose behaviour depends on
+# the database, the cache or the channel layer: those under these paths, and any test marked
+# `backends` or `services` elsewhere. The embedded profile runs every test. A path here that
+# no longer exists stops the run, so that a renamed file cannot drop out of the services
+# profile unnoticed; a new test file that writes through the ORM in a way a backend could
+# change (upserts, bulk writes, locks, aggregates), or uses the cache, the channel layer,
+# Celery or Redis, belongs here.
+BACKEND_DEPENDENT = (
+    "tests/batches/",  # row claims and leases, bulk writes, the Celery worker, the progress feed
+    "tests/caching/test_answer_cache.py",  # the Redis hot layer
+    "tests/caching/test_cache_admin_and_stats.py",
+    "tests/caching/test_semantic_cache.py",
+    "tests/llmops/test_admin_and_commands.py",  # seeding upserts, key revocation through the cache
+    "tests/llmops/test_asyncio_fixes.py",
+    "tests/llmops/test_bulk.py",  # upserts
+    "tests/llmops/test_catalog.py",  # the shared configuration version, in the cache
+    "tests/llmops/test_chat_api.py",  # the whole REST path: keys, answer cache, metric rows
+    "tests/llmops/test_errors.py",  # refusals recorded as metric rows
+    "tests/llmops/test_failover.py",  # breakers shared through Redis
+    "tests/llmops/test_health.py",
+    "tests/llmops/test_keys.py",  # revocation reaching other processes through the cache
+    "tests/llmops/test_lean_redis.py",
+    "tests/llmops/test_limits.py",
+    "tests/llmops/test_limits_api.py",
+    "tests/llmops/test_model_limits.py",
+    "tests/llmops/test_redis.py",
+    "tests/llmops/test_websocket.py",  # the channel layer
+    "tests/monitoring/",  # metric queries, rollups, percentiles, migrations, alerts
+    "tests/routing/test_limits_choice.py",  # measured figures read from the metric rows
+    "tests/routing/test_pareto_page.py",
+    "tests/routing/test_routes.py",
+    "tests/routing/test_cascade.py",
+)
+# Left out of `make test-fast` (they still run in `make test`): the tests that drive Chromium,
+# and the benchmarks.
+BROWSER = ("tests/test_docs.py",)  # and every tests/test_*_browser.py
+BENCHMARK = ("tests/test_benchmarks.py",)
+
+
+def pytest_configure(config):
+    missing = [path for path in (*BACKEND_DEPENDENT, *BROWSER, *BENCHMARK) if not (ROOT / path).exists()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py names test paths that do not exist: {', '.join(missing)}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by these markers
 def pytest_collection_modifyitems(config, items):
+    backends, browser, benchmark = pytest.mark.backends, pytest.mark.browser, pytest.mark.benchmark
+    xdist = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        path = item.path.relative_to(ROOT).as_posix()
+        if path.startswith(BACKEND_DEPENDENT):
+            item.add_marker(backends)
+        if path in BROWSER or (path.startswith("tests/test_") and path.endswith("_browser.py")):
+            item.add_marker(browser)
+        if path in BENCHMARK:
+            item.add_marker(benchmark)
+        if xdist:
+            # Under pytest-xdist (--dist loadgroup) a file runs on one worker, its module fixtures
+            # set up once; the benchmarks, a few minutes each, are shared out one by one.
+            item.add_marker(pytest.mark.xdist_group(item.nodeid if path in BENCHMARK else path))
     if django_settings.REDIS_URL:
         return
     skip = pytest.mark.skip(reason="needs Redis and PostgreSQL: runs in the services profile (make test)")
@@ -38,6 +103,58 @@ def pytest_report_header(config):
     db = django_settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
     backend = "redis" if django_settings.REDIS_URL else "locmem"
     return f"llmops profile: {os.environ.get('LLMOPS_TEST_PROFILE', 'embedded')} (database {db}, cache {backend})"
+
+
+def database_tag() -> str:
+    """This checkout and the state of its migrations, in a few characters: the test database is
+    kept between runs (--reuse-db), one per checkout (two checkouts on one PostgreSQL do not
+    share one) and per migrations state (pytest-django would keep a database built by an
+    earlier version of a migration; a changed one gets a new database instead)."""
+    import django
+
+    migrations = hashlib.sha256(f"{django.__version__} {django_settings.INSTALLED_APPS}".encode())
+    for path in sorted(ROOT.glob("*/migrations/*.py")):
+        migrations.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]}_{migrations.hexdigest()[:8]}"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> tuple[str, str]:
+    """The kept test database's name, and the start that the names of this checkout's test
+    databases share whatever their migrations state."""
+    checkout, _, migrations = database_tag().partition("_")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # one database per xdist worker
+    db = django_settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        # A file, as in settings.py.
+        prefix = str(Path(tempfile.gettempdir()) / f"llmops-test-{checkout}-")
+        name = f"{prefix}{migrations}{worker and '-' + worker}.sqlite3"
+    else:
+        prefix = f"test_{db['NAME']}_{checkout}_"
+        name = f"{prefix}{migrations}{worker and '_' + worker}"
+    db.setdefault("TEST", {})["NAME"] = name
+    return name, prefix
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, django_db_modify_db_settings):
+    name, prefix = django_db_modify_db_settings
+    current = name.removesuffix(".sqlite3").removesuffix(os.environ.get("PYTEST_XDIST_WORKER", ""))
+    with django_db_blocker.unblock():
+        # A kept database may still hold the rows of a run stopped in the middle of a test.
+        call_command("flush", interactive=False, verbosity=0)
+        # The databases that this checkout's earlier migrations states left go.
+        connection = connections["default"]
+        if connection.vendor == "postgresql":
+            with connection._nodb_cursor() as cursor:
+                cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix])
+                for (stale,) in cursor.fetchall():
+                    if not stale.startswith(current):
+                        cursor.execute(f'DROP DATABASE IF EXISTS "{stale}"')
+        else:
+            for stale in Path(prefix).parent.glob(f"{Path(prefix).name}*"):
+                if not str(stale).startswith(current):
+                    stale.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,17 @@
 """Run the test suite once per deployment profile.
 
-- embedded: SQLite and local-memory cache, what `make run` uses;
-- services: PostgreSQL and Redis, for real (TEST_DATABASE_URL, TEST_REDIS_URL).
+- embedded: SQLite and local-memory cache, what `make run` uses: every test;
+- services: PostgreSQL and Redis, for real (TEST_DATABASE_URL, TEST_REDIS_URL): the tests
+  whose behaviour depends on the database, the cache or the channel layer (marked `backends`
+  or `services`, see tests/conftest.py).
 
-When PostgreSQL or Redis is unreachable the services profile is skipped, saying so, except
-under CI=true, where a missing service is a failure."""
+Each runs on two pytest-xdist workers, one per core, and keeps its test database between
+runs (one per checkout, migrations state and worker). When PostgreSQL or Redis is
+unreachable the services profile is skipped, saying so, except under CI=true, where a
+missing service is a failure.
+
+`--fast` runs the embedded profile alone, without the browser and benchmark tests: the
+edit-run loop (`make test-fast`). Other arguments go to pytest."""
 
 from __future__ import annotations
 
@@ -19,6 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SERVICES_TESTS = "services or backends"
+FAST_TESTS = "not browser and not benchmark"
+WORKERS = os.environ.get("LLMOPS_TEST_WORKERS", "2")
 
 
 def reachable(url: str, default_port: int) -> bool:
@@ -30,15 +40,37 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def pytest_args(extra: list[str]) -> list[str]:
+    workers = [] if WORKERS in ("0", "1") else ["-n", WORKERS, "--dist", "loadgroup"]
+    return [PYTHON, "-m", "pytest", "--reuse-db", *workers, *extra]
+
+
 def run_pytest(profile: str, env_overrides: dict[str, str], extra: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
     # The tests run with DEBUG off on the development SECRET_KEY, which must then be asked for.
     env.update(env_overrides, LLMOPS_TEST_PROFILE=profile, LLMOPS_ALLOW_INSECURE_SECRET_KEY="true")
     print(f"\n=== test profile: {profile} ===", flush=True)
-    return subprocess.call([PYTHON, "-m", "pytest", *extra], cwd=ROOT, env=env)
+    return subprocess.call(pytest_args(extra), cwd=ROOT, env=env)
+
+
+def services_selection() -> str:
+    """How many tests the services profile would have run, for the message that says it did not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    done = subprocess.run(
+        [PYTHON, "-m", "pytest", "--collect-only", "-q", "-m", SERVICES_TESTS],
+        cwd=ROOT,
+        env={**env, "LLMOPS_TEST_PROFILE": "embedded"},
+        capture_output=True,
+        text=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if lines else "its tests"
 
 
 def main(argv: list[str]) -> int:
+    if "--fast" in argv:
+        argv = [a for a in argv if a != "--fast"]
+        return run_pytest("embedded", {}, ["-m", FAST_TESTS, *argv])
     ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     missing = [
         name
@@ -51,9 +83,14 @@ def main(argv: list[str]) -> int:
         if ci:
             print(f"FAILED {message}; CI needs both.", flush=True)
             return 1
-        print(f"SKIPPED {message}: the PostgreSQL and Redis tests did not run.", flush=True)
+        print(
+            f"SKIPPED {message}: its tests ({services_selection()}) ran on SQLite and local memory only,"
+            " and those marked services, listed above as skipped, did not run at all.",
+            flush=True,
+        )
         return status
-    services_status = run_pytest("services", {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}, argv)
+    services_env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL}
+    services_status = run_pytest("services", services_env, ["-m", SERVICES_TESTS, *argv])
     return status or services_status
 
 
