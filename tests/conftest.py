@@ -91,11 +91,34 @@ def pytest_collection_modifyitems(config, items):
             # Under pytest-xdist (--dist loadgroup) a file runs on one worker, its module fixtures
             # set up once; the benchmarks, a few minutes each, are shared out one by one.
             item.add_marker(pytest.mark.xdist_group(item.nodeid if path in BENCHMARK else path))
+    local_model_missing(items)
     if django_settings.REDIS_URL:
         return
     skip = pytest.mark.skip(reason="needs Redis and PostgreSQL: runs in the services profile (make test)")
     for item in items:
         if "services" in item.keywords:
+            item.add_marker(skip)
+
+
+# Tests that run the local model without the local_model marker: the samples that call it.
+LOCAL_MODEL_TESTS = (
+    "tests/test_live_server.py::test_the_readme_path_works_with_the_openai_sdk",
+    "tests/test_docs.py::test_python_blocks[README.md]",
+    "tests/test_docs.py::test_python_blocks[docs/api.md]",
+)
+
+
+def local_model_missing(items) -> None:
+    """Where llama-cpp-python could not be built (llmops/local_build.py), the tests that run
+    the local model are skipped, saying why; with CI=true they run, and fail."""
+    from llmops.providers.local import unavailable
+
+    reason = unavailable()
+    if reason is None or os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        return
+    skip = pytest.mark.skip(reason=f"needs the local model: {reason}")
+    for item in items:
+        if "local_model" in item.keywords or item.nodeid in LOCAL_MODEL_TESTS:
             item.add_marker(skip)
 
 
