@@ -158,6 +158,7 @@ async def test_healthz_shows_the_local_model_unavailable_and_why_and_stays_ok(ht
     assert body["status"] == "ok"
 
 
+@pytest.mark.local_model
 async def test_healthz_shows_the_local_model_available_with_its_runtime(http, seeded):
     assert (await http.get("/healthz")).json()["local_model"] == {"available": True}
 
