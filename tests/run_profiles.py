@@ -5,7 +5,8 @@
   whose behaviour depends on the database, the cache or the channel layer (marked `backends`
   or `services`, see tests/conftest.py).
 
-Each runs on two pytest-xdist workers, one per core, and keeps its test database between
+The embedded profile runs on two pytest-xdist workers, one per core (LLMOPS_TEST_WORKERS),
+the services profile on one (LLMOPS_TEST_SERVICES_WORKERS); each keeps its test database between
 runs (one per checkout, migrations state and worker). When PostgreSQL or Redis is
 unreachable the services profile is skipped, saying so, except under CI=true, where a
 missing service is a failure.
@@ -28,7 +29,13 @@ DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 SERVICES_TESTS = "services or backends"
 FAST_TESTS = "not browser and not benchmark"
-WORKERS = os.environ.get("LLMOPS_TEST_WORKERS", "2")
+# pytest-xdist workers per profile. The services profile stays on one for now: on two, the
+# production profile's test (tests/test_run_prod.py) twice failed to start `make run-prod` in
+# time, its database gone, while it passes on one.
+WORKERS = {
+    "embedded": os.environ.get("LLMOPS_TEST_WORKERS", "2"),
+    "services": os.environ.get("LLMOPS_TEST_SERVICES_WORKERS", "1"),
+}
 
 
 def reachable(url: str, default_port: int) -> bool:
@@ -40,8 +47,8 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
-def pytest_args(extra: list[str]) -> list[str]:
-    workers = [] if WORKERS in ("0", "1") else ["-n", WORKERS, "--dist", "loadgroup"]
+def pytest_args(profile: str, extra: list[str]) -> list[str]:
+    workers = [] if WORKERS[profile] in ("0", "1") else ["-n", WORKERS[profile], "--dist", "loadgroup"]
     return [PYTHON, "-m", "pytest", "--reuse-db", *workers, *extra]
 
 
@@ -50,7 +57,7 @@ def run_pytest(profile: str, env_overrides: dict[str, str], extra: list[str]) ->
     # The tests run with DEBUG off on the development SECRET_KEY, which must then be asked for.
     env.update(env_overrides, LLMOPS_TEST_PROFILE=profile, LLMOPS_ALLOW_INSECURE_SECRET_KEY="true")
     print(f"\n=== test profile: {profile} ===", flush=True)
-    return subprocess.call(pytest_args(extra), cwd=ROOT, env=env)
+    return subprocess.call(pytest_args(profile, extra), cwd=ROOT, env=env)
 
 
 def services_selection() -> str:
