@@ -11,10 +11,11 @@ QUIET := { grep -v "^WARNING: Location" || true; }
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 
-# llama-cpp-python ships only as source. It is built once per machine into WHEEL_DIR and
-# reused. Not with -march=native: on CPUs with AMX (seen on our 2-core machines) the native
-# build dies with a general protection fault on the first prompt; AVX2 is portable and fast.
-LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' requirements.txt)
+# The local model's runtime, llama-cpp-python, ships only as source: llmops/local_build.py
+# builds it once per machine into WHEEL_DIR and reuses it, and when it cannot be built (no
+# compiler) says what to install in one line and lets the gateway start without it. Not
+# with -march=native: on CPUs with AMX (seen on our 2-core machines) the native build dies
+# with a general protection fault on the first prompt; AVX2 is portable and fast.
 WHEEL_DIR ?= $(HOME)/.cache/llmops/wheels
 ifeq ($(shell uname -m),x86_64)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
@@ -23,13 +24,13 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 LLAMA_CMAKE_ARGS += -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
-.PHONY: run test lint bench semantic worker clean
+.PHONY: run test lint bench semantic worker clean local-model
 .DEFAULT_GOAL := run
 
 # With DEBUG off the gateway refuses to start on its built-in development SECRET_KEY unless
 # asked by name: these commands ask when no SECRET_KEY is set (production sets one).
 ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
-run test lint bench worker: export LLMOPS_ALLOW_INSECURE_SECRET_KEY := true
+run test test-fast lint bench worker: export LLMOPS_ALLOW_INSECURE_SECRET_KEY := true
 DEVELOPMENT_KEY_NOTE := echo "SECRET_KEY is not set: using the built-in development key (set SECRET_KEY in production)"
 else
 DEVELOPMENT_KEY_NOTE := true
@@ -59,16 +60,17 @@ run worker: export PROMETHEUS_MULTIPROC_DIR := $(PROMETHEUS_DIR)
 
 semantic: $(VENV)/.semantic
 
-$(VENV)/.installed: requirements.txt Makefile
+LOCAL_BUILD = $(PY) llmops/local_build.py --wheel-dir $(WHEEL_DIR) --cmake-args "$(LLAMA_CMAKE_ARGS)"
+
+$(VENV)/.installed: requirements.txt requirements-local.txt Makefile llmops/local_build.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if ! ls $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
-		echo "Building llama-cpp-python $(LLAMA_VERSION) once for this machine (a few minutes)..."; \
-		mkdir -p $(WHEEL_DIR) && \
-		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-deps --no-cache-dir -w $(WHEEL_DIR) \
-			llama-cpp-python==$(LLAMA_VERSION) 2>&1 | $(QUIET); \
-	fi
-	$(PIP) install --find-links $(WHEEL_DIR) -r requirements.txt 2>&1 | $(QUIET)
+	$(PIP) install -r requirements.txt 2>&1 | $(QUIET)
+	@$(LOCAL_BUILD)
 	touch $@
+
+# Builds the local model's runtime again (after installing a compiler, say).
+local-model: $(VENV)/.installed
+	@$(LOCAL_BUILD)
 
 # The semantic cache's local embedder (sentence-transformers, torch on the CPU): optional
 # for `make run`, installed for the tests.
@@ -87,8 +89,19 @@ $(VENV)/.browser: $(VENV)/.installed requirements-test.txt
 	fi
 	touch $@
 
+# tests/test_run_prod.py runs docs/examples/nginx.conf in front of `make run-prod`: as root,
+# make installs Debian's nginx for it; otherwise that half of the test is skipped outside CI
+# and says how to install it.
+$(VENV)/.nginx: $(VENV)/.installed
+	@if ! command -v nginx >/dev/null 2>&1 && ! test -x /usr/sbin/nginx && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing nginx for the production profile's test..."; \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light)) >/dev/null; \
+	fi
+	touch $@
+
 run: $(VENV)/.installed
 	@$(DEVELOPMENT_KEY_NOTE)
+	@$(PY) llmops/local_build.py --report
 	rm -rf $(PROMETHEUS_DIR) && mkdir -p $(PROMETHEUS_DIR)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_catalog
@@ -99,13 +112,37 @@ run: $(VENV)/.installed
 	@# new connections beyond that is dropped by the kernel and retried a second later).
 	$(WORKER_BESIDE) $(PY) manage.py serve --host $(HOST) --port $(PORT) $(if $(PROCESSES),--processes $(PROCESSES))
 
+# The production profile on this machine, to try it (manage.py run_prod, docs/operations.md):
+# DATABASE_URL (PostgreSQL), REDIS_URL and CELERY_BROKER_URL must be set, and it says which
+# is not. DEBUG off; migrate, seed, then the server on every core, one Celery worker and one
+# Celery beat, all stopped together by Ctrl-C or SIGTERM.
+.PHONY: run-prod
+ifeq ($(SECRET_KEY)$(SECRET_KEY_FILE),)
+run-prod: export LLMOPS_ALLOW_INSECURE_SECRET_KEY := true
+endif
+run-prod: export PROMETHEUS_MULTIPROC_DIR := $(PROMETHEUS_DIR)
+run-prod: $(VENV)/.installed
+	@$(DEVELOPMENT_KEY_NOTE)
+	@$(PY) llmops/local_build.py --report
+	rm -rf $(PROMETHEUS_DIR) && mkdir -p $(PROMETHEUS_DIR)
+	$(PY) manage.py run_prod --host $(HOST) --port $(PORT) $(if $(PROCESSES),--processes $(PROCESSES)) \
+		--beat-schedule $(VENV)/celerybeat-prod
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	DATABASE_URL=sqlite:///:memory: $(PY) manage.py makemigrations --check --dry-run
 
-test: lint $(VENV)/.semantic $(VENV)/.browser
-	$(PY) tests/run_profiles.py
+# Both profiles (embedded on two workers, LLMOPS_TEST_WORKERS), on test databases kept between runs:
+# embedded (SQLite, local memory) runs every test, services (PostgreSQL, Redis) those marked as
+# depending on the database, cache or channel layer. test-fast: the embedded profile without the
+# browser and benchmark tests, for the edit-run loop; arguments in ARGS go to pytest.
+test: lint $(VENV)/.semantic $(VENV)/.browser $(VENV)/.nginx
+	$(PY) tests/run_profiles.py $(ARGS)
+
+.PHONY: test-fast
+test-fast: $(VENV)/.semantic $(VENV)/.browser
+	$(PY) tests/run_profiles.py --fast $(ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.proxy
