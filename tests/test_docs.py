@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import httpx2
 import pytest
 from django.conf import settings
 
-from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, base_env, free_port
+from tests.test_live_server import CHROMIUM, CHROMIUM_FLAGS, base_env, free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -114,15 +113,7 @@ def served(tmp_path_factory):
                               start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, (workdir / "make-run.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "make run did not serve in 300 s"
-            try:
-                if httpx2.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.2)
+        wait_until_healthy(url, server, (workdir / "make-run.log").read_text, within_s=300, what="make run")
         made = subprocess.run([sys.executable, "manage.py", "create_api_key", "docs"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
         examples = workdir / "examples"

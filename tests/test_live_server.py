@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -44,6 +45,19 @@ def manage(env: dict[str, str], *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, log: Callable[[], str], *, within_s: float, what: str):
+    """Until `url`/healthz answers 200; fails with the log's tail when the process exits first."""
+    deadline = time.monotonic() + within_s
+    while True:
+        assert process.poll() is None, log()[-5000:]
+        assert time.monotonic() < deadline, f"{what} did not serve in {within_s:g} s"
+        try:
+            if httpx2.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx2.TransportError:
+            time.sleep(0.2)
 
 
 class Gateway:

@@ -35,7 +35,7 @@ import redis
 from django.conf import settings
 
 from tests.test_docs import BLOCKS, NOT_CODE, SHELL
-from tests.test_live_server import base_env, free_port
+from tests.test_live_server import base_env, free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "operations.md"
@@ -144,15 +144,7 @@ def run_prod(tmp_path_factory):
                                    stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     started = RunProd(process, f"http://127.0.0.1:{port}", port, "", log)
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            assert process.poll() is None, started.log_text()[-5000:]
-            assert time.monotonic() < deadline, f"make run-prod did not serve in {START_S} s"
-            try:
-                if httpx2.get(f"{started.url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.3)
+        wait_until_healthy(started.url, process, started.log_text, within_s=START_S, what="make run-prod")
         # The key, as the README makes one, with the page's settings.
         key_env = env | {
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
@@ -220,15 +212,7 @@ def nginx(run_prod, tmp_path_factory):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, (workdir / "error.log").read_text()
-            assert time.monotonic() < deadline, "nginx did not start"
-            try:
-                if httpx2.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.1)
+        wait_until_healthy(url, process, (workdir / "error.log").read_text, within_s=15, what="nginx")
         yield url
     finally:
         process.terminate()

@@ -21,7 +21,6 @@ is a service of its own that its service manager restarts (docs/operations.md)."
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -35,7 +34,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-PR_SET_PDEATHSIG = 1
+from llmops.management.commands.serve import die_with_parent
+
 # Signals closer together than this are one request to stop (a Ctrl-C reaches make and this
 # command at once, and make passes a SIGTERM on to this command).
 SAME_STOP_S = 1.0
@@ -57,12 +57,6 @@ def services_missing(*, database_engine: str, redis_url: str, broker_url: str) -
     if not broker_url:
         missing.append("CELERY_BROKER_URL")
     return missing
-
-
-def _die_with_parent() -> None:
-    """In a child, before it runs: SIGTERM when this command dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -142,7 +136,7 @@ class Command(BaseCommand):
         # Each child in a process group of its own: a Ctrl-C at the terminal reaches this
         # command alone, which passes each child one SIGTERM (two would be celery's cold shutdown).
         children = [
-            Child(name, subprocess.Popen(command, cwd=settings.BASE_DIR, process_group=0, preexec_fn=_die_with_parent),
+            Child(name, subprocess.Popen(command, cwd=settings.BASE_DIR, process_group=0, preexec_fn=die_with_parent),
                   hard_stop)
             for name, command, hard_stop in plan
         ]  # fmt: skip

@@ -36,7 +36,7 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 15.0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a server process, before daphne starts: SIGTERM when this command dies, even by
     SIGKILL, so that no server process outlives it (Linux's PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -102,7 +102,7 @@ class Command(BaseCommand):
             endpoint = f"fd:fileno={fileno}" + (f":domain={int(socket.AF_INET6)}" if ":" in host else "")
             # daphne's command line, on uvloop unless LLMOPS_UVLOOP is off (llmops/server.py).
             command = [sys.executable, "-m", "llmops.server", "-e", endpoint, *access_log, app]
-            return subprocess.Popen(command, env=env, pass_fds=[fileno], preexec_fn=_die_with_parent)
+            return subprocess.Popen(command, env=env, pass_fds=[fileno], preexec_fn=die_with_parent)
 
         def stop(signum: int, _frame: Any) -> None:
             nonlocal stopping
